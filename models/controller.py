@@ -1,0 +1,302 @@
+"""WanActionController: injects per-latent-frame drone actions into the Wan2.2 DiT.
+
+Axis legend:
+    B  batch                      T  action steps (= latent frames 1..T; latent frame 0 is the clean first image)
+    F  latent frames (T + 1)      N  tokens per latent frame (h * w after 2x2 patchify)
+    L  all tokens (F * N)         C  hidden size (3072 for Wan2.2-TI2V-5B)
+    H  heads                      D  per-head width of the window attention (``window_head_dim``)
+    W  action window (frames)     A  action_dim (8)
+
+Injection types (``injection_type``):
+    cross_attn_frame  the seed's per-frame cross-attention. Each frame attends to exactly one key (its own action
+                      token), so softmax is identically 1 and the output is ``o_proj(v_proj(action_token))`` broadcast
+                      over the frame. We compute exactly that: q/k/qk-norm could never receive gradient, so they are
+                      not built (a seed checkpoint's q/k/norm keys are ignored on load).
+    cross_attn_window each frame's tokens attend, per head with qk-norm, over the action tokens of a causal window of
+                      the last ``action_window`` frames, with a learned per-head relative-position bias (zero init).
+                      q/k live in a narrow per-head space (D) and the output projection is folded into the values
+                      (o_proj is linear, so sum_s p_s * O v_s = O sum_s p_s v_s): the per-token cost is ~C*H*D, not C^2.
+    adaln_tmod        a per-frame delta added to the per-token ``t_mod`` of each injected block (zero for frame 0).
+    add_residual      ``action_to_residual(action_token)`` added to the frame's tokens after each injected block.
+Every type honours ``inject_layers`` and multiplies its change by the per-layer learnable ``output_scale``.
+The module holds no per-call state: everything arrives as arguments, so gradient checkpointing can recompute it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+INJECTION_TYPES = ("cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual")
+# Parameter-name prefixes each injection type owns (besides the shared embedding, positions and scales).
+_BRANCH_PREFIXES = {
+    "cross_attn_frame": ("v_proj.", "o_proj."),
+    "cross_attn_window": ("q_proj.", "k_proj.", "v_proj.", "o_proj.", "q_norm.", "k_norm.", "rel_pos_bias"),
+    "adaln_tmod": ("action_to_tmod.",),
+    "add_residual": ("action_to_residual.",),
+}
+_SHARED_PREFIXES = ("action_embed.", "temporal_pos_embed", "output_scale")
+# Every key the seed's all-branches controller can hold.
+_SEED_PREFIXES = ("q_proj.", "k_proj.", "v_proj.", "o_proj.", "q_norm.", "k_norm.", "action_to_tmod.",
+                  "action_to_residual.")
+
+
+@dataclass
+class ActionControllerConfig:
+    """Constructor arguments of WanActionController (the seed's, plus the window type's)."""
+    action_dim: int = 8
+    hidden_size: int = 3072
+    num_heads: int = 24
+    num_latent_frames: int = 20
+    num_layers: int = 30
+    inject_layers: Optional[list[int]] = None
+    qk_norm: bool = True
+    dropout: float = 0.0
+    initial_scale: float = 0.01
+    injection_type: str = "cross_attn_frame"
+    action_window: int = 4
+    window_head_dim: int = 32
+
+    def __post_init__(self):
+        if self.injection_type not in INJECTION_TYPES:
+            raise ValueError(f"injection_type: unknown {self.injection_type!r}; expected one of {list(INJECTION_TYPES)}")
+        for name in ("action_dim", "hidden_size", "num_heads", "num_latent_frames", "num_layers", "action_window",
+                     "window_head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.inject_layers is not None:
+            self.inject_layers = sorted({int(i) for i in self.inject_layers})
+            bad = [i for i in self.inject_layers if not 0 <= i < self.num_layers]
+            if bad:
+                raise ValueError(f"inject_layers: {bad} outside 0..{self.num_layers - 1}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected 0 <= dropout < 1, got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ActionControllerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"action controller config: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+
+def _preset(**overrides) -> dict:
+    return ActionControllerConfig(**overrides).to_dict()
+
+
+# The controller presets: the seed's four, the window variant, and `tiny` (matches models.tiny's DiT).
+ACTION_CONTROLLER_CONFIGS: dict[str, dict] = {
+    "wan_ti2v_5b": _preset(),
+    "wan_ti2v_5b_sparse": _preset(inject_layers=list(range(0, 30, 3))),
+    "wan_ti2v_5b_adaln": _preset(injection_type="adaln_tmod"),
+    "wan_ti2v_5b_add": _preset(injection_type="add_residual"),
+    "wan_ti2v_5b_window": _preset(injection_type="cross_attn_window"),
+    "tiny": _preset(hidden_size=64, num_heads=2, num_layers=2, window_head_dim=16),
+}
+
+
+def resolve_controller_config(preset_or_dict, **overrides) -> ActionControllerConfig:
+    """A preset name or a config dict, with non-None overrides applied (e.g. injection_type)."""
+    if isinstance(preset_or_dict, str):
+        if preset_or_dict not in ACTION_CONTROLLER_CONFIGS:
+            raise ValueError(f"action_controller_config: unknown preset {preset_or_dict!r}; "
+                             f"expected one of {list(ACTION_CONTROLLER_CONFIGS)}")
+        data = dict(ACTION_CONTROLLER_CONFIGS[preset_or_dict])
+    else:
+        data = dict(preset_or_dict)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return ActionControllerConfig.from_dict(data)
+
+
+class WanRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+
+def _frame_expand(per_frame: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B, T, ...) action-step values -> (B, F, ...) with zeros for latent frame 0 (the first image)."""
+    zero = per_frame.new_zeros(per_frame.shape[0], num_frames - per_frame.shape[1], *per_frame.shape[2:])
+    return torch.cat([zero, per_frame], dim=1)  # (B, F, ...)
+
+
+class WanActionController(nn.Module):
+    """Action controller for the Wan2.2 DiT (drone control). See the module docstring for the design."""
+
+    def __init__(self, action_dim: int = 8, hidden_size: int = 3072, num_heads: int = 24,
+                 num_latent_frames: int = 20, inject_layers: Optional[list] = None, num_layers: int = 30,
+                 qk_norm: bool = True, dropout: float = 0.0, initial_scale: float = 0.01,
+                 injection_type: str = "cross_attn_frame", action_window: int = 4, window_head_dim: int = 32):
+        super().__init__()
+        self.config = ActionControllerConfig(
+            action_dim=action_dim, hidden_size=hidden_size, num_heads=num_heads, num_latent_frames=num_latent_frames,
+            num_layers=num_layers, inject_layers=inject_layers, qk_norm=qk_norm, dropout=dropout,
+            initial_scale=initial_scale, injection_type=injection_type, action_window=action_window,
+            window_head_dim=window_head_dim)
+        cfg = self.config
+        self.injection_type = cfg.injection_type
+        self.hidden_size, self.num_heads, self.num_layers = hidden_size, num_heads, num_layers
+        self.num_latent_frames = num_latent_frames
+        self.inject_layers = set(range(num_layers)) if cfg.inject_layers is None else set(cfg.inject_layers)
+        C = hidden_size
+
+        self.action_embed = nn.Sequential(nn.Linear(action_dim * 2, C), nn.SiLU(), nn.Linear(C, C))
+        self.temporal_pos_embed = nn.Parameter(torch.randn(1, num_latent_frames, C) * 0.02)  # (1, T_max, C)
+        if self.injection_type == "cross_attn_frame":
+            self.v_proj = nn.Linear(C, C, bias=False)
+            self.o_proj = nn.Linear(C, C, bias=False)
+        elif self.injection_type == "cross_attn_window":
+            inner = num_heads * window_head_dim
+            self.q_proj = nn.Linear(C, inner, bias=False)
+            self.k_proj = nn.Linear(C, inner, bias=False)
+            self.v_proj = nn.Linear(C, C, bias=False)
+            self.o_proj = nn.Linear(C, C, bias=False)
+            self.q_norm = WanRMSNorm(window_head_dim) if qk_norm else nn.Identity()
+            self.k_norm = WanRMSNorm(window_head_dim) if qk_norm else nn.Identity()
+            self.rel_pos_bias = nn.Parameter(torch.zeros(num_heads, action_window))  # (H, W); [:, 0] = own frame
+        elif self.injection_type == "adaln_tmod":
+            self.action_to_tmod = nn.Linear(C, C * 6, bias=False)
+        else:
+            self.action_to_residual = nn.Linear(C, C, bias=False)
+        self.output_scale = nn.Parameter(torch.ones(num_layers) * initial_scale)  # (num_layers,)
+        self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def from_config(cls, config) -> "WanActionController":
+        cfg = config if isinstance(config, ActionControllerConfig) else ActionControllerConfig.from_dict(config)
+        return cls(**cfg.to_dict())
+
+    def should_inject(self, block_idx: int) -> bool:
+        return block_idx in self.inject_layers
+
+    # ---- action tokens -------------------------------------------------------------------------------------
+    def build_action_emb(self, action_binary: torch.Tensor, action_magnitude: torch.Tensor) -> torch.Tensor:
+        """(B, T, A) flags + (B, T, A) scaled magnitudes -> (B, T, C) action tokens."""
+        steps = action_binary.shape[1]
+        if steps > self.num_latent_frames:
+            raise ValueError(f"actions: {steps} steps exceed the controller's num_latent_frames "
+                             f"({self.num_latent_frames})")
+        features = torch.cat([action_binary, action_magnitude], dim=-1)  # (B, T, 2A)
+        return self.action_embed(features) + self.temporal_pos_embed[:, :steps]  # (B, T, C)
+
+    def action_tmod(self, action_emb: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, 6, C) adaLN modulation deltas (adaln_tmod only)."""
+        return self.action_to_tmod(action_emb).unflatten(-1, (6, self.hidden_size))  # (B, T, 6, C)
+
+    # ---- injection -----------------------------------------------------------------------------------------
+    def _scaled(self, delta: torch.Tensor, block_idx: int) -> torch.Tensor:
+        return self.dropout(delta) * self.output_scale[block_idx].to(delta.dtype)
+
+    def add_to_tmod(self, t_mod: torch.Tensor, action_emb: torch.Tensor, f: int, h: int, w: int,
+                    block_idx: int) -> torch.Tensor:
+        """adaln_tmod: t_mod (1, L, 6, C) per token, or (1, 6, C) global -> (B, L, 6, C) with the action delta."""
+        delta = _frame_expand(self._scaled(self.action_tmod(action_emb), block_idx), f)  # (B, F, 6, C)
+        per_frame_tmod = t_mod.view(t_mod.shape[0], f, h * w, 6, -1) if t_mod.dim() == 4 \
+            else t_mod.view(t_mod.shape[0], 1, 1, 6, -1)  # (1, F, N, 6, C) or (1, 1, 1, 6, C)
+        out = per_frame_tmod + delta.unsqueeze(2)  # (B, F, N|1, 6, C)
+        return out.expand(-1, f, h * w, 6, -1).reshape(out.shape[0], f * h * w, 6, -1)  # (B, L, 6, C)
+
+    def frame_delta(self, action_emb: torch.Tensor, block_idx: int) -> torch.Tensor:
+        """cross_attn_frame / add_residual: (B, T, C) per-frame change (same for every token of a frame)."""
+        if self.injection_type == "cross_attn_frame":
+            delta = self.o_proj(self.v_proj(action_emb))  # (B, T, C): softmax over a single key is 1
+        else:
+            delta = self.action_to_residual(action_emb)  # (B, T, C)
+        return self._scaled(delta, block_idx)
+
+    def window_attention(self, hidden_states: torch.Tensor, action_emb: torch.Tensor, f: int, h: int,
+                         w: int) -> torch.Tensor:
+        """cross_attn_window: (B, L, C) tokens x (B, T, C) action tokens -> (B, F-1, N, C) unscaled change."""
+        B, T, C = action_emb.shape
+        H, D, W = self.num_heads, self.config.window_head_dim, self.config.action_window
+        tokens = hidden_states.view(B, f, h * w, C)[:, 1:1 + T]  # (B, T, N, C)
+        q = self.q_norm(self.q_proj(tokens).unflatten(-1, (H, D)))  # (B, T, N, H, D)
+        k = self.k_norm(self.k_proj(action_emb).unflatten(-1, (H, D)))  # (B, S=T, H, D)
+        v = self.v_proj(action_emb).unflatten(-1, (H, C // H))  # (B, S, H, C/H)
+        # Fold o_proj into the values: u[s, h] = O[:, head h] @ v[s, h].
+        o_weight = self.o_proj.weight.view(C, H, C // H)  # (C_out, H, C/H)
+        u = torch.einsum("bshe,che->bshc", v, o_weight)  # (B, S, H, C)
+        scores = torch.einsum("btnhd,bshd->bthns", q, k) * D ** -0.5  # (B, T, H, N, S)
+        bias = self._window_bias(T, scores.device, scores.dtype)  # (T, H, S)
+        probs = torch.softmax(scores + bias[None, :, :, None, :], dim=-1)  # (B, T, H, N, S)
+        return torch.einsum("bthns,bshc->btnc", probs, u)  # (B, T, N, C)
+
+    def _window_bias(self, steps: int, device, dtype) -> torch.Tensor:
+        """(T, H, S) relative-position bias inside the causal window, -inf outside it."""
+        W = self.config.action_window
+        offset = torch.arange(steps, device=device)[:, None] - torch.arange(steps, device=device)[None, :]  # (T, S)
+        inside = (offset >= 0) & (offset < W)
+        bias = self.rel_pos_bias.to(dtype)[:, offset.clamp(0, W - 1)]  # (H, T, S)
+        bias = bias.masked_fill(~inside[None], float("-inf"))
+        return bias.permute(1, 0, 2)  # (T, H, S)
+
+    def apply_action(self, hidden_states: torch.Tensor, action_emb: torch.Tensor, t: int, h: int, w: int,
+                     block_idx: int) -> torch.Tensor:
+        """After-block injection (cross_attn_frame, cross_attn_window, add_residual): (B, L, C) -> (B, L, C).
+
+        ``t`` is the number of latent frames F (the seed's name). Frame 0 is never changed.
+        """
+        B, L, C = hidden_states.shape
+        if self.injection_type == "cross_attn_window":
+            change = self._scaled(self.window_attention(hidden_states, action_emb, t, h, w), block_idx)  # (B,T,N,C)
+            change = _frame_expand(change, t)  # (B, F, N, C)
+        else:
+            change = _frame_expand(self.frame_delta(action_emb, block_idx), t).unsqueeze(2)  # (B, F, 1, C)
+        return (hidden_states.view(B, t, h * w, C) + change).view(B, L, C)
+
+    def forward(self, hidden_states, action_binary, action_magnitude, t: int, h: int, w: int, block_idx: int):
+        """The seed's convenience entry point: embed the actions, then apply them after one block."""
+        action_emb = self.build_action_emb(action_binary, action_magnitude)
+        return self.apply_action(hidden_states, action_emb, t, h, w, block_idx)
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Strict by default. Also accepts the seed's all-branches layout: keys of branches this injection type
+        does not build are ignored with one log line; a missing needed key, a shape mismatch or any other
+        unknown key is an error."""
+        own = self.state_dict()
+        needed = set(own)
+        ignorable = tuple(p for p in _SEED_PREFIXES if not any(k.startswith(p) for k in needed))
+        if self.injection_type == "cross_attn_window":
+            ignorable = ()  # the seed has no window parameters: a seed checkpoint never fits this type
+        ignored = sorted(k for k in state_dict if k not in needed and k.startswith(ignorable))
+        unknown = sorted(k for k in state_dict if k not in needed and k not in ignored)
+        missing = sorted(needed - set(state_dict))
+        problems = []
+        if missing:
+            hint = (" (a seed checkpoint cannot load into cross_attn_window: it lacks the window's "
+                    "rel_pos_bias and narrow q/k projections; train this type from scratch)"
+                    if self.injection_type == "cross_attn_window" else "")
+            problems.append(f"missing keys {missing}{hint}")
+        if unknown:
+            problems.append(f"unexpected keys {unknown}")
+        for key in sorted(needed & set(state_dict)):
+            if tuple(state_dict[key].shape) != tuple(own[key].shape):
+                problems.append(f"{key}: checkpoint shape {tuple(state_dict[key].shape)} != "
+                                f"controller shape {tuple(own[key].shape)}")
+        if problems and strict:
+            raise ValueError(f"action controller ({self.injection_type}, hidden_size {self.hidden_size}) cannot "
+                             f"load this state dict: " + "; ".join(problems))
+        if ignored:
+            logger.info("action controller (%s): ignoring %d keys of unused seed branches (%s)",
+                        self.injection_type, len(ignored), ", ".join(sorted({k.split('.')[0] for k in ignored})))
+        kept = {k: v for k, v in state_dict.items() if k in needed}
+        return super().load_state_dict(kept, strict=strict, assign=assign)

@@ -1,0 +1,109 @@
+"""The DiT forward with action injection, used in place of diffsynth's ``model_fn_wan_video``.
+
+Axis legend: B batch, C latent/hidden channels, F latent frames, h/w latent grid after patchify,
+N = h*w tokens per frame, L = F*N tokens, T action steps (= F - 1), D hidden size.
+
+It mirrors the stock function's TI2V (fused first frame, per-token timestep) and text-to-video paths step by step,
+so a zero-scale controller gives bit-identical output; with no controller or no actions it calls the stock function.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from diffsynth.core import gradient_checkpoint_forward
+from diffsynth.models.wan_video_dit import sinusoidal_embedding_1d
+from diffsynth.pipelines.wan_video import model_fn_wan_video
+
+# Stock inputs this path does not implement: passing any of them with actions is an error, not a silent drop.
+_UNSUPPORTED_WITH_ACTIONS = (
+    "vace_context", "reference_latents", "audio_embeds", "vap_hidden_state", "pose_latents", "motion_bucket_id",
+    "sliding_window_size", "tea_cache", "control_camera_latents_input", "longcat_latents", "music_feature",
+)
+
+
+def _block_forward(block, controller, block_idx: int, f: int, h: int, w: int):
+    """One DiT block plus its action injection, as a closure over (f, h, w, block index) so gradient
+    checkpointing recomputes both from the same inputs (no mutable state)."""
+    inject = controller.should_inject(block_idx)
+    adaln = controller.injection_type == "adaln_tmod"
+
+    def forward(x, context, t_mod, freqs, action_emb):
+        if inject and adaln:
+            t_mod = controller.add_to_tmod(t_mod, action_emb, f, h, w, block_idx)  # (B, L, 6, D)
+        x = block(x, context, t_mod, freqs)  # (B, L, D)
+        if inject and not adaln:
+            x = controller.apply_action(x, action_emb, f, h, w, block_idx)  # (B, L, D)
+        return x
+    return forward
+
+
+def _check_inputs(dit, latents, action_binary, action_magnitude, kwargs):
+    used = [name for name in _UNSUPPORTED_WITH_ACTIONS if kwargs.get(name) is not None]
+    if used:
+        raise ValueError(f"actions cannot be combined with {used}: the action path implements TI2V/T2V only")
+    if dit.require_vae_embedding or dit.require_clip_embedding or dit.has_image_input:
+        raise ValueError("actions need a Wan2.2-TI2V style DiT (no CLIP/VAE image embedding)")
+    steps = latents.shape[2] - 1
+    if action_binary.shape[1] != steps or action_magnitude.shape[1] != steps:
+        raise ValueError(f"actions: {action_binary.shape[1]} steps given, but the video has {latents.shape[2]} "
+                         f"latent frames, which need {steps} (one per latent frame after the first)")
+
+
+def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None, context=None,
+                        action_binary=None, action_magnitude=None, fuse_vae_embedding_in_latents: bool = False,
+                        use_gradient_checkpointing: bool = False, use_gradient_checkpointing_offload: bool = False,
+                        **kwargs):
+    if action_binary is None:
+        return model_fn_wan_video(
+            dit=dit, latents=latents, timestep=timestep, context=context,
+            fuse_vae_embedding_in_latents=fuse_vae_embedding_in_latents,
+            use_gradient_checkpointing=use_gradient_checkpointing,
+            use_gradient_checkpointing_offload=use_gradient_checkpointing_offload, **kwargs)
+    if action_controller is None:
+        raise ValueError("actions were given but the pipeline has no action controller "
+                         "(call pipe.set_action_controller(...) or pipe.load_action_artifacts(folder))")
+    _check_inputs(dit, latents, action_binary, action_magnitude, kwargs)
+
+    # Timestep: per token for TI2V (frame 0 is the clean image, timestep 0), global otherwise.
+    if dit.seperated_timestep and fuse_vae_embedding_in_latents:
+        tokens_per_frame = latents.shape[3] * latents.shape[4] // 4
+        timestep = torch.concat([
+            torch.zeros((1, tokens_per_frame), dtype=latents.dtype, device=latents.device),
+            torch.ones((latents.shape[2] - 1, tokens_per_frame), dtype=latents.dtype, device=latents.device) * timestep,
+        ]).flatten()  # (L,)
+        t = dit.time_embedding(sinusoidal_embedding_1d(dit.freq_dim, timestep).unsqueeze(0))  # (1, L, D)
+        t_mod = dit.time_projection(t).unflatten(2, (6, dit.dim))  # (1, L, 6, D)
+    else:
+        t = dit.time_embedding(sinusoidal_embedding_1d(dit.freq_dim, timestep))  # (1, D)
+        t_mod = dit.time_projection(t).unflatten(1, (6, dit.dim))  # (1, 6, D)
+    context = dit.text_embedding(context)  # (B, S_text, D)
+
+    x = latents  # (B, C, F, H, W)
+    if x.shape[0] != context.shape[0]:  # cfg_merge: one latent, two prompts
+        x = torch.concat([x] * context.shape[0], dim=0)
+    x = dit.patchify(x)  # (B, D, F, h, w)
+    f, h, w = x.shape[2:]
+    x = rearrange(x, "b c f h w -> b (f h w) c").contiguous()  # (B, L, D)
+    freqs = torch.cat([
+        dit.freqs[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+        dit.freqs[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+        dit.freqs[2][:w].view(1, 1, w, -1).expand(f, h, w, -1),
+    ], dim=-1).reshape(f * h * w, 1, -1).to(x.device)  # (L, 1, D_head/2) complex
+
+    controller_dtype = next(action_controller.parameters()).dtype
+    binary = action_binary.to(device=x.device, dtype=controller_dtype)  # (B_a, T, A)
+    magnitude = action_magnitude.to(device=x.device, dtype=controller_dtype)  # (B_a, T, A)
+    if binary.shape[0] != x.shape[0]:
+        if binary.shape[0] != 1:
+            raise ValueError(f"actions: batch {binary.shape[0]} does not match the video batch {x.shape[0]}")
+        binary, magnitude = binary.expand(x.shape[0], -1, -1), magnitude.expand(x.shape[0], -1, -1)
+    action_emb = action_controller.build_action_emb(binary, magnitude).to(x.dtype)  # (B, T, D)
+
+    for block_idx, block in enumerate(dit.blocks):
+        x = gradient_checkpoint_forward(
+            _block_forward(block, action_controller, block_idx, f, h, w),
+            use_gradient_checkpointing, use_gradient_checkpointing_offload,
+            x, context, t_mod, freqs, action_emb)  # (B, L, D)
+    x = dit.head(x, t)  # (B, L, C * prod(patch))
+    return dit.unpatchify(x, (f, h, w))  # (B, C, F, H, W)

@@ -1,0 +1,186 @@
+"""WanActionPipeline: diffsynth's WanVideoPipeline plus an action controller, extended from outside the package.
+
+How it hooks in (see docs/architecture.md): ``action_controller`` joins ``in_iteration_models`` so it reaches
+``model_fn`` in inference and in diffsynth's training loss; ``model_fn`` becomes ``model_fn_wan_action``; and
+``__call__`` accepts ``actions=`` (raw ``(T,2,8)``) or the seed's ``action_binary=/action_magnitude=`` (scaled),
+binding them into ``model_fn`` for that call only, so both CFG branches (``cfg_merge`` on or off) see them.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import os
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+import torch
+
+from diffsynth.core import ModelConfig
+from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptEmbedder
+
+from .action_format import MAGNITUDE_SCALE, check_scale, check_split_actions, num_actions_for_frames, split_actions
+from .model_fn import model_fn_wan_action
+
+# The original Wan2.2-TI2V-5B folder layout that from_model_dir expects.
+MODEL_DIR_LAYOUT = {
+    "dit": "diffusion_pytorch_model*.safetensors",
+    "text_encoder": "models_t5_umt5-xxl-enc-bf16.pth",
+    "vae": "Wan2.2_VAE.pth",
+    "tokenizer": "google/umt5-xxl/",
+}
+
+
+class CachedPromptEmbedder(WanVideoUnit_PromptEmbedder):
+    """The stock prompt unit with a small LRU cache, so a flight session encodes its prompt once, not per chunk."""
+
+    def process(self, pipe, prompt, positive) -> dict:
+        size = getattr(pipe, "prompt_cache_size", 0)
+        key = (prompt, id(pipe.text_encoder), str(pipe.device), pipe.torch_dtype)
+        cache: OrderedDict = pipe.prompt_cache
+        if size and key in cache and not torch.is_grad_enabled():
+            cache.move_to_end(key)
+            return {"context": cache[key]}
+        result = super().process(pipe, prompt, positive)
+        if size and not torch.is_grad_enabled():
+            cache[key] = result["context"]
+            while len(cache) > size:
+                cache.popitem(last=False)
+        return result
+
+
+def find_missing_model_files(model_dir: str) -> list[str]:
+    missing = []
+    for role, pattern in MODEL_DIR_LAYOUT.items():
+        if pattern.endswith("/"):
+            if not os.path.isdir(os.path.join(model_dir, pattern)):
+                missing.append(pattern)
+        elif not glob.glob(os.path.join(model_dir, pattern)):
+            missing.append(pattern)
+    return missing
+
+
+def check_model_dir(model_dir: str) -> None:
+    """Raise FileNotFoundError listing every missing file of an original Wan2.2-TI2V-5B folder."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model_dir {model_dir!r} is not a folder")
+    missing = find_missing_model_files(model_dir)
+    if missing:
+        layout = "\n".join(f"  {pattern}    ({role})" for role, pattern in MODEL_DIR_LAYOUT.items())
+        raise FileNotFoundError(
+            f"model_dir {model_dir!r} is missing: {', '.join(missing)}.\n"
+            f"Expected the original Wan2.2-TI2V-5B layout:\n{layout}")
+
+
+class WanActionPipeline(WanVideoPipeline):
+    """WanVideoPipeline with ``action_controller``; see the module docstring."""
+
+    def __init__(self, device="cpu", torch_dtype=torch.bfloat16):
+        super().__init__(device=device, torch_dtype=torch_dtype)
+        self._init_action_fields()
+
+    def _init_action_fields(self):
+        self.action_controller = None
+        self.action_magnitude_scale = tuple(MAGNITUDE_SCALE)
+        self.in_iteration_models = tuple(self.in_iteration_models) + ("action_controller",)
+        self.in_iteration_models_2 = tuple(self.in_iteration_models_2) + ("action_controller",)
+        self.model_fn = model_fn_wan_action
+        self.units = [CachedPromptEmbedder() if isinstance(u, WanVideoUnit_PromptEmbedder) else u for u in self.units]
+        self.prompt_cache_size = 8
+        self.prompt_cache = OrderedDict()
+        self.lora_config = None
+
+    @classmethod
+    def from_base(cls, pipe: WanVideoPipeline) -> "WanActionPipeline":
+        """Turn a stock pipeline (as ``from_pretrained`` returns) into a WanActionPipeline, sharing its models."""
+        if isinstance(pipe, cls):
+            return pipe
+        pipe.__class__ = cls  # adds behaviour only; every stock attribute stays valid
+        pipe._init_action_fields()
+        return pipe
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str, device="cuda", torch_dtype=torch.bfloat16,
+                       tokenizer_path: Optional[str] = None, **kwargs) -> "WanActionPipeline":
+        """Load an original Wan2.2-TI2V-5B folder with no network access."""
+        check_model_dir(model_dir)
+        shards = sorted(glob.glob(os.path.join(model_dir, MODEL_DIR_LAYOUT["dit"])))
+        configs = [
+            ModelConfig(path=shards if len(shards) > 1 else shards[0]),
+            ModelConfig(path=os.path.join(model_dir, MODEL_DIR_LAYOUT["text_encoder"])),
+            ModelConfig(path=os.path.join(model_dir, MODEL_DIR_LAYOUT["vae"])),
+        ]
+        tokenizer_dir = tokenizer_path or os.path.join(model_dir, MODEL_DIR_LAYOUT["tokenizer"])
+        if not os.path.isdir(tokenizer_dir):
+            raise FileNotFoundError(f"tokenizer_path {tokenizer_dir!r} is not a folder")
+        pipe = WanVideoPipeline.from_pretrained(
+            torch_dtype=torch_dtype, device=device, model_configs=configs,
+            tokenizer_config=ModelConfig(path=tokenizer_dir), redirect_common_files=False, **kwargs)
+        return cls.from_base(pipe)
+
+    # ---- controller and artifacts ----------------------------------------------------------------------------
+    def set_action_controller(self, controller, magnitude_scale: Sequence[float] = None) -> "WanActionPipeline":
+        if controller is not None:
+            dit_dim = getattr(self.dit, "dim", None)
+            if dit_dim is not None and controller.hidden_size != dit_dim:
+                raise ValueError(f"action controller hidden_size {controller.hidden_size} != DiT width {dit_dim}")
+            if len(self.dit.blocks) != controller.num_layers:
+                raise ValueError(f"action controller num_layers {controller.num_layers} != "
+                                 f"DiT blocks {len(self.dit.blocks)}")
+            controller = controller.to(device=self.device, dtype=self.torch_dtype).eval()
+        self.action_controller = controller
+        if magnitude_scale is not None:
+            self.action_magnitude_scale = tuple(check_scale(magnitude_scale, "action_magnitude_scale").tolist())
+        return self
+
+    def load_action_artifacts(self, folder: str) -> "WanActionPipeline":
+        """Rebuild the controller from ``action_train_config.json``, load its weights strictly, apply the LoRA
+        if one is configured, and adopt the saved magnitude scale."""
+        from .artifacts import apply_artifacts
+        apply_artifacts(self, folder)
+        return self
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    def resolve_actions(self, num_frames: int, actions=None, action_binary=None, action_magnitude=None):
+        """Validate either action form against num_frames; returns scaled ``(B, T, 8)`` tensors or (None, None)."""
+        if actions is not None and (action_binary is not None or action_magnitude is not None):
+            raise ValueError("pass either actions= (raw (T,2,8)) or action_binary=/action_magnitude= "
+                             "(already scaled), not both")
+        if actions is not None:
+            binary, magnitude = split_actions(actions, self.action_magnitude_scale)
+        elif action_binary is not None or action_magnitude is not None:
+            binary, magnitude = check_split_actions(action_binary, action_magnitude)
+        else:
+            return None, None
+        if self.action_controller is None:
+            raise ValueError("actions were given but the pipeline has no action controller "
+                             "(call pipe.set_action_controller(...) or pipe.load_action_artifacts(folder))")
+        expected = num_actions_for_frames(num_frames)
+        if binary.shape[1] != expected:
+            raise ValueError(f"actions: {binary.shape[1]} steps given, but num_frames={num_frames} needs {expected} "
+                             f"(one per latent frame after the first: (num_frames - 1) // 4)")
+        if expected > self.action_controller.num_latent_frames:
+            raise ValueError(f"actions: num_frames={num_frames} needs {expected} steps, more than the controller's "
+                             f"num_latent_frames ({self.action_controller.num_latent_frames})")
+        return binary, magnitude
+
+    def check_shape(self, height: int, width: int, num_frames: int) -> None:
+        num_actions_for_frames(num_frames)
+        for name, value, factor in (("height", height, self.height_division_factor),
+                                    ("width", width, self.width_division_factor)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
+                raise ValueError(f"{name} must be a positive multiple of {factor}, got {value}")
+
+    @torch.no_grad()
+    def __call__(self, *args, actions=None, action_binary=None, action_magnitude=None, **kwargs):
+        height, width = kwargs.get("height", 480), kwargs.get("width", 832)
+        num_frames = kwargs.get("num_frames", 81)
+        self.check_shape(height, width, num_frames)
+        binary, magnitude = self.resolve_actions(num_frames, actions, action_binary, action_magnitude)
+        if binary is None:
+            return super().__call__(*args, **kwargs)
+        stock_model_fn = self.model_fn
+        self.model_fn = functools.partial(stock_model_fn, action_binary=binary, action_magnitude=magnitude)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self.model_fn = stock_model_fn

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create ./.venv and install wanfly into it. Usage: scripts/setup.sh [serve|train|dev]  (default: serve)
+#   serve  the demo server (FastAPI, uvicorn, gradio) and the models
+#   train  the training package
+#   dev    everything, plus pytest and a headless Chromium for the browser tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-serve}"
+case "$extra" in serve|train|dev) ;; *) echo "usage: scripts/setup.sh [serve|train|dev]" >&2; exit 2 ;; esac
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch and torchvision must be a matching pair, or `import diffsynth` fails (torchvision::nms).
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
+.venv/bin/python -m pip install -q -e ".[$extra]"
+
+if [ "$extra" = dev ] && [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "warning: could not install chromium; browser tests will be skipped" >&2
+    else
+        echo "note: /usr/bin/chromium missing (install Debian's chromium); browser tests will be skipped" >&2
+    fi
+fi
+echo "wanfly: .venv ready ($extra)"

@@ -1,0 +1,144 @@
+"""REST: ``POST /generate`` -> 202 job, ``GET /jobs/{id}``, ``GET /jobs/{id}/video``, recordings download.
+
+Validation errors are 422 in FastAPI's shape (``{"detail": [{"loc": ["body", field], "msg": ...}]}``) naming the
+field; a full job queue is 429 with ``Retry-After``. Jobs run on the engine's worker, alternating with flight chunks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.action_format import num_actions_for_frames, parse_actions
+
+from .engine import EngineFull, GenRequest
+from .images import decode_data_url, fit_image, load_sample
+from .protocol import MAX_SEED
+
+router = APIRouter()
+
+
+class GenerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(description="text prompt")
+    image: Optional[str] = Field(None, description="first frame as a data URL (PNG/JPEG/WebP); null = a bundled sample")
+    sample: Optional[str] = Field(None, description="bundled sample name when image is null")
+    actions: Optional[list] = Field(None, description="raw actions (T, 2, 8), T = (num_frames - 1) // 4; null = hover")
+    num_frames: int = Field(17, description="4k+1 frames")
+    steps: Optional[int] = Field(None, description="denoising steps (default: the world's)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    cfg: Optional[float] = Field(None, description="classifier-free guidance scale (default: the world's)")
+
+
+def invalid(field: str, message: str) -> HTTPException:
+    return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
+
+
+def state_of(request: Request):
+    state = request.app.state.wanfly
+    if not state.ready:
+        raise HTTPException(503, detail="the model is still loading; see /readyz")
+    return state
+
+
+def build_request(body: GenerateBody, state) -> GenRequest:
+    """Validate a /generate body against the world and the limits; HTTPException 422 naming the field."""
+    settings, world = state.settings, state.world
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise invalid("prompt", f"{len(body.prompt)} characters, more than {settings.max_prompt_chars}")
+    max_frames = min(settings.max_job_frames, world.max_frames)
+    try:
+        steps_needed = num_actions_for_frames(body.num_frames)
+    except ValueError as error:
+        raise invalid("num_frames", str(error)) from None
+    if not 5 <= body.num_frames <= max_frames:
+        raise invalid("num_frames", f"must be in 5..{max_frames}, got {body.num_frames}")
+    steps = world.steps if body.steps is None else body.steps
+    if not 1 <= steps <= settings.max_steps:
+        raise invalid("steps", f"must be in 1..{settings.max_steps}, got {steps}")
+    cfg = world.cfg_scale if body.cfg is None else body.cfg
+    if not math.isfinite(cfg) or not 1.0 <= cfg <= 20.0:
+        raise invalid("cfg", f"must be a finite number in 1..20, got {cfg}")
+    actions = None
+    if body.actions is not None:
+        try:
+            raw = parse_actions(body.actions)[0]  # (T, 2, 8)
+        except ValueError as error:
+            raise invalid("actions", str(error)) from None
+        if raw.shape[0] != steps_needed:
+            raise invalid("actions", f"{raw.shape[0]} steps given, num_frames={body.num_frames} needs {steps_needed}")
+        actions = raw.numpy().astype(np.float64)
+    try:
+        if body.image is not None:
+            image = decode_data_url(body.image, settings.max_upload_bytes, settings.max_image_pixels)
+        else:
+            image = load_sample(settings.web_dir, body.sample)
+    except ValueError as error:
+        field = "sample" if str(error).startswith("sample") else "image"
+        raise invalid(field, str(error)) from None
+    return GenRequest(prompt=body.prompt, image=fit_image(image, world.width, world.height), actions=actions,
+                      num_frames=body.num_frames, steps=steps, seed=body.seed, cfg_scale=cfg)
+
+
+def job_view(job, state) -> dict:
+    view = {"id": job.id, "status": job.status, "progress": round(job.progress, 4),
+            "position": state.engine.job_position(job), "num_frames": job.request.num_frames, "frames": job.frames,
+            "error": job.error, "status_url": f"/jobs/{job.id}", "video_url": None}
+    if job.status == "done":
+        view["video_url"] = f"/jobs/{job.id}/video"
+    return view
+
+
+@router.post("/generate", status_code=202, tags=["jobs"],
+             responses={422: {"description": "invalid field"}, 429: {"description": "job queue full"}})
+def generate(body: GenerateBody, request: Request):
+    """Queue an offline generation; returns 202 with the job id. Poll ``/jobs/{id}``, then fetch the video."""
+    state = state_of(request)
+    gen_request = build_request(body, state)
+    try:
+        job = state.engine.submit_job(gen_request)
+    except EngineFull as full:
+        return JSONResponse({"detail": str(full)}, status_code=429, headers={"Retry-After": "5"})
+    return JSONResponse(job_view(job, state), status_code=202, headers={"Location": f"/jobs/{job.id}"})
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+def job_status(job_id: str, request: Request):
+    state = state_of(request)
+    job = state.engine.get_job(job_id)
+    if job is None:
+        raise HTTPException(404, detail=f"no job {job_id!r} (unknown or expired)")
+    return job_view(job, state)
+
+
+@router.get("/jobs/{job_id}/video", tags=["jobs"], response_class=FileResponse)
+def job_video(job_id: str, request: Request):
+    """The job's H.264 mp4 (409 while it is not done)."""
+    state = state_of(request)
+    job = state.engine.get_job(job_id)
+    if job is None:
+        raise HTTPException(404, detail=f"no job {job_id!r} (unknown or expired)")
+    if job.status != "done":
+        raise HTTPException(409, detail=f"job {job_id} is {job.status}" + (f": {job.error}" if job.error else ""))
+    path = state.engine.results.find(job.id, ".mp4")
+    if path is None:
+        raise HTTPException(404, detail=f"the video of job {job_id} has expired")
+    return FileResponse(path, media_type="video/mp4", filename=f"wanfly-{job.id}.mp4")
+
+
+@router.get("/recordings/{name}", tags=["recordings"])
+def recording(name: str, request: Request):
+    """A finished flight: ``<id>.mp4`` (the video) or ``<id>.json`` (prompt and each chunk's raw actions)."""
+    state = request.app.state.wanfly
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or suffix not in ("mp4", "json"):
+        raise HTTPException(404, detail="expected <id>.mp4 or <id>.json")
+    path = state.recordings.find(stem, "." + suffix)
+    if path is None or state.recordings.find(stem, ".json") is None:  # the JSON is written when the mp4 is final
+        raise HTTPException(404, detail=f"no recording {name!r} (unknown, unfinished or expired)")
+    media = "video/mp4" if suffix == "mp4" else "application/json"
+    return FileResponse(path, media_type=media, filename=f"wanfly-flight-{name}")

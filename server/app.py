@@ -1,0 +1,225 @@
+"""The FastAPI app: ``create_app(settings, world=None)``.
+
+Routes: ``/ws`` (flight), ``/api/config``, ``POST /generate``, ``/jobs/{id}``, ``/jobs/{id}/video``,
+``/recordings/{id}.mp4|json``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus), ``/gradio``, ``/docs``
+(OpenAPI) and the web UI at ``/``. The lifespan loads the world on a background thread (``/readyz`` answers 503
+until it is loaded) unless a loaded ``world`` is passed in, then starts the engine; shutdown stops it.
+Security: an optional shared token (``--token``) guards the WebSocket, REST jobs, recordings, metrics and gradio
+(header ``Authorization: Bearer``, ``?token=`` which also sets a cookie, or the cookie); WebSocket ``Origin`` must be
+the server's own or in ``--allowed_origins``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from contextlib import asynccontextmanager
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+
+from models.action_format import ACTION_NAMES, ROTATION_UNIT, TRANSLATION_UNIT
+
+from .api import router as rest_router
+from .bindings import bindings_config
+from .engine import Engine, PipelineGenerator, warm_up
+from .images import list_samples
+from .metrics import Metrics
+from .recording import FileStore
+from .session import CLOSE_POLICY, Connection
+from .settings import Settings
+from .worlds import World, load_world, world_summary
+
+log = logging.getLogger("wanfly.app")
+TOKEN_COOKIE = "wanfly_token"
+PROTECTED_PREFIXES = ("/generate", "/jobs", "/recordings", "/metrics", "/gradio")
+
+
+class AppState:
+    def __init__(self, settings: Settings, world: World | None):
+        self.settings, self.world = settings, world
+        self.metrics = Metrics()
+        self.recordings = FileStore(settings.recordings_dir, keep=settings.recordings_kept, prefix="wanfly-rec-")
+        self.results = FileStore(None, keep=settings.jobs_kept, prefix="wanfly-jobs-")
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def attach(self, world: World) -> None:
+        self.world = world
+        generator = PipelineGenerator(world)
+        log.info("warm-up generation took %.2f s", warm_up(generator))
+        self.engine = Engine(generator, self.settings, self.metrics, self.recordings, self.results).start()
+        self.metrics.set("wanfly_ready", 1)
+
+    def load(self) -> None:
+        try:
+            self.attach(load_world(self.settings))
+        except Exception as error:  # reported by /readyz and the log
+            log.exception("loading the world failed")
+            self.load_error = f"{type(error).__name__}: {error}"
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.results.close()
+        self.recordings.close()
+
+
+def token_from(headers: dict, query: str) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    values = parse_qs(query).get("token")
+    if values:
+        return values[0]
+    cookie = SimpleCookie(headers.get("cookie", ""))
+    return cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else None
+
+
+def token_ok(expected: str | None, given: str | None) -> bool:
+    return expected is None or (given is not None and secrets.compare_digest(expected.encode(), given.encode()))
+
+
+class TokenMiddleware:
+    """Pure ASGI: HTTP requests under PROTECTED_PREFIXES need the token; a valid ``?token=`` sets the cookie."""
+
+    def __init__(self, app, token: str | None):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if self.token is None or scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = scope.get("query_string", b"").decode("latin-1")
+        if not token_ok(self.token, token_from(headers, query)):
+            response = JSONResponse({"detail": "missing or wrong token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        if "token=" not in query:
+            return await self.app(scope, receive, send)
+
+        async def send_with_cookie(message):
+            if message["type"] == "http.response.start":
+                cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                message["headers"] = list(message.get("headers", [])) + [(b"set-cookie", cookie.encode())]
+            await send(message)
+        return await self.app(scope, receive, send_with_cookie)
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI: ``POST /generate`` bodies over the limit get 413 before anything reads them (411 without a
+    Content-Length)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/generate" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is None or not length.isdigit() or int(length) > self.limit:
+            status, detail = (411, "Content-Length required") if length is None else \
+                (413, f"request body over the limit of {self.limit} bytes")
+            return await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
+    origin = websocket.headers.get("origin")
+    if origin is None:  # not a browser (browsers always send Origin on WebSocket handshakes)
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower()
+
+
+def public_config(state: AppState) -> dict:
+    s, world = state.settings, state.world
+    return {
+        "actions": list(ACTION_NAMES),
+        "units": {"translation": TRANSLATION_UNIT, "rotation": ROTATION_UNIT},
+        "bindings": bindings_config(),
+        "world": world_summary(world),
+        "ready": state.ready,
+        "fps": world.fps if world else None,
+        "chunk_frames": world.chunk_frames if world else None,
+        "limits": {"max_upload_bytes": s.max_upload_bytes, "max_message_bytes": s.max_message_bytes,
+                   "max_prompt_chars": s.max_prompt_chars, "max_steps": s.max_steps,
+                   "max_sessions": s.max_sessions, "max_waiting": s.max_waiting, "max_jobs": s.max_jobs,
+                   "max_job_frames": s.max_job_frames},
+        "samples": list_samples(s.web_dir),
+        "token_required": s.token is not None,
+        "gradio": s.gradio,
+    }
+
+
+def create_app(settings: Settings = None, world: World = None) -> FastAPI:
+    settings = settings or Settings()
+    state = AppState(settings, world)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if world is not None:
+            state.attach(world)
+        else:
+            threading.Thread(target=state.load, name="wanfly-load", daemon=True).start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.close)
+
+    app = FastAPI(title="wanfly", version="0.1.0", lifespan=lifespan,
+                  description="Real-time drone flight through a generated world (Wan2.2-TI2V-5B + action control). "
+                              "The flight WebSocket `/ws` is documented in docs/protocol.md.")
+    app.state.wanfly = state
+    app.include_router(rest_router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz():
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz():
+        body = {"ready": state.ready, "error": state.load_error, "world": world_summary(state.world)}
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    def metrics():
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/api/config", tags=["ui"])
+    def config():
+        return public_config(state)
+
+    @app.websocket("/ws")
+    async def flight_socket(websocket: WebSocket):
+        if not origin_allowed(websocket, settings.allowed_origins):
+            state.metrics.inc("wanfly_errors_total", code="origin")
+            return await websocket.close(code=CLOSE_POLICY)
+        if not token_ok(settings.token, token_from(dict(websocket.headers), websocket.url.query)):
+            state.metrics.inc("wanfly_errors_total", code="token")
+            return await websocket.close(code=CLOSE_POLICY)
+        await websocket.accept()
+        await Connection(websocket, state).run()
+
+    if settings.gradio:
+        from .gradio_app import mount_gradio
+        mount_gradio(app, state)
+    web_dir = Path(settings.web_dir)
+    if web_dir.is_dir():
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    else:
+        log.warning("web UI folder %s is missing; serving the API only", web_dir)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.ws_max_size)
+    if settings.token:
+        app.add_middleware(TokenMiddleware, token=settings.token)
+    return app

@@ -1,0 +1,125 @@
+"""``python -m server.bench [--sessions 1 --seconds 20 --url URL | server options...]``: serving numbers.
+
+Starts ``python -m server`` on loopback with the remaining options (or uses ``--url``), flies ``--sessions``
+clients holding forward + yaw for ``--seconds``, and prints JSON: chunk generation time, frames/s delivered per
+session, stalls (server count), and the server's cost per frame (JPEG encode + WebSocket send, from /metrics)
+against the frame budget 1/fps. ``--jpeg_sizes`` also times simplejpeg alone at a few sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import urllib.request
+
+import numpy as np
+
+
+def metrics(url: str, token: str | None) -> dict:
+    request = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        values = {}
+        for line in response.read().decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, value = line.split()
+                values[name] = float(value)
+        return values
+
+
+async def fly(url: str, seconds: float, token: str | None, result: dict) -> None:
+    from websockets.asyncio.client import connect
+    ws_url = url.replace("http", "ws", 1) + "/ws" + (f"?token={token}" if token else "")
+    async with connect(ws_url, compression=None, proxy=None, max_size=2**24) as ws:
+        await ws.send(json.dumps({"type": "start", "prompt": "a drone flies over green hills", "image": None,
+                                  "seed": 0}))
+        ready = json.loads(await ws.recv())
+        result.update(fps=ready["fps"], chunk_frames=ready["chunk_frames"], size=[ready["width"], ready["height"]],
+                      gen_ms=[], frames=0, first_frame_s=None)
+        started = time.monotonic()
+        next_input, seq = started, 0
+        while (now := time.monotonic()) < started + seconds:
+            if now >= next_input:
+                await ws.send(json.dumps({"type": "input", "seq": seq, "t": (now - started) * 1000,
+                                          "flags": [1, 0, 0, 0, 1, 0, 0, 0], "mags": [1, 0, 0, 0, 1, 0, 0, 0]}))
+                seq, next_input = seq + 1, next_input + 0.04
+            try:
+                message = await asyncio.wait_for(ws.recv(), max(0.001, next_input - time.monotonic()))
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(message, bytes):
+                result["frames"] += 1
+                if result["first_frame_s"] is None:
+                    result["first_frame_s"] = round(time.monotonic() - started, 3)
+            elif json.loads(message)["type"] == "chunk":
+                result["gen_ms"].append(json.loads(message)["gen_ms"])
+        result["seconds"] = time.monotonic() - started
+        await ws.send(json.dumps({"type": "stop"}))
+
+
+def run(url: str, sessions: int, seconds: float, token: str | None) -> dict:
+    before = metrics(url, token)
+    results = [{} for _ in range(sessions)]
+
+    async def main():
+        await asyncio.gather(*(fly(url, seconds, token, r) for r in results))
+    asyncio.run(main())
+    after = metrics(url, token)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    frames_sent = max(delta.get("wanfly_frames_sent_total", 0), 1)
+    fps = results[0]["fps"]
+    jpeg_ms = 1000 * delta.get("wanfly_jpeg_seconds_total", 0) / frames_sent
+    send_ms = 1000 * delta.get("wanfly_send_seconds_total", 0) / frames_sent
+    gen = [g for r in results for g in r["gen_ms"][1:]] or [g for r in results for g in r["gen_ms"]]
+    return {
+        "sessions": sessions, "fps": fps, "chunk_frames": results[0]["chunk_frames"], "size": results[0]["size"],
+        "chunk_ms_median": round(statistics.median(gen), 1), "chunk_ms_p90": round(float(np.percentile(gen, 90)), 1),
+        "chunks": len(gen) + sessions,
+        "frames_per_s_per_session": [round(r["frames"] / r["seconds"], 2) for r in results],
+        "first_frame_s": [r["first_frame_s"] for r in results],
+        "server_stalls": delta.get("wanfly_stalls_total", 0), "frames_dropped": delta.get("wanfly_frames_dropped_total", 0),
+        "server_ms_per_frame": {"jpeg": round(jpeg_ms, 4), "send": round(send_ms, 4), "total": round(jpeg_ms + send_ms, 4),
+                                "budget": round(1000 / fps, 2)},
+    }
+
+
+def jpeg_sizes(quality: int = 85) -> dict:
+    from .images import encode_jpeg
+    out = {}
+    rng = np.random.default_rng(0)
+    for width, height in ((64, 64), (128, 128), (832, 480)):
+        smooth = np.kron(rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+        times = []
+        for _ in range(50):
+            started = time.perf_counter()
+            data = encode_jpeg(np.ascontiguousarray(smooth), quality)
+            times.append(time.perf_counter() - started)
+        out[f"{width}x{height}"] = {"ms": round(1000 * statistics.median(times), 4), "bytes": len(data)}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=None, help="a running server (default: start one with the other options)")
+    parser.add_argument("--sessions", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--jpeg_sizes", action="store_true")
+    args, server_args = parser.parse_known_args(argv)
+    report = {}
+    if args.jpeg_sizes:
+        report["jpeg_only"] = jpeg_sizes()
+    if args.url:
+        report["flight"] = run(args.url, args.sessions, args.seconds, args.token)
+    else:
+        from .testing import server_process
+        with server_process("--gradio", "0", *server_args) as url:
+            report["flight"] = run(url, args.sessions, args.seconds, args.token)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

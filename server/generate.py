@@ -1,0 +1,87 @@
+"""``python -m server.generate --image first.png --prompt "..." --actions FILE|"forward:20" --out video.mp4``
+
+One offline generation with the same world loading, generator and mp4 writer as the server. ``--actions`` is a
+JSON file of raw ``(T, 2, 8)`` actions or a text timeline (``server.inputs.parse_action_spec``: ``forward:20``,
+``forward+yaw_left:10,hover:5``, ``forward=0.5:8``); the video has 4T+1 frames. World options as for
+``python -m server`` (``--world``, ``--model_dir``, ``--artifacts``, ``--device``, ``--height``, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from .settings import Settings
+
+WORLD_OPTIONS = ("world", "model_dir", "artifacts", "device", "dtype", "world_seed", "threads", "height", "width",
+                 "fps", "steps", "cfg_scale", "web_dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", default=None, help="first frame (PNG/JPEG/WebP); default: a bundled sample")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--actions", required=True, help='JSON file of (T, 2, 8) raw actions, or e.g. "forward:20"')
+    parser.add_argument("--out", required=True, help="output .mp4")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--negative_prompt", default="")
+    for name in WORLD_OPTIONS:
+        parser.add_argument(f"--{name}", default=None)
+    return parser
+
+
+def load_actions(value: str, full_scale):
+    import numpy as np
+
+    from models.action_format import parse_actions
+
+    from .inputs import parse_action_spec
+    if os.path.isfile(value):
+        with open(value) as f:
+            return parse_actions(json.load(f), name=f"actions ({value})")[0].numpy().astype(np.float64)
+    return parse_action_spec(value, full_scale)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    world_args = [f"--{k}={getattr(args, k)}" for k in WORLD_OPTIONS if getattr(args, k) is not None]
+    settings = Settings.from_args(world_args + ["--gradio=0"])
+    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+    from models.action_format import num_frames_for_actions
+
+    from .engine import GenRequest, PipelineGenerator
+    from .images import decode_image_bytes, fit_image, load_sample
+    from .recording import write_mp4
+    from .worlds import check_world_args, load_world
+    try:
+        check_world_args(settings)
+        world = load_world(settings)
+        actions = load_actions(args.actions, world.full_scale)  # (T, 2, 8)
+        num_frames = num_frames_for_actions(len(actions))
+        if num_frames > world.max_frames:
+            raise ValueError(f"actions: {len(actions)} steps make {num_frames} frames, more than {world.max_frames}")
+        if args.image:
+            with open(args.image, "rb") as f:
+                image = decode_image_bytes(f.read(), settings.max_upload_bytes, settings.max_image_pixels, "--image")
+        else:
+            image = load_sample(settings.web_dir, None)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    request = GenRequest(prompt=args.prompt, image=fit_image(image, world.width, world.height), actions=actions,
+                         num_frames=num_frames, steps=world.steps, seed=args.seed, cfg_scale=world.cfg_scale,
+                         negative_prompt=args.negative_prompt)
+    started = time.perf_counter()
+    frames = PipelineGenerator(world).generate(
+        request, progress=lambda i, n: print(f"step {i}/{n}", file=sys.stderr, flush=True))
+    write_mp4(args.out, frames, world.fps)
+    print(f"wrote {args.out}: {len(frames)} frames {world.width}x{world.height} at {world.fps} fps "
+          f"({time.perf_counter() - started:.1f} s, weights: {world.weights})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

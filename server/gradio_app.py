@@ -1,0 +1,116 @@
+"""A gradio app at ``/gradio`` for offline generation on the same worker queue as ``POST /generate``.
+
+Image (or a bundled sample), prompt, an action timeline editor (one row per latent-frame step, one column per
+action holding a fraction 0..1 of its full-scale magnitude; a text spec such as ``forward:10,yaw_left:5`` fills it),
+steps, seed, a progress bar and the video.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models.action_format import ACTION_NAMES, NUM_ACTIONS, num_frames_for_actions
+
+from .engine import EngineFull, GenRequest
+from .images import fit_image, load_sample
+from .inputs import parse_action_spec
+
+DEFAULT_SPEC = "forward:2,forward+yaw_left:2"
+
+
+def table_to_actions(table, full_scale) -> np.ndarray:
+    """Rows of 8 fractions (0 = off) -> raw ``(T, 2, 8)``. ValueError naming the bad cell."""
+    rows = [list(row) for row in (table.values.tolist() if hasattr(table, "values") else table or [])]
+    if not rows:
+        raise ValueError("actions: the timeline is empty; add at least one row")
+    raw = np.zeros((len(rows), 2, NUM_ACTIONS))
+    for r, row in enumerate(rows):
+        if len(row) != NUM_ACTIONS:
+            raise ValueError(f"actions: row {r + 1} has {len(row)} columns, expected {NUM_ACTIONS}")
+        for c, cell in enumerate(row):
+            try:
+                value = 0.0 if cell in (None, "") else float(cell)
+            except (TypeError, ValueError):
+                raise ValueError(f"actions: row {r + 1}, {ACTION_NAMES[c]}: {cell!r} is not a number") from None
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"actions: row {r + 1}, {ACTION_NAMES[c]}: {value} is outside 0..1")
+            raw[r, 0, c] = 1.0 if value > 0 else 0.0
+            raw[r, 1, c] = value * full_scale[c]
+    return raw
+
+
+def spec_to_table(spec: str) -> list[list[float]]:
+    raw = parse_action_spec(spec, full_scale=(1.0,) * NUM_ACTIONS)  # fractions
+    return [[round(float(v), 3) for v in step[1]] for step in raw]
+
+
+def build_blocks(state):
+    import gradio as gr
+
+    def run(image, sample, prompt, table, steps, seed, progress=gr.Progress()):
+        if not state.ready:
+            raise gr.Error("the model is still loading; try again shortly")
+        world, settings = state.world, state.settings
+        try:
+            actions = table_to_actions(table, world.full_scale)
+            num_frames = num_frames_for_actions(len(actions))
+            if num_frames > min(settings.max_job_frames, world.max_frames):
+                raise ValueError(f"actions: {len(actions)} steps make {num_frames} frames, more than "
+                                 f"{min(settings.max_job_frames, world.max_frames)}")
+            first = image if image is not None else load_sample(settings.web_dir, sample or None)
+            request = GenRequest(prompt=prompt or "", image=fit_image(first.convert("RGB"), world.width, world.height),
+                                 actions=actions, num_frames=num_frames, steps=int(steps), seed=int(seed),
+                                 cfg_scale=world.cfg_scale)
+            job = state.engine.submit_job(request)
+        except (ValueError, EngineFull) as error:
+            raise gr.Error(str(error))
+        while not job.done.wait(0.1):
+            position = state.engine.job_position(job)
+            progress(job.progress, desc=f"queued ({position} ahead)" if position else "generating")
+        if job.status != "done":
+            raise gr.Error(job.error or "generation failed")
+        return str(state.engine.results.path(job.id, ".mp4"))
+
+    def fill(spec):
+        try:
+            return spec_to_table(spec)
+        except ValueError as error:
+            raise gr.Error(str(error))
+
+    world = state.world
+    with gr.Blocks(title="wanfly offline generation") as blocks:
+        gr.Markdown("## wanfly: offline generation\nThe same worker queue as `POST /generate`. Each timeline row is "
+                    "one latent-frame step (4 video frames); each cell is a fraction 0..1 of the action's full-scale "
+                    "magnitude (0 = off).")
+        if world is not None and world.random_weights:
+            gr.Markdown(f"**{world.weights}**")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="pil", label="first frame (empty = bundled sample)")
+                samples = _samples(state)
+                sample = gr.Dropdown(samples, value=samples[0] if samples else None, label="bundled sample")
+                prompt = gr.Textbox(value=world.prompt if world else "", label="prompt")
+                with gr.Row():
+                    steps = gr.Slider(1, state.settings.max_steps, value=world.steps if world else 2, step=1,
+                                      label="steps")
+                    seed = gr.Number(value=0, precision=0, label="seed")
+            with gr.Column():
+                spec = gr.Textbox(value=DEFAULT_SPEC, label="timeline as text (name:steps, + joins, =fraction)")
+                fill_button = gr.Button("fill the timeline from text")
+                table = gr.Dataframe(value=spec_to_table(DEFAULT_SPEC), headers=list(ACTION_NAMES),
+                                     datatype="number", interactive=True, label="action timeline")
+                video = gr.Video(label="video")
+                go = gr.Button("generate", variant="primary")
+        fill_button.click(fill, inputs=spec, outputs=table)
+        go.click(run, inputs=[image, sample, prompt, table, steps, seed], outputs=video)
+    return blocks
+
+
+def _samples(state) -> list[str]:
+    from .images import list_samples
+    return list_samples(state.settings.web_dir)
+
+
+def mount_gradio(app, state) -> None:
+    import gradio as gr
+    gr.mount_gradio_app(app, build_blocks(state), path="/gradio", allowed_paths=[str(state.results.folder)],
+                        footer_links=[])

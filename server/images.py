@@ -1,0 +1,96 @@
+"""Images in and out: safe decoding of uploaded data URLs, bundled samples, frame conversion and JPEG encoding."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
+DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
+FRAME_HEADER = struct.Struct(">II")  # chunk index, frame index (uint32 big-endian)
+SAMPLES_FOLDER = "samples"
+
+
+def decode_data_url(url: str, max_bytes: int, max_pixels: int, field: str = "image") -> Image.Image:
+    """A ``data:image/...;base64,`` URL -> RGB PIL image. Raises ValueError naming ``field`` for anything else:
+    another scheme, bad base64, too many bytes or pixels, an undecodable or unsupported image."""
+    match = DATA_URL.match(url or "")
+    if not match:
+        raise ValueError(f"{field}: expected a data URL of a PNG, JPEG or WebP image (data:image/png;base64,...)")
+    payload = url[match.end():]
+    if len(payload) > max_bytes * 4 // 3 + 4:
+        raise ValueError(f"{field}: larger than the upload limit of {max_bytes} bytes")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{field}: invalid base64 data") from None
+    return decode_image_bytes(data, max_bytes, max_pixels, field)
+
+
+def decode_image_bytes(data: bytes, max_bytes: int, max_pixels: int, field: str = "image") -> Image.Image:
+    if len(data) > max_bytes:
+        raise ValueError(f"{field}: {len(data)} bytes, larger than the upload limit of {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            if image.format not in ALLOWED_FORMATS:
+                raise ValueError(f"{field}: format {image.format} is not accepted (PNG, JPEG or WebP)")
+            width, height = image.size
+            if width * height > max_pixels or width < 1 or height < 1:
+                raise ValueError(f"{field}: {width}x{height} pixels exceed the limit of {max_pixels}")
+            return image.convert("RGB")
+    except ValueError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError) as error:
+        raise ValueError(f"{field}: not a readable image ({type(error).__name__})") from None
+
+
+def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-crop to the target aspect ratio, then resize (the first frame must match the generation size)."""
+    src_w, src_h = image.size
+    scale = max(width / src_w, height / src_h)
+    crop_w, crop_h = min(src_w, round(width / scale)), min(src_h, round(height / scale))
+    left, top = (src_w - crop_w) // 2, (src_h - crop_h) // 2
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def list_samples(web_dir) -> list[str]:
+    folder = Path(web_dir) / SAMPLES_FOLDER
+    return sorted(p.stem for p in folder.glob("*.png")) if folder.is_dir() else []
+
+
+def load_sample(web_dir, name: str | None) -> Image.Image:
+    """A bundled first frame by name (None = the first sample). ValueError naming ``sample`` if unknown."""
+    names = list_samples(web_dir)
+    if not names:
+        raise ValueError(f"sample: no bundled samples in {Path(web_dir) / SAMPLES_FOLDER}; upload an image")
+    name = names[0] if name is None else name
+    if name not in names:
+        raise ValueError(f"sample: unknown sample {name!r}; available: {names}")
+    with Image.open(Path(web_dir) / SAMPLES_FOLDER / f"{name}.png") as image:
+        return image.convert("RGB")
+
+
+def video_to_frames(video) -> np.ndarray:
+    """Pipeline ``floatpoint`` output ``(1, 3, F, H, W)`` in [-1, 1] -> ``(F, H, W, 3)`` uint8 (contiguous)."""
+    x = video[0].float().clamp(-1, 1).add(1).mul(127.5).round().to("cpu").byte()  # (3, F, H, W)
+    return np.ascontiguousarray(x.permute(1, 2, 3, 0).numpy())  # (F, H, W, 3)
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    import simplejpeg
+    return simplejpeg.encode_jpeg(frame, quality=quality, colorspace="RGB", fastdct=True)
+
+
+def frame_message(chunk_index: int, frame_index: int, jpeg: bytes) -> bytes:
+    """The binary WebSocket message of one frame: 8-byte header + JPEG."""
+    return FRAME_HEADER.pack(chunk_index, frame_index) + jpeg

@@ -1,0 +1,83 @@
+"""Prometheus metrics (text exposition format 0.0.4), thread-safe, no dependency."""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+CHUNK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
+
+COUNTERS = {
+    "wanfly_chunks_total": "flight chunks generated",
+    "wanfly_frames_sent_total": "video frames sent to clients",
+    "wanfly_frames_dropped_total": "stale frames dropped because a client read too slowly",
+    "wanfly_stalls_total": "chunks delivered after the client's playback buffer had run out",
+    "wanfly_errors_total": "errors reported to clients, by code",
+    "wanfly_sessions_total": "flight sessions started",
+    "wanfly_sessions_refused_total": "flight sessions refused (server full)",
+    "wanfly_slow_clients_closed_total": "connections closed because a send blocked past the timeout",
+    "wanfly_jobs_total": "REST/gradio jobs, by final status",
+    "wanfly_jpeg_seconds_total": "time spent encoding JPEG frames",
+    "wanfly_send_seconds_total": "time spent in WebSocket sends of frames",
+}
+GAUGES = {
+    "wanfly_sessions_active": "flight sessions generating",
+    "wanfly_sessions_queued": "flight sessions waiting for a turn",
+    "wanfly_jobs_queued": "jobs waiting",
+    "wanfly_connections": "open WebSocket connections",
+    "wanfly_ready": "1 when the model is loaded",
+}
+
+
+class Metrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counters = defaultdict(float)  # (name, labels) -> value
+        self._gauges = {}
+        self._hist = [0] * len(CHUNK_BUCKETS)
+        self._hist_sum = 0.0
+        self._hist_count = 0
+
+    def inc(self, name: str, value: float = 1.0, **labels) -> None:
+        assert name in COUNTERS, name
+        with self._lock:
+            self._counters[(name, tuple(sorted(labels.items())))] += value
+
+    def set(self, name: str, value: float) -> None:
+        assert name in GAUGES, name
+        with self._lock:
+            self._gauges[name] = value
+
+    def observe_chunk(self, seconds: float) -> None:
+        with self._lock:
+            self._hist_sum += seconds
+            self._hist_count += 1
+            for i, bound in enumerate(CHUNK_BUCKETS):
+                if seconds <= bound:
+                    self._hist[i] += 1
+
+    def value(self, name: str, **labels) -> float:
+        with self._lock:
+            if name in GAUGES:
+                return self._gauges.get(name, 0.0)
+            if labels:
+                return self._counters.get((name, tuple(sorted(labels.items()))), 0.0)
+            return sum(v for (n, _), v in self._counters.items() if n == name)
+
+    def render(self) -> str:
+        lines = []
+        with self._lock:
+            for name, help_text in COUNTERS.items():
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+                rows = [(labels, v) for (n, labels), v in sorted(self._counters.items()) if n == name] or [((), 0.0)]
+                for labels, v in rows:
+                    label_text = ",".join(f'{k}="{val}"' for k, val in labels)
+                    lines.append(f"{name}{{{label_text}}} {v:g}" if label_text else f"{name} {v:g}")
+            for name, help_text in GAUGES.items():
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {self._gauges.get(name, 0):g}"]
+            name = "wanfly_chunk_seconds"
+            lines += [f"# HELP {name} generation time of one flight chunk", f"# TYPE {name} histogram"]
+            for bound, count in zip(CHUNK_BUCKETS, self._hist):
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                lines.append(f'{name}_bucket{{le="{le}"}} {count}')
+            lines += [f"{name}_sum {self._hist_sum:.6f}", f"{name}_count {self._hist_count}"]
+        return "\n".join(lines) + "\n"

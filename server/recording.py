@@ -1,0 +1,125 @@
+"""H.264 mp4 writing (imageio-ffmpeg) for jobs and flight recordings, and the folder that keeps them.
+
+A flight recording is written while the flight goes on (bounded memory): ``<id>.mp4`` with every frame shown and
+``<id>.json`` with the prompt and each chunk's actions in the training format (raw ``(k, 2, 8)``, plus the
+concatenated ``(T, 2, 8)`` of the whole flight).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("wanfly.recording")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+class Mp4Writer:
+    """Streams ``(H, W, 3)`` uint8 frames into an H.264 (yuv420p) mp4."""
+
+    def __init__(self, path, width: int, height: int, fps: float):
+        import imageio_ffmpeg
+        self.path = str(path)
+        self.frames = 0
+        self._writer = imageio_ffmpeg.write_frames(
+            self.path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+            macro_block_size=16, ffmpeg_log_level="error", output_params=["-preset", "veryfast", "-crf", "20"])
+        self._writer.send(None)
+
+    def write(self, frames: np.ndarray) -> None:
+        for frame in frames:
+            self._writer.send(np.ascontiguousarray(frame).tobytes())
+            self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def write_mp4(path, frames: np.ndarray, fps: float) -> None:
+    """``(F, H, W, 3)`` uint8 -> an H.264 mp4 at ``path``."""
+    writer = Mp4Writer(path, frames.shape[2], frames.shape[1], fps)
+    try:
+        writer.write(frames)
+    finally:
+        writer.close()
+
+
+class FileStore:
+    """A folder of result files keyed by id (``<id>.mp4``, ``<id>.json``), keeping the newest ``keep`` ids."""
+
+    def __init__(self, folder=None, keep: int = 16, prefix: str = "wanfly-"):
+        self._tmp = None
+        if folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=prefix)
+            folder = self._tmp.name
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._ids: list[str] = []
+
+    def path(self, item_id: str, suffix: str) -> Path:
+        if not ID_PATTERN.match(item_id or ""):
+            raise ValueError(f"id: {item_id!r} is not a valid id")
+        return self.folder / f"{item_id}{suffix}"
+
+    def add(self, item_id: str) -> None:
+        """Register an id; the oldest ids beyond ``keep`` lose their files."""
+        with self._lock:
+            self._ids.append(item_id)
+            old, self._ids = self._ids[:-self.keep], self._ids[-self.keep:]
+        for stale in old:
+            for file in self.folder.glob(f"{stale}.*"):
+                file.unlink(missing_ok=True)
+
+    def find(self, item_id: str, suffix: str):
+        try:
+            path = self.path(item_id, suffix)
+        except ValueError:
+            return None
+        return path if path.is_file() else None
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class FlightRecorder:
+    """Appends a flight's frames and chunk actions; ``close`` finalises the mp4 and writes the JSON."""
+
+    def __init__(self, store: FileStore, flight_id: str, width: int, height: int, fps: int, meta: dict,
+                 max_frames: int):
+        self.store, self.id, self.meta, self.max_frames = store, flight_id, dict(meta), max_frames
+        store.add(flight_id)
+        self.fps = fps
+        self.video = Mp4Writer(store.path(flight_id, ".mp4"), width, height, fps)
+        self.chunks: list[dict] = []
+        self.truncated = False
+        self.started = time.time()
+
+    def add(self, chunk_meta: dict, frames: np.ndarray) -> None:
+        room = self.max_frames - self.video.frames
+        if room < len(frames):
+            self.truncated = True
+        if room > 0:
+            self.video.write(frames[:room])
+            self.chunks.append(chunk_meta)
+
+    def close(self) -> dict:
+        """Finalise both files; returns ``{"id", "frames", "chunks", "truncated"}``."""
+        self.video.close()
+        steps = [step for chunk in self.chunks for step in chunk["actions"]]
+        record = {**self.meta, "fps": self.fps, "frames": self.video.frames, "truncated": self.truncated,
+                  "duration_s": round(time.time() - self.started, 3), "chunks": self.chunks, "actions": steps}
+        with open(self.store.path(self.id, ".json"), "w") as f:
+            json.dump(record, f)
+        return {"id": self.id, "frames": self.video.frames, "chunks": len(self.chunks), "truncated": self.truncated}

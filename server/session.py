@@ -1,0 +1,228 @@
+"""One ``Connection`` per WebSocket: validates client messages, runs a flight on the engine, and sends through its own
+bounded send queue.
+
+Send path: engine threads call ``notify`` (never blocks: ``call_soon_threadsafe``) -> ``_on_event`` queues JSON and
+binary frames -> one sender task sends them, each send bounded by ``send_timeout_s``. When more than
+``send_queue_frames`` frames wait, the oldest frames are dropped (counted); a send that times out closes the
+connection. Whatever happens, ``finally`` removes the flight from the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+
+import anyio
+
+from models.action_format import ACTION_NAMES
+
+from .engine import EngineFull, Flight
+from .images import decode_data_url, fit_image, load_sample
+from .inputs import InputTimeline
+from .protocol import Input, Ping, ProtocolError, Start, Stop, parse_client_message
+
+log = logging.getLogger("wanfly.session")
+MAX_PENDING_MESSAGES = 512  # JSON messages waiting to be sent; beyond it the client is not reading at all
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_POLICY = 1008
+
+
+class Connection:
+    def __init__(self, websocket, state):
+        self.ws, self.state = websocket, state
+        self.settings, self.metrics = state.settings, state.metrics
+        self.loop = asyncio.get_running_loop()
+        self.items: deque = deque()  # (kind, payload): kind in json, bytes, close
+        self.frames_queued = 0
+        self.messages_queued = 0
+        self.frames_dropped = 0
+        self.wakeup = asyncio.Event()
+        self.flight: Flight | None = None
+        self.done = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.metrics.set("wanfly_connections", self.metrics.value("wanfly_connections") + 1)
+        try:
+            async with anyio.create_task_group() as group:
+                async def until_done(loop):
+                    try:
+                        await loop()
+                    finally:
+                        group.cancel_scope.cancel()  # either loop ending ends the connection
+                group.start_soon(until_done, self._receive_loop)
+                group.start_soon(until_done, self._send_loop)
+        finally:
+            self.done = True
+            if self.flight is not None:
+                self.state.engine.remove_flight(self.flight)
+                self.flight = None
+            self.items.clear()
+            self.metrics.set("wanfly_connections", self.metrics.value("wanfly_connections") - 1)
+
+    def notify(self, event) -> None:
+        """Called from engine threads; never blocks."""
+        if self.done:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._on_event, event)
+        except RuntimeError:  # the loop is closed: the connection is gone
+            pass
+
+    # ---- sending -------------------------------------------------------------------------------------------
+    def _push(self, kind: str, payload) -> None:
+        if self.done:
+            return
+        self.items.append((kind, payload))
+        if kind == "bytes":
+            self.frames_queued += 1
+            while self.frames_queued > self.settings.send_queue_frames:
+                self._drop_oldest_frame()
+        else:
+            self.messages_queued += 1
+            if self.messages_queued > MAX_PENDING_MESSAGES:
+                self.items.clear()
+                self.items.append(("close", (CLOSE_POLICY, "client is not reading")))
+        self.wakeup.set()
+
+    def _drop_oldest_frame(self) -> None:
+        for i, (kind, _) in enumerate(self.items):
+            if kind == "bytes":
+                del self.items[i]
+                self.frames_queued -= 1
+                self.frames_dropped += 1
+                self.metrics.inc("wanfly_frames_dropped_total")
+                return
+
+    def send_json(self, message: dict) -> None:
+        self._push("json", message)
+
+    def error(self, code: str, message: str) -> None:
+        self.metrics.inc("wanfly_errors_total", code=code)
+        self.send_json({"type": "error", "code": code, "message": message})
+
+    async def _send_loop(self) -> None:
+        timeout = self.settings.send_timeout_s
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.items:
+                kind, payload = self.items.popleft()
+                if kind == "close":
+                    with anyio.move_on_after(timeout):
+                        await self.ws.close(code=payload[0], reason=payload[1])
+                    return
+                if kind == "bytes":
+                    self.frames_queued -= 1
+                    send = self.ws.send_bytes(payload)
+                else:
+                    self.messages_queued -= 1
+                    send = self.ws.send_json(payload)
+                started = time.perf_counter()
+                with anyio.move_on_after(timeout) as deadline:
+                    await send
+                if deadline.cancelled_caught:
+                    self.metrics.inc("wanfly_slow_clients_closed_total")
+                    log.warning("closing a connection: a send blocked for %.1f s", timeout)
+                    return
+                if kind == "bytes":
+                    self.metrics.inc("wanfly_frames_sent_total")
+                    self.metrics.inc("wanfly_send_seconds_total", time.perf_counter() - started)
+
+    def _on_event(self, event) -> None:
+        kind = event[0]
+        if kind == "chunk":
+            _, meta, frames = event
+            self.send_json(meta)
+            for message in frames:
+                self._push("bytes", message)
+        elif kind == "queue":
+            self.send_json({"type": "queue", "position": event[1]})
+        elif kind == "recording":
+            info = event[1]
+            url = None if info["id"] is None else f"/recordings/{info['id']}"
+            self.send_json({"type": "recording", "id": info["id"], "video": url and url + ".mp4",
+                            "actions": url and url + ".json", "frames": info["frames"], "chunks": info["chunks"],
+                            "truncated": info["truncated"]})
+        elif kind == "error":
+            self.error(event[1], event[2])
+            if self.flight is not None and self.flight.stopped:
+                self.flight = None
+
+    # ---- receiving -----------------------------------------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        while True:
+            message = None
+            with anyio.move_on_after(self.settings.idle_timeout_s):
+                message = await self.ws.receive()
+            if message is None:
+                self._push("close", (1000, "idle"))
+                return await anyio.sleep_forever()  # the sender closes; run() ends with it
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            try:
+                await self._handle(raw if raw is not None else message.get("bytes"))
+            except ProtocolError as problem:
+                self.error(problem.code, problem.message)
+
+    async def _handle(self, raw) -> None:
+        s = self.settings
+        message = parse_client_message(raw, s.max_message_bytes, s.ws_max_size, s.max_prompt_chars, s.max_steps)
+        if isinstance(message, Input):
+            if self.flight is None:
+                raise ProtocolError("not_started", "input before start: send a start message first")
+            try:
+                self.flight.timeline.add(message.seq, message.t, message.flags, message.mags)
+            except ValueError as problem:
+                raise ProtocolError("bad_field", str(problem)) from None
+        elif isinstance(message, Start):
+            await self._start(message)
+        elif isinstance(message, Stop):
+            if self.flight is None:
+                raise ProtocolError("not_started", "stop without a flight")
+            self.state.engine.finish_flight(self.flight)
+            self.flight = None
+        elif isinstance(message, Ping):
+            self.send_json({"type": "pong"})
+
+    async def _start(self, message: Start) -> None:
+        if self.flight is not None:
+            raise ProtocolError("already_started", "a flight is running on this connection; send stop first")
+        if not self.state.ready:
+            raise ProtocolError("not_ready", "the model is still loading; try again shortly (see /readyz)")
+        world = self.state.world
+        try:
+            image = await asyncio.to_thread(self._first_frame, message, world)
+        except ValueError as problem:
+            raise ProtocolError("bad_image", str(problem)) from None
+        seed = message.seed if message.seed is not None else secrets.randbelow(2**31)
+        steps = message.steps or world.steps
+        flight = Flight(prompt=message.prompt, image=image, seed=seed, steps=steps,
+                        timeline=InputTimeline(world.full_scale, world.fps), notify=self.notify,
+                        meta={"weights": world.weights, "world": world.name, "width": world.width,
+                              "height": world.height, "chunk_frames": world.chunk_frames,
+                              "cfg_scale": world.cfg_scale, "actions_names": list(ACTION_NAMES)})
+        try:
+            position = self.state.engine.add_flight(flight)
+        except EngineFull as full:
+            self.error("busy", f"{full}; try again later")
+            self._push("close", (CLOSE_TRY_AGAIN_LATER, "server full"))
+            return
+        self.flight = flight
+        self.send_json({"type": "ready", "session": flight.id, "fps": world.fps, "chunk_frames": world.chunk_frames,
+                        "actions": list(ACTION_NAMES), "weights": world.weights,
+                        "random_weights": world.random_weights, "width": world.width, "height": world.height,
+                        "seed": seed, "steps": steps, "full_scale": list(world.full_scale)})
+        if position:
+            self.send_json({"type": "queue", "position": position})
+
+    def _first_frame(self, message: Start, world):
+        s = self.settings
+        if message.image is not None:
+            image = decode_data_url(message.image, s.max_upload_bytes, s.max_image_pixels)
+        else:
+            image = load_sample(s.web_dir, message.sample)
+        return fit_image(image, world.width, world.height)

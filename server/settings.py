@@ -1,0 +1,140 @@
+"""Server settings: one dataclass, filled from defaults < environment (``WANFLY_<NAME>``) < command line.
+
+Every field is a command-line option of ``python -m server`` with the same name (``--max_sessions 4``) and an
+environment variable (``WANFLY_MAX_SESSIONS=4``); lists are comma-separated, booleans accept 1/0/true/false.
+Fields left at ``None`` take the world's defaults (see ``server.worlds``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "WANFLY_"
+
+
+@dataclass
+class Settings:
+    # where and what to serve
+    host: str = "127.0.0.1"
+    port: int = 8000
+    world: str = "random"  # "random" (the tiny random-weight preset), a registered world name, or a world folder
+    model_dir: Optional[str] = None  # original Wan2.2-TI2V-5B folder (overrides --world)
+    artifacts: Optional[str] = None  # training output folder (action_train_config.json, controller, LoRA)
+    device: str = "auto"  # auto = cuda when available for real weights, else cpu
+    dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
+    world_seed: int = 0  # seed of the random world's weights
+    threads: int = 0  # torch CPU threads (0 = all cores but one on CPU, torch's default on GPU)
+    # generation (None = the world's default)
+    height: Optional[int] = None
+    width: Optional[int] = None
+    chunk_frames: Optional[int] = None  # 4k+1 frames per flight chunk
+    fps: Optional[int] = None
+    steps: Optional[int] = None
+    cfg_scale: Optional[float] = None
+    max_steps: int = 50
+    # capacity
+    max_sessions: int = 4  # flights generating at once (round-robin, one chunk each in turn)
+    max_waiting: int = 8  # flights waiting for a turn; beyond: WebSocket close 1013
+    max_jobs: int = 4  # REST/gradio jobs waiting; beyond: HTTP 429
+    max_job_frames: int = 81
+    jobs_kept: int = 32  # finished jobs whose video stays downloadable
+    # security and limits
+    token: Optional[str] = None  # shared token for REST, WebSocket, recordings and gradio (None = open)
+    allowed_origins: list[str] = field(default_factory=list)  # WebSocket Origins besides the server's own
+    max_upload_bytes: int = 8 * 1024 * 1024  # decoded image bytes
+    max_image_pixels: int = 4096 * 4096
+    max_message_bytes: int = 16 * 1024  # WebSocket messages other than "start"
+    max_prompt_chars: int = 2000
+    # streaming
+    send_queue_frames: int = 48  # frames buffered per connection; older ones are dropped beyond it
+    send_timeout_s: float = 10.0  # a send blocked this long closes the connection
+    idle_timeout_s: float = 120.0  # no message for this long closes the connection
+    jpeg_quality: int = 85
+    # recordings, UI
+    recordings_dir: Optional[str] = None  # None = a temporary folder
+    recordings_kept: int = 16
+    max_recording_frames: int = 24 * 600
+    web_dir: str = str(REPO_ROOT / "web")
+    gradio: bool = True
+    log_level: str = "info"
+
+    def __post_init__(self):
+        for name in ("max_sessions", "max_steps", "max_job_frames", "send_queue_frames", "max_message_bytes",
+                     "max_upload_bytes", "max_prompt_chars", "jobs_kept", "recordings_kept"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_waiting", "max_jobs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.token == "":
+            self.token = None
+
+    @property
+    def ws_max_size(self) -> int:
+        """uvicorn's WebSocket message cap: a start message carrying the largest allowed image as a data URL."""
+        return self.max_upload_bytes * 4 // 3 + self.max_prompt_chars * 4 + 64 * 1024
+
+    @classmethod
+    def from_args(cls, argv=None, env=None) -> "Settings":
+        parser = build_parser()
+        namespace = parser.parse_args(argv)
+        values = _from_env(os.environ if env is None else env)
+        values.update({k: v for k, v in vars(namespace).items() if v is not None})
+        try:
+            return cls(**values)
+        except ValueError as error:
+            parser.error(str(error))
+
+
+def _field_type(f: dataclasses.Field):
+    hint = typing.get_type_hints(Settings)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args and typing.get_origin(hint) is typing.Union else hint
+
+
+def _convert(f: dataclasses.Field, text: str):
+    kind = _field_type(f)
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{f.name}: expected a boolean, got {text!r}")
+    if typing.get_origin(kind) is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return kind(text)
+
+
+def _from_env(env) -> dict:
+    values = {}
+    for f in dataclasses.fields(Settings):
+        text = env.get(ENV_PREFIX + f.name.upper())
+        if text is not None:
+            try:
+                values[f.name] = _convert(f, text)
+            except ValueError as error:
+                raise SystemExit(f"{ENV_PREFIX}{f.name.upper()}: {error}") from None
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server", description="wanfly: real-time drone flight through a generated world",
+        epilog=f"Every option can also be set as an environment variable {ENV_PREFIX}<OPTION> (upper case).")
+    for f in dataclasses.fields(Settings):
+        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.name.upper(),
+                            type=lambda text, f=f: _convert(f, text), help=_help(f))
+    return parser
+
+
+def _help(f: dataclasses.Field) -> str:
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return f"default: {default!r}"

@@ -1,0 +1,182 @@
+"""Worlds: what the server generates with. ``load_world(settings)`` -> ``World`` (a pipeline plus serving defaults).
+
+    --world random                 the tiny random-weight preset (``models.tiny``) on CPU: the UI says so plainly
+    --world <name>                 a world registered in ``WORLD_FACTORIES`` (``register_world``), e.g. "toy" later
+    --world <folder>               a small world folder, loaded by ``models.tiny.load_small_world(folder, ...)``;
+                                   an optional ``serve.json`` there gives serving defaults (height, width, fps, ...)
+    --model_dir <Wan2.2-TI2V-5B>   the real model (``WanActionPipeline.from_model_dir``), overrides --world
+    --artifacts <folder>           a training output folder applied to the pipeline (controller, LoRA, action_stats)
+
+Settings fields that are not None (``--height``, ``--fps``, ...) override the world's defaults.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+from models.action_format import FRAMES_PER_LATENT, num_actions_for_frames
+
+from .inputs import full_scale_from_stats
+from .settings import Settings
+
+log = logging.getLogger("wanfly.worlds")
+SERVE_HINTS = "serve.json"
+HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "prompt")
+
+
+@dataclass
+class World:
+    pipe: object
+    name: str
+    weights: str  # one line for the UI banner and /api/config
+    random_weights: bool
+    height: int
+    width: int
+    chunk_frames: int
+    fps: int
+    steps: int
+    cfg_scale: float
+    prompt: str = "a drone flies over green hills under a blue sky"
+    tiled: bool = False
+    device: str = "cpu"
+    full_scale: tuple = ()
+    full_scale_source: list = field(default_factory=list)
+    warm: bool = False  # set by server.engine.warm_up
+
+    @property
+    def controller(self) -> bool:
+        return getattr(self.pipe, "action_controller", None) is not None
+
+    @property
+    def max_frames(self) -> int:
+        controller = getattr(self.pipe, "action_controller", None)
+        return FRAMES_PER_LATENT * controller.num_latent_frames + 1 if controller is not None else 81
+
+
+WORLD_FACTORIES: dict[str, Callable[[Settings, str, object], World]] = {}
+
+
+def register_world(name: str, factory: Callable[[Settings, str, object], World]) -> None:
+    """Plug in a named world: ``factory(settings, device, torch_dtype) -> World``."""
+    WORLD_FACTORIES[name] = factory
+
+
+def resolve_device(settings: Settings) -> tuple[str, object]:
+    import torch
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if (settings.model_dir and torch.cuda.is_available()) else "cpu"
+    if settings.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, settings.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype: unknown torch dtype {settings.dtype!r}")
+    return device, dtype
+
+
+def check_world_args(settings: Settings) -> None:
+    """Fail fast (before starting a server) on paths and names that cannot load."""
+    from models.pipeline import check_model_dir
+    if settings.model_dir:
+        check_model_dir(settings.model_dir)
+    elif settings.world != "random" and settings.world not in WORLD_FACTORIES and not os.path.isdir(settings.world):
+        raise ValueError(f"world: {settings.world!r} is neither 'random', a registered world "
+                         f"({sorted(WORLD_FACTORIES)}) nor a folder")
+    if settings.artifacts and not os.path.isfile(os.path.join(settings.artifacts, "action_train_config.json")):
+        raise ValueError(f"artifacts: {settings.artifacts!r} has no action_train_config.json")
+
+
+def _random_world(settings: Settings, device: str, dtype) -> World:
+    from models.tiny import build_tiny_controller, build_tiny_pipeline
+    pipe = build_tiny_pipeline(seed=settings.world_seed, device=device, torch_dtype=dtype)
+    pipe.set_action_controller(build_tiny_controller(seed=settings.world_seed))
+    return World(pipe=pipe, name="random", random_weights=True, height=64, width=64, chunk_frames=9, fps=16, steps=2,
+                 cfg_scale=1.0, device=device,
+                 weights="RANDOM weights (tiny preset, untrained): the video is noise-like, not a learned world")
+
+
+def _folder_world(settings: Settings, device: str, dtype) -> World:
+    import models.tiny as tiny
+    folder = settings.world
+    loader = getattr(tiny, "load_small_world", None)
+    if loader is None:
+        raise ValueError(f"world: {folder!r} is a folder, but models.tiny has no load_small_world(folder, device, "
+                         "torch_dtype) to load small-world weights with")
+    pipe = loader(folder, device=device, torch_dtype=dtype)
+    hints = {}
+    hints_path = os.path.join(folder, SERVE_HINTS)
+    if os.path.isfile(hints_path):
+        with open(hints_path) as f:
+            hints = {k: v for k, v in json.load(f).items() if k in HINT_FIELDS}
+    world = World(pipe=pipe, name=os.path.basename(os.path.normpath(folder)), random_weights=False, height=128,
+                  width=128, chunk_frames=9, fps=16, steps=4, cfg_scale=1.0, device=device,
+                  weights=f"small world {os.path.basename(os.path.normpath(folder))} (trained, low resolution)")
+    return replace(world, **hints)
+
+
+def _real_world(settings: Settings, device: str, dtype) -> World:
+    from models.pipeline import WanActionPipeline
+    pipe = WanActionPipeline.from_model_dir(settings.model_dir, device=device, torch_dtype=dtype)
+    return World(pipe=pipe, name="Wan2.2-TI2V-5B", random_weights=False, height=480, width=832, chunk_frames=17,
+                 fps=24, steps=10, cfg_scale=5.0, tiled=True, device=device, weights="Wan2.2-TI2V-5B")
+
+
+def load_world(settings: Settings) -> World:
+    """Build the pipeline named by the settings and apply artifacts and overrides (see the module docstring)."""
+    import torch
+    device, dtype = resolve_device(settings)
+    threads = settings.threads or (max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else 0)
+    if threads:  # on CPU leave a core to the event loop and JPEG encoding (and avoid OpenMP oversubscription)
+        torch.set_num_threads(threads)
+    if settings.model_dir:
+        world = _real_world(settings, device, dtype)
+    elif settings.world == "random":
+        world = _random_world(settings, device, dtype)
+    elif settings.world in WORLD_FACTORIES:
+        world = WORLD_FACTORIES[settings.world](settings, device, dtype)
+    elif os.path.isdir(settings.world):
+        world = _folder_world(settings, device, dtype)
+    else:
+        check_world_args(settings)
+        raise AssertionError("unreachable")
+    pipe = world.pipe
+    if settings.artifacts:
+        pipe.load_action_artifacts(settings.artifacts)
+        world.weights += f" + action controller from {os.path.basename(os.path.normpath(settings.artifacts))}"
+    if not world.controller:
+        world.weights += " (no action controller: input does not steer)"
+    overrides = {name: getattr(settings, name) for name in ("height", "width", "chunk_frames", "fps", "steps",
+                                                            "cfg_scale") if getattr(settings, name) is not None}
+    world = replace(world, **overrides)
+    world.full_scale, world.full_scale_source = full_scale_from_stats(getattr(pipe, "action_stats", None))
+    check_world(world, settings)
+    pipe.prompt_cache_size = max(getattr(pipe, "prompt_cache_size", 8), 2 * (settings.max_sessions + settings.max_waiting) + 4)
+    log.info("world %s: %s, %dx%d, chunk %d frames at %d fps, %d steps, cfg %.1f on %s", world.name, world.weights,
+             world.width, world.height, world.chunk_frames, world.fps, world.steps, world.cfg_scale, device)
+    return world
+
+
+def check_world(world: World, settings: Settings) -> None:
+    world.pipe.check_shape(world.height, world.width, world.chunk_frames)
+    if num_actions_for_frames(world.chunk_frames) < 1:
+        raise ValueError(f"chunk_frames must be at least 5 (4k+1 with k >= 1), got {world.chunk_frames}")
+    if world.chunk_frames > world.max_frames:
+        raise ValueError(f"chunk_frames {world.chunk_frames} exceeds the controller's {world.max_frames} frames")
+    if not 1 <= world.fps <= 120:
+        raise ValueError(f"fps must be in 1..120, got {world.fps}")
+    if not 1 <= world.steps <= settings.max_steps:
+        raise ValueError(f"steps must be in 1..{settings.max_steps}, got {world.steps}")
+
+
+def world_summary(world: Optional[World]) -> dict:
+    if world is None:
+        return {}
+    return {"name": world.name, "weights": world.weights, "random_weights": world.random_weights,
+            "controller": world.controller, "height": world.height, "width": world.width, "fps": world.fps,
+            "chunk_frames": world.chunk_frames, "steps": world.steps, "cfg_scale": world.cfg_scale,
+            "prompt": world.prompt, "full_scale": list(world.full_scale),
+            "full_scale_source": world.full_scale_source, "max_frames": world.max_frames}

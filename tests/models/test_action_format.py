@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from models.action_format import (ACTION_NAMES, MAGNITUDE_SCALE, check_split_actions, constant_actions,
+                                  merge_actions, num_actions_for_frames, num_frames_for_actions, parse_actions,
+                                  split_actions)
+
+
+def test_names_and_scale_follow_the_seed():
+    assert ACTION_NAMES == ("Forward", "Back", "Left", "Right", "Yaw Left", "Yaw Right", "Pitch Up", "Pitch Down")
+    assert list(MAGNITUDE_SCALE) == [100, 100, 100, 100, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("frames,steps", [(1, 0), (5, 1), (9, 2), (33, 8), (81, 20), (121, 30)])
+def test_num_actions_for_frames(frames, steps):
+    assert num_actions_for_frames(frames) == steps
+    assert num_frames_for_actions(steps) == frames
+
+
+@pytest.mark.parametrize("frames", [0, 2, 80, 82, -3, 8.0, True])
+def test_num_actions_rejects_bad_frame_counts(frames):
+    with pytest.raises(ValueError, match="num_frames"):
+        num_actions_for_frames(frames)
+
+
+def test_split_applies_scale_exactly_once_for_every_input_form():
+    raw = constant_actions(3, {"Forward": 0.01, "Yaw Left": 1.5})  # (3, 2, 8)
+    forms = [raw, raw.tolist(), json.dumps(raw.tolist()), raw.unsqueeze(0)]
+    for form in forms:
+        binary, magnitude = split_actions(form)
+        assert binary.shape == magnitude.shape == (1, 3, 8)
+        assert binary.dtype == magnitude.dtype == torch.float32
+        assert binary[0, 0].tolist() == [1, 0, 0, 0, 1, 0, 0, 0]
+        assert magnitude[0, 0, 0].item() == pytest.approx(1.0)  # 0.01 * 100
+        assert magnitude[0, 0, 4].item() == pytest.approx(1.5)  # 1.5 * 1
+    assert torch.allclose(merge_actions(binary, magnitude), raw.unsqueeze(0))
+
+
+def test_split_with_custom_scale():
+    _, magnitude = split_actions(constant_actions(1, {"Right": 0.5}), scale=[2] * 8)
+    assert magnitude[0, 0, 3].item() == 1.0
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.zeros(3, 8), "shape"),
+    (torch.zeros(3, 3, 8), "shape"),
+    (torch.zeros(3, 2, 7), "shape"),
+    (torch.zeros(0, 2, 8), "shape"),
+    (torch.full((2, 2, 8), float("nan")), "NaN"),
+    (torch.full((2, 2, 8), float("inf")), "NaN or Inf"),
+    ("[[1, 2", "JSON"),
+    ("hello", "JSON"),
+    ([["a"]], "numeric"),
+])
+def test_parse_rejects_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        parse_actions(bad)
+
+
+def test_parse_rejects_non_binary_flags_and_negative_magnitudes():
+    raw = torch.zeros(2, 2, 8)
+    raw[0, 0, 3] = 0.5
+    with pytest.raises(ValueError, match="0 or 1"):
+        parse_actions(raw)
+    raw = torch.zeros(2, 2, 8)
+    raw[1, 1, 2] = -0.1
+    with pytest.raises(ValueError, match=">= 0"):
+        parse_actions(raw)
+
+
+def test_seed_form_checks():
+    binary, magnitude = check_split_actions(torch.ones(4, 8), None)
+    assert binary.shape == (1, 4, 8) and magnitude.abs().sum() == 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        check_split_actions(torch.ones(1, 4, 8), torch.ones(1, 3, 8))
+    with pytest.raises(ValueError, match="0 or 1"):
+        check_split_actions(torch.full((1, 4, 8), 2.0), torch.ones(1, 4, 8))
+    with pytest.raises(ValueError, match=">= 0"):
+        check_split_actions(torch.ones(1, 4, 8), -torch.ones(1, 4, 8))
+    with pytest.raises(ValueError, match="shape"):
+        check_split_actions(torch.ones(1, 4, 7), torch.ones(1, 4, 7))
+
+
+def test_constant_actions_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown action"):
+        constant_actions(2, {"Up": 1.0})

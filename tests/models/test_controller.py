@@ -1,0 +1,224 @@
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.controller import (ACTION_CONTROLLER_CONFIGS, INJECTION_TYPES, ActionControllerConfig, WanActionController,
+                               WanRMSNorm, resolve_controller_config)
+
+B, T, H_GRID, W_GRID, C, HEADS = 2, 3, 2, 3, 64, 2
+FRAMES, N = T + 1, H_GRID * W_GRID
+
+
+def make(injection_type, **kw):
+    torch.manual_seed(0)
+    kw = {**ACTION_CONTROLLER_CONFIGS["tiny"], "injection_type": injection_type, "initial_scale": 0.5, **kw}
+    return WanActionController(**kw)
+
+
+def inputs():
+    torch.manual_seed(1)
+    x = torch.randn(B, FRAMES * N, C)  # (B, L, C)
+    binary = (torch.rand(B, T, 8) > 0.5).float()
+    magnitude = torch.rand(B, T, 8) * binary
+    return x, binary, magnitude
+
+
+def seed_reference_frame_attention(ctrl, x, emb, block_idx):
+    """The seed's cross_attn_frame written out: per frame, per head, qk-norm, softmax over its single key."""
+    torch.manual_seed(2)
+    q_proj, k_proj = nn.Linear(C, C, bias=False), nn.Linear(C, C, bias=False)
+    q_norm, k_norm = WanRMSNorm(C // HEADS), WanRMSNorm(C // HEADS)
+    tokens = x.view(B, FRAMES, N, C)[:, 1:]  # (B, T, N, C)
+    q = q_norm(q_proj(tokens).unflatten(-1, (HEADS, -1))).transpose(2, 3)  # (B, T, H, N, d)
+    k = k_norm(k_proj(emb).unflatten(-1, (HEADS, -1)))[:, :, :, None]  # (B, T, H, 1, d)
+    v = ctrl.v_proj(emb).unflatten(-1, (HEADS, -1))[:, :, :, None]  # (B, T, H, 1, d)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).flatten(-2)  # (B, T, N, C)
+    out = ctrl.o_proj(out) * ctrl.output_scale[block_idx]
+    result = x.view(B, FRAMES, N, C).clone()
+    result[:, 1:] += out
+    return result.view(B, FRAMES * N, C)
+
+
+def reference_window_attention(ctrl, x, emb, block_idx):
+    """cross_attn_window written the slow, obvious way: a loop over frames, per-head softmax over the window."""
+    W, D = ctrl.config.action_window, ctrl.config.window_head_dim
+    result = x.view(B, FRAMES, N, C).clone()
+    for j in range(T):  # action j drives latent frame j + 1
+        window = list(range(max(0, j - W + 1), j + 1))
+        tokens = x.view(B, FRAMES, N, C)[:, j + 1]  # (B, N, C)
+        q = ctrl.q_norm(ctrl.q_proj(tokens).unflatten(-1, (HEADS, D)))  # (B, N, H, D)
+        k = ctrl.k_norm(ctrl.k_proj(emb[:, window]).unflatten(-1, (HEADS, D)))  # (B, S, H, D)
+        v = ctrl.v_proj(emb[:, window]).unflatten(-1, (HEADS, C // HEADS))  # (B, S, H, C/H)
+        bias = torch.stack([ctrl.rel_pos_bias[:, j - s] for s in window], dim=-1)  # (H, S)
+        scores = torch.einsum("bnhd,bshd->bhns", q, k) / D ** 0.5 + bias[None, :, None]
+        out = torch.einsum("bhns,bshe->bnhe", scores.softmax(-1), v).flatten(-2)  # (B, N, C)
+        result[:, j + 1] += ctrl.o_proj(out) * ctrl.output_scale[block_idx]
+    return result.view(B, FRAMES * N, C)
+
+
+def test_frame_attention_fast_path_equals_the_seed_attention():
+    ctrl = make("cross_attn_frame").eval()
+    x, binary, magnitude = inputs()
+    emb = ctrl.build_action_emb(binary, magnitude)  # (B, T, C)
+    fast = ctrl.apply_action(x, emb, FRAMES, H_GRID, W_GRID, block_idx=1)
+    reference = seed_reference_frame_attention(ctrl, x, emb, block_idx=1)
+    assert torch.allclose(fast, reference, atol=1e-5)
+    assert not torch.allclose(fast, x, atol=1e-3)  # it does change the tokens
+
+
+def test_window_attention_matches_the_reference_and_attention_is_real():
+    ctrl = make("cross_attn_window", action_window=2).eval()
+    with torch.no_grad():
+        ctrl.rel_pos_bias.normal_()  # non-zero bias so the test covers it
+    x, binary, magnitude = inputs()
+    emb = ctrl.build_action_emb(binary, magnitude)
+    fast = ctrl.apply_action(x, emb, FRAMES, H_GRID, W_GRID, block_idx=0)
+    assert torch.allclose(fast, reference_window_attention(ctrl, x, emb, 0), atol=1e-5)
+
+
+def test_window_attention_q_k_and_bias_receive_gradient():
+    ctrl = make("cross_attn_window")
+    x, binary, magnitude = inputs()
+    out = ctrl(x, binary, magnitude, FRAMES, H_GRID, W_GRID, block_idx=0)
+    (out ** 2).sum().backward()
+    for name in ("q_proj.weight", "k_proj.weight", "rel_pos_bias", "v_proj.weight", "o_proj.weight",
+                 "action_embed.0.weight", "output_scale"):
+        grad = dict(ctrl.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("injection_type", ["cross_attn_frame", "cross_attn_window", "add_residual"])
+def test_frame_zero_is_never_changed(injection_type):
+    ctrl = make(injection_type)
+    x, binary, magnitude = inputs()
+    out = ctrl(x, binary, magnitude, FRAMES, H_GRID, W_GRID, block_idx=0)
+    assert torch.equal(out[:, :N], x[:, :N])
+    assert (out[:, N:] - x[:, N:]).abs().max() > 1e-4
+
+
+def test_adaln_delta_is_per_frame_and_zero_for_frame_zero():
+    ctrl = make("adaln_tmod")
+    _, binary, magnitude = inputs()
+    emb = ctrl.build_action_emb(binary, magnitude)
+    t_mod = torch.randn(1, FRAMES * N, 6, C)  # per token (TI2V)
+    out = ctrl.add_to_tmod(t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=0)  # (B, L, 6, C)
+    assert out.shape == (B, FRAMES * N, 6, C)
+    assert torch.equal(out[:, :N], t_mod[:, :N].expand(B, -1, -1, -1))
+    delta = (out - t_mod).view(B, FRAMES, N, 6, C)
+    assert torch.allclose(delta[:, 1:], delta[:, 1:, :1].expand_as(delta[:, 1:]), atol=1e-6)  # same for every token of a frame
+    expected = ctrl.action_tmod(emb) * ctrl.output_scale[0]  # (B, T, 6, C)
+    assert torch.allclose(delta[:, 1:, 0], expected, atol=1e-6)
+    global_t_mod = torch.randn(1, 6, C)  # text-to-video: one t_mod for all tokens
+    out = ctrl.add_to_tmod(global_t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=0)
+    assert out.shape == (B, FRAMES * N, 6, C)
+    assert torch.allclose(out[:, N], global_t_mod[0] + expected[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("injection_type,owned", [
+    ("cross_attn_frame", {"v_proj", "o_proj"}),
+    ("cross_attn_window", {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "rel_pos_bias"}),
+    ("adaln_tmod", {"action_to_tmod"}),
+    ("add_residual", {"action_to_residual"}),
+])
+def test_only_the_used_branch_is_built(injection_type, owned):
+    names = {key.split(".")[0] for key in make(injection_type).state_dict()}
+    assert names == {"action_embed", "temporal_pos_embed", "output_scale"} | owned
+
+
+def test_full_size_frame_controller_is_much_smaller_than_the_seed():
+    with torch.device("meta"):
+        ctrl = WanActionController(**ACTION_CONTROLLER_CONFIGS["wan_ti2v_5b"])
+    count = sum(p.numel() for p in ctrl.parameters())
+    seed_count = count + 2 * 3072 ** 2 + 6 * 3072 ** 2 + 3072 ** 2 + 2 * 128  # q, k, tmod, residual, qk-norms
+    assert count < 0.3 * seed_count
+    assert 113e6 < seed_count < 114e6  # the issue's ~113M for the seed layout
+
+
+def seed_state_dict(ctrl):
+    """A state dict in the seed's all-branches layout, built around the controller's own tensors."""
+    C_ = ctrl.hidden_size
+    state = dict(ctrl.state_dict())
+    extra = {"q_proj.weight": (C_, C_), "k_proj.weight": (C_, C_), "v_proj.weight": (C_, C_),
+             "o_proj.weight": (C_, C_), "action_to_tmod.weight": (6 * C_, C_),
+             "action_to_residual.weight": (C_, C_), "q_norm.weight": (C_ // ctrl.num_heads,),
+             "k_norm.weight": (C_ // ctrl.num_heads,)}
+    for key, shape in extra.items():
+        state.setdefault(key, torch.randn(shape))
+    return state
+
+
+@pytest.mark.parametrize("injection_type", ["cross_attn_frame", "adaln_tmod", "add_residual"])
+def test_seed_layout_loads_and_ignores_unused_branches(injection_type, caplog):
+    source = make(injection_type)
+    target = make(injection_type, initial_scale=0.0)
+    with caplog.at_level(logging.INFO, logger="models.controller"):
+        target.load_state_dict(seed_state_dict(source))
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+    assert len([r for r in caplog.records if "ignoring" in r.message]) == 1
+
+
+def test_seed_layout_cannot_load_into_the_window_type():
+    with pytest.raises(ValueError, match="seed checkpoint cannot load into cross_attn_window"):
+        make("cross_attn_window").load_state_dict(seed_state_dict(make("cross_attn_frame")))
+
+
+def test_load_errors_name_the_problem():
+    ctrl = make("add_residual")
+    state = dict(ctrl.state_dict())
+    with pytest.raises(ValueError, match="missing keys.*action_to_residual"):
+        ctrl.load_state_dict({k: v for k, v in state.items() if not k.startswith("action_to_residual")})
+    with pytest.raises(ValueError, match="unexpected keys.*bogus"):
+        ctrl.load_state_dict({**state, "bogus.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="shape"):
+        ctrl.load_state_dict({**state, "temporal_pos_embed": torch.zeros(1, 5, 64)})
+    wide = WanActionController(**{**ACTION_CONTROLLER_CONFIGS["tiny"], "hidden_size": 96, "num_heads": 2})
+    with pytest.raises(ValueError, match="hidden_size 96"):
+        wide.load_state_dict(state)
+
+
+def test_dropout_applies_to_the_change_in_training_only():
+    ctrl = make("add_residual", dropout=0.5)
+    x, binary, magnitude = inputs()
+    ctrl.eval()
+    a = ctrl(x, binary, magnitude, FRAMES, H_GRID, W_GRID, 0)
+    b = ctrl(x, binary, magnitude, FRAMES, H_GRID, W_GRID, 0)
+    assert torch.equal(a, b)
+    ctrl.train()
+    torch.manual_seed(3)
+    c = ctrl(x, binary, magnitude, FRAMES, H_GRID, W_GRID, 0)
+    dropped = ((c - x)[:, N:] == 0).float().mean().item()
+    assert 0.3 < dropped < 0.7
+
+
+def test_too_many_steps_is_an_error():
+    ctrl = make("cross_attn_frame", num_latent_frames=2)
+    with pytest.raises(ValueError, match="exceed the controller's num_latent_frames"):
+        ctrl.build_action_emb(torch.zeros(1, 3, 8), torch.zeros(1, 3, 8))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"injection_type": "film"}, "injection_type"),
+    ({"inject_layers": [0, 5]}, "inject_layers"),
+    ({"hidden_size": 65}, "divisible"),
+    ({"num_layers": 0}, "num_layers"),
+    ({"dropout": 1.0}, "dropout"),
+])
+def test_config_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        ActionControllerConfig(**{**ACTION_CONTROLLER_CONFIGS["tiny"], **overrides})
+
+
+def test_presets_and_resolution():
+    assert set(ACTION_CONTROLLER_CONFIGS) == {"wan_ti2v_5b", "wan_ti2v_5b_sparse", "wan_ti2v_5b_adaln",
+                                              "wan_ti2v_5b_add", "wan_ti2v_5b_window", "tiny"}
+    assert ACTION_CONTROLLER_CONFIGS["wan_ti2v_5b_sparse"]["inject_layers"] == list(range(0, 30, 3))
+    assert {c["injection_type"] for c in ACTION_CONTROLLER_CONFIGS.values()} == set(INJECTION_TYPES)
+    cfg = resolve_controller_config("wan_ti2v_5b", injection_type="add_residual", initial_scale=None)
+    assert cfg.injection_type == "add_residual" and cfg.initial_scale == 0.01
+    with pytest.raises(ValueError, match="unknown preset"):
+        resolve_controller_config("wan_5b")
+    with pytest.raises(ValueError, match="unknown field"):
+        ActionControllerConfig.from_dict({"hidden": 3})

@@ -1,0 +1,169 @@
+import os
+
+import pytest
+import torch
+from diffsynth.pipelines.wan_video import WanVideoPipeline
+
+from models.action_format import MAGNITUDE_SCALE, constant_actions, split_actions
+from models.controller import INJECTION_TYPES
+from models.pipeline import WanActionPipeline, check_model_dir
+from models.tiny import build_tiny_controller
+
+ACTIONS = constant_actions(2, {"Forward": 0.01, "Yaw Left": 1.0})  # (2, 2, 8) for 9 frames
+
+
+@pytest.fixture(scope="module")
+def stock_video(tiny_pipe, gen_kwargs):
+    """The same tiny models run through an unmodified diffsynth WanVideoPipeline."""
+    stock = WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    stock.dit, stock.vae, stock.text_encoder = tiny_pipe.dit, tiny_pipe.vae, tiny_pipe.text_encoder
+    stock.tokenizer = tiny_pipe.tokenizer
+    stock.height_division_factor = stock.width_division_factor = 32
+    return stock(**gen_kwargs)
+
+
+@pytest.fixture(scope="module")
+def gen_kwargs(first_frame):  # module-scoped copy of the conftest fixture, for the module-scoped stock video
+    return dict(prompt="a drone flies over a green field", negative_prompt="blurry", input_image=first_frame,
+                height=64, width=64, num_frames=9, num_inference_steps=2, seed=1, cfg_scale=5.0,
+                output_type="floatpoint", tiled=False, progress_bar_cmd=lambda it: it)
+
+
+def test_shapes_and_stock_identity_without_actions(tiny_pipe, pipe_with, gen_kwargs, stock_video):
+    assert stock_video.shape == (1, 3, 9, 64, 64)
+    assert torch.equal(tiny_pipe(**gen_kwargs), stock_video)  # no controller
+    pipe = pipe_with(build_tiny_controller(0, initial_scale=1.0))
+    assert torch.equal(pipe(**gen_kwargs), stock_video)  # a controller but no actions
+
+
+@pytest.mark.parametrize("injection_type", INJECTION_TYPES)
+def test_zero_scale_is_bit_identical_and_actions_change_only_later_frames(injection_type, pipe_with, gen_kwargs,
+                                                                          stock_video):
+    pipe = pipe_with(build_tiny_controller(0, injection_type=injection_type, initial_scale=0.0))
+    assert torch.equal(pipe(actions=ACTIONS, **gen_kwargs), stock_video)
+    pipe.set_action_controller(build_tiny_controller(0, injection_type=injection_type, initial_scale=1.0))
+    moved = pipe(actions=ACTIONS, **gen_kwargs)
+    assert torch.equal(moved[:, :, 0], stock_video[:, :, 0])  # the first frame is the input image's
+    assert (moved[:, :, 1:] - stock_video[:, :, 1:]).abs().max() > 1e-3
+    other = pipe(actions=constant_actions(2, {"Back": 0.01, "Pitch Up": 1.0}), **gen_kwargs)
+    assert (other[:, :, 1:] - moved[:, :, 1:]).abs().max() > 1e-3  # different actions, different videos
+
+
+@pytest.mark.parametrize("injection_type", INJECTION_TYPES)
+def test_cfg_merge_applies_actions_to_both_branches(injection_type, pipe_with, gen_kwargs):
+    pipe = pipe_with(build_tiny_controller(0, injection_type=injection_type, initial_scale=1.0))
+    separate = pipe(actions=ACTIONS, cfg_merge=False, **gen_kwargs)
+    merged = pipe(actions=ACTIONS, cfg_merge=True, **gen_kwargs)
+    assert (separate - merged).abs().max() < 1e-4
+
+
+def test_seed_form_equals_raw_form(pipe_with, gen_kwargs):
+    pipe = pipe_with(build_tiny_controller(0, initial_scale=1.0))
+    binary, magnitude = split_actions(ACTIONS, MAGNITUDE_SCALE)
+    assert torch.equal(pipe(actions=ACTIONS, **gen_kwargs),
+                       pipe(action_binary=binary, action_magnitude=magnitude, **gen_kwargs))
+
+
+def test_inject_layers_are_honoured(pipe_with, gen_kwargs):
+    controller = build_tiny_controller(0, inject_layers=[1], initial_scale=1.0)
+    pipe = pipe_with(controller)
+    base = pipe(actions=ACTIONS, **gen_kwargs)
+    with torch.no_grad():
+        pipe.action_controller.output_scale[0] = 5.0  # layer 0 is not injected: no effect
+    assert torch.equal(pipe(actions=ACTIONS, **gen_kwargs), base)
+    with torch.no_grad():
+        pipe.action_controller.output_scale[1] = 5.0
+    assert (pipe(actions=ACTIONS, **gen_kwargs) - base).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("injection_type", INJECTION_TYPES)
+def test_text_to_video_with_actions(injection_type, pipe_with, gen_kwargs):
+    pipe = pipe_with(build_tiny_controller(0, injection_type=injection_type, initial_scale=1.0))
+    kwargs = {**gen_kwargs, "input_image": None}
+    plain = pipe(**kwargs)
+    moved = pipe(actions=ACTIONS, **kwargs)
+    assert moved.shape == plain.shape == (1, 3, 9, 64, 64)
+    assert (moved - plain).abs().max() > 1e-3
+
+
+def _training_loss(pipe, binary, magnitude, checkpointing):
+    torch.manual_seed(0)
+    latents = torch.randn(1, 48, 3, 2, 2)  # (B, C, F, h, w): 9 frames at 64x64
+    context = torch.randn(1, 8, 32)
+    out = pipe.model_fn(dit=pipe.dit, action_controller=pipe.action_controller, latents=latents,
+                        timestep=torch.tensor([500.0]), context=context, action_binary=binary,
+                        action_magnitude=magnitude, fuse_vae_embedding_in_latents=True,
+                        use_gradient_checkpointing=checkpointing)
+    return (out[:, :, 1:] ** 2).mean()
+
+
+@pytest.mark.parametrize("injection_type", INJECTION_TYPES)
+def test_only_the_controller_gets_gradients_and_checkpointing_matches(injection_type, pipe_with):
+    pipe = pipe_with(build_tiny_controller(0, injection_type=injection_type, initial_scale=0.5))
+    controller = pipe.action_controller.train().requires_grad_(True)
+    binary, magnitude = split_actions(ACTIONS)
+    grads = []
+    for checkpointing in (False, True):
+        controller.zero_grad()
+        _training_loss(pipe, binary, magnitude, checkpointing).backward()
+        grads.append({n: p.grad.clone() for n, p in controller.named_parameters()})
+    for name, grad in grads[0].items():
+        assert grad.abs().sum() > 0, f"{name} got no gradient"
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
+    assert all(p.grad is None for p in pipe.dit.parameters())
+    assert not any(p.requires_grad for p in pipe.dit.parameters())
+
+
+def test_errors_name_the_problem(tiny_pipe, pipe_with, gen_kwargs):
+    with pytest.raises(ValueError, match="no action controller"):
+        tiny_pipe(actions=ACTIONS, **gen_kwargs)
+    pipe = pipe_with(build_tiny_controller(0))
+    binary, magnitude = split_actions(ACTIONS)
+    with pytest.raises(ValueError, match="not both"):
+        pipe(actions=ACTIONS, action_binary=binary, action_magnitude=magnitude, **gen_kwargs)
+    with pytest.raises(ValueError, match="3 steps given, but num_frames=9 needs 2"):
+        pipe(actions=constant_actions(3, {"Forward": 0.01}), **gen_kwargs)
+    with pytest.raises(ValueError, match="num_frames"):
+        pipe(actions=ACTIONS, **{**gen_kwargs, "num_frames": 10})
+    with pytest.raises(ValueError, match="height must be a positive multiple of 32"):
+        pipe(**{**gen_kwargs, "height": 48})
+    with pytest.raises(ValueError, match="binary flags"):
+        pipe(actions=torch.full((2, 2, 8), 0.5), **gen_kwargs)
+    pipe.set_action_controller(build_tiny_controller(0, num_latent_frames=1))
+    with pytest.raises(ValueError, match="num_latent_frames"):
+        pipe(actions=ACTIONS, **gen_kwargs)
+    with pytest.raises(ValueError, match="hidden_size 96 != DiT width 64"):
+        pipe.set_action_controller(build_tiny_controller(0, hidden_size=96, num_heads=2))
+
+
+def test_prompt_is_encoded_once_for_repeated_chunks(tiny_pipe, gen_kwargs):
+    calls = []
+    handle = tiny_pipe.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        tiny_pipe.prompt_cache.clear()
+        for seed in range(3):
+            tiny_pipe(**{**gen_kwargs, "seed": seed, "prompt": "a drone over a desert at dusk"})
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the prompt and the negative prompt, once each
+
+
+def test_from_base_converts_a_stock_pipeline(tiny_pipe, gen_kwargs):
+    stock = WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    stock.dit, stock.vae, stock.text_encoder = tiny_pipe.dit, tiny_pipe.vae, tiny_pipe.text_encoder
+    stock.tokenizer = tiny_pipe.tokenizer
+    pipe = WanActionPipeline.from_base(stock)
+    assert isinstance(pipe, WanActionPipeline) and "action_controller" in pipe.in_iteration_models
+    assert pipe.action_controller is None and pipe.dit is tiny_pipe.dit
+
+
+def test_from_model_dir_lists_every_missing_file(tmp_path):
+    (tmp_path / "Wan2.2_VAE.pth").write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as error:
+        WanActionPipeline.from_model_dir(str(tmp_path), device="cpu")
+    message = str(error.value)
+    for name in ("diffusion_pytorch_model*.safetensors", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/"):
+        assert name in message
+    assert "missing: " in message and "Wan2.2_VAE.pth, " not in message.split("Expected")[0]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        check_model_dir(os.path.join(tmp_path, "nope"))

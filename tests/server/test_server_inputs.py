@@ -1,0 +1,107 @@
+"""server.inputs: samples -> (k, 2, 8) raw actions, full scale from action_stats, action specs."""
+import numpy as np
+import pytest
+
+from models.action_format import ACTION_NAMES, parse_actions
+from server.inputs import (DEFAULT_FULL_SCALE, STALE_AFTER_S, InputTimeline, full_scale_from_stats,
+                           parse_action_spec)
+
+FPS = 16
+INTERVAL = 4 / FPS  # 0.25 s
+FWD, BACK, LEFT, YAW_L, PITCH_UP = 0, 1, 2, 4, 6
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def feed(timeline, clock, start, stop, flags, mags=None, hz=25):
+    """Report a constant state from client time ``start`` to ``stop`` (seconds), received without delay."""
+    mags = mags if mags is not None else flags
+    t = start
+    while t < stop - 1e-9:
+        clock.now = 100.0 + t
+        timeline.add(round(t * 1000), t * 1000, flags, mags)
+        t += 1 / hz
+    clock.now = 100.0 + stop
+
+
+def one_hot(*indices, value=1):
+    v = [0] * 8
+    for i in indices:
+        v[i] = value
+    return v
+
+
+def test_held_key_is_full_scale_and_two_actions_at_once():
+    clock = Clock()
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=clock)
+    feed(timeline, clock, 0.0, 1.0, one_hot(FWD))
+    feed(timeline, clock, 1.0, 1.6, one_hot(FWD, YAW_L))
+    raw, seq = timeline.actions(2)  # window [1.1, 1.6): forward + yaw left throughout
+    assert raw.shape == (2, 2, 8) and seq == 1560
+    expected = np.zeros((2, 8))
+    expected[:, FWD] = (1, 0.01)
+    expected[:, YAW_L] = (1, 1.0)
+    np.testing.assert_allclose(raw, np.stack([expected, expected]))
+    parse_actions(raw)  # a valid (T, 2, 8) for the pipeline
+
+
+def test_hold_fraction_decides_the_flag():
+    clock = Clock()
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=clock)
+    feed(timeline, clock, 0.0, 0.6, one_hot())  # nothing for 0.6 s ...
+    feed(timeline, clock, 0.6, 0.9, one_hot(LEFT))  # ... Left held from 0.6 (window [0.4, 0.65) and [0.65, 0.9))
+    raw, _ = timeline.actions(2)
+    assert raw[0, 0, LEFT] == 0 and raw[0, 1, LEFT] == 0  # held 0.05 of 0.25 s: below HOLD_FRACTION
+    assert raw[1, 0, LEFT] == 1 and raw[1, 1, LEFT] == pytest.approx(0.01)
+
+
+def test_stick_deflection_sets_magnitude():
+    clock = Clock()
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=clock)
+    feed(timeline, clock, 0.0, 0.5, one_hot(FWD, PITCH_UP), mags=[0.5, 0, 0, 0, 0, 0, 0.25, 0])
+    raw, _ = timeline.actions(1)
+    assert raw[0, 1, FWD] == pytest.approx(0.005) and raw[0, 1, PITCH_UP] == pytest.approx(0.25)
+
+
+def test_opposites_cancel_and_stale_input_is_released():
+    clock = Clock()
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=clock)
+    feed(timeline, clock, 0.0, 0.5, one_hot(FWD, BACK, YAW_L))
+    raw, _ = timeline.actions(1)
+    assert raw[0, 0].tolist() == one_hot(YAW_L)
+    clock.now += STALE_AFTER_S + 1.0  # the client went silent while holding
+    raw, seq = timeline.actions(2)
+    assert not raw.any() and seq == 480
+
+
+def test_time_going_backwards_is_rejected():
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=Clock())
+    timeline.add(0, 1000.0, one_hot(), one_hot())
+    with pytest.raises(ValueError, match="^t:"):
+        timeline.add(1, 999.0, one_hot(), one_hot())
+
+
+def test_full_scale_from_action_stats():
+    stats = {"num_intervals": 10, "actions": {name: {"count": 0, "p90": None} for name in ACTION_NAMES}}
+    stats["actions"]["Forward"] = {"count": 5, "p90": 0.0123, "p95": 0.02}
+    stats["actions"]["Yaw Right"] = {"count": 5, "p90": 1.7}
+    scale, source = full_scale_from_stats(stats)
+    assert scale[0] == 0.0123 and scale[5] == 1.7 and scale[1] == DEFAULT_FULL_SCALE[1]
+    assert source[0].startswith("action_stats") and source[1] == "default"
+    assert full_scale_from_stats(None) == (DEFAULT_FULL_SCALE, ["default"] * 8)
+
+
+def test_action_spec():
+    raw = parse_action_spec("forward:2,forward+yaw_left=0.5:1,hover:1")
+    assert raw.shape == (4, 2, 8)
+    assert raw[0, :, FWD].tolist() == [1, 0.01] and raw[2, 1, YAW_L] == 0.5 and not raw[3].any()
+    for bad, field in (("forward", "name:steps"), ("fly:3", "unknown action"), ("forward=2:1", "0..1"),
+                       ("forward:0", "name:steps")):
+        with pytest.raises(ValueError, match=field):
+            parse_action_spec(bad)

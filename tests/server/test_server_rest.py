@@ -1,0 +1,119 @@
+"""REST jobs to a decodable mp4, 422 naming the field, 429 when the queue is full; the CLI and the gradio app."""
+import time
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from server import generate as generate_cli
+from server.gradio_app import spec_to_table, table_to_actions
+from server.inputs import DEFAULT_FULL_SCALE
+
+
+def forward(steps):
+    return [[[1, 0, 0, 0, 0, 0, 0, 0], [0.01, 0, 0, 0, 0, 0, 0, 0]]] * steps
+
+
+def wait_done(client, job_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/jobs/{job_id}").json()
+        if status["status"] in ("done", "failed"):
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not done in {timeout} s")
+
+
+def test_job_flow_to_mp4(make_client, tmp_path, png_url):
+    client = make_client()
+    response = client.post("/generate", json={"prompt": "a drone over hills", "image": png_url,
+                                              "actions": forward(4), "num_frames": 17, "steps": 1, "seed": 2})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['id']}" and job["status"] in ("queued", "running")
+    status = wait_done(client, job["id"])
+    assert status["status"] == "done" and status["progress"] == 1.0 and status["frames"] == 17
+    video = client.get(status["video_url"])
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    path = tmp_path / "job.mp4"
+    path.write_bytes(video.content)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    frames = [np.frombuffer(frame, np.uint8) for frame in reader]
+    assert meta["size"] == (64, 64) and len(frames) == 17 and frames[0].size == 64 * 64 * 3
+    assert client.get("/jobs/nope").status_code == 404
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"num_frames": 10}, "num_frames"),
+    ({"num_frames": 85}, "num_frames"),
+    ({"num_frames": 9, "actions": forward(3)}, "actions"),
+    ({"num_frames": 9, "actions": [[[1, 0], [0, 0]]] * 2}, "actions"),
+    ({"num_frames": 9, "actions": [[[3] * 8, [0] * 8]] * 2}, "actions"),
+    ({"num_frames": 9, "actions": [[[1] + [0] * 7, [-1] + [0] * 7]] * 2}, "actions"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 51}, "steps"),
+    ({"cfg": 0.5}, "cfg"),
+    ({"seed": -1}, "seed"),
+    ({"image": "data:image/png;base64,AAAA"}, "image"),
+    ({"image": "data:text/html;base64,AAAA"}, "image"),
+    ({"sample": "missing"}, "sample"),
+    ({"prompt": 3}, "prompt"),
+    ({"prompt": "x" * 2001}, "prompt"),
+    ({"colour": "red"}, "colour"),
+])
+def test_validation_422_names_the_field(make_client, body, field):
+    client = make_client()
+    response = client.post("/generate", json={"prompt": "hills", **body})
+    assert response.status_code == 422, response.text
+    assert any(field in detail["loc"] for detail in response.json()["detail"]), response.json()
+
+
+def test_request_body_limit_413(make_client):
+    client = make_client(max_upload_bytes=1000)
+    body = {"prompt": "hills", "image": "data:image/png;base64," + "A" * 200_000}
+    response = client.post("/generate", json=body)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_queue_full_429_and_video_not_ready_409(make_client):
+    client = make_client(max_jobs=1)
+    long_job = {"prompt": "hills", "num_frames": 81, "steps": 2}
+    first = client.post("/generate", json=long_job)
+    time.sleep(0.05)  # the worker takes the first job off the queue
+    second = client.post("/generate", json={"prompt": "hills"})
+    third = client.post("/generate", json={"prompt": "hills"})
+    assert (first.status_code, second.status_code, third.status_code) == (202, 202, 429)
+    assert third.headers["retry-after"]
+    assert client.get(f"/jobs/{second.json()['id']}/video").status_code == 409
+    assert wait_done(client, second.json()["id"])["status"] == "done"
+
+
+def test_cli_generate(tmp_path, capsys, random_world):
+    out = tmp_path / "cli.mp4"
+    assert generate_cli.main(["--prompt", "a drone", "--actions", "forward:2,yaw_left:1", "--out", str(out),
+                              "--steps", "1"]) == 0
+    assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == 13  # 4 * 3 steps + 1
+    actions_file = tmp_path / "actions.json"
+    actions_file.write_text("[[[1,0,0,0,0,0,0,0],[0.01,0,0,0,0,0,0,0]]]")
+    np.testing.assert_allclose(generate_cli.load_actions(str(actions_file), DEFAULT_FULL_SCALE)[0, :, 0], [1, 0.01])
+    actions_file.write_text("[[[2,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0]]]")
+    with pytest.raises(ValueError, match="binary flags"):
+        generate_cli.load_actions(str(actions_file), DEFAULT_FULL_SCALE)
+    assert generate_cli.main(["--prompt", "x", "--actions", "fly:3", "--out", str(out)]) == 2
+    assert "unknown action 'fly'" in capsys.readouterr().err
+
+
+def test_gradio_timeline_and_mount(make_client):
+    table = spec_to_table("forward:1,yaw_left=0.5:1")
+    raw = table_to_actions(table, DEFAULT_FULL_SCALE)
+    np.testing.assert_allclose(raw[:, 1, 0], [0.01, 0.0])
+    assert raw[1, 0, 4] == 1 and raw[1, 1, 4] == 0.5
+    with pytest.raises(ValueError, match="row 1, Forward"):
+        table_to_actions([[2] + [0] * 7], DEFAULT_FULL_SCALE)
+    client = make_client(gradio=True, token="t0ken")
+    assert client.get("/gradio/").status_code == 401
+    page = client.get("/gradio/?token=t0ken")
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    assert "wanfly_token=t0ken" in page.headers["set-cookie"]
+    assert client.get("/gradio/config").status_code == 200  # the cookie carries the token to gradio's requests

@@ -1,0 +1,190 @@
+"""A real ``python -m server`` process on 127.0.0.1: concurrent sessions, a client that never reads, oversized and
+malformed messages, Origin and token checks. Loopback only, every loop bounded."""
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from server.testing import server_process
+
+TOKEN = "test-token"
+GOOD_ORIGIN = "http://good.example"
+START = {"type": "start", "prompt": "a drone over hills", "image": None, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
+    with server_process("--token", TOKEN, "--allowed_origins", GOOD_ORIGIN, "--max_sessions", "4",
+                        "--max_waiting", "1", "--send_timeout_s", "2", "--send_queue_frames", "8",
+                        "--max_upload_bytes", "65536", "--jpeg_quality", "100", "--gradio", "0",
+                        log_path=log) as url:
+        yield url
+
+
+def ws_url(base, token=TOKEN):
+    return base.replace("http://", "ws://") + "/ws" + (f"?token={token}" if token else "")
+
+
+def open_ws(base, token=TOKEN, origin=None):
+    return connect(ws_url(base, token), origin=origin, compression=None, proxy=None, open_timeout=10, max_size=2**22)
+
+
+async def fly(base, seconds, counts, key, stop_when=None):
+    """Start a flight, report input at 10 Hz, count chunks and frames until ``seconds`` pass."""
+    async with open_ws(base) as ws:
+        await ws.send(json.dumps(START))
+        started = time.monotonic()
+        deadline = started + seconds
+        seq = 0
+        while time.monotonic() < deadline and not (stop_when and stop_when()):
+            await ws.send(json.dumps({"type": "input", "seq": seq, "t": (time.monotonic() - started) * 1000,
+                                      "flags": [1] + [0] * 7, "mags": [1.0] + [0.0] * 7}))
+            seq += 1
+            try:
+                message = await asyncio.wait_for(ws.recv(), 0.1)
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(message, bytes):
+                counts[key]["frames"] += 1
+            elif json.loads(message)["type"] == "chunk":
+                counts[key]["chunks"] += 1
+
+
+def metric(base, name):
+    request = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def test_four_sessions_progress_fairly_and_the_line_is_bounded(base):
+    async def main():
+        counts = {i: {"chunks": 0, "frames": 0} for i in range(4)}
+        done = lambda: all(c["chunks"] >= 2 for c in counts.values())  # noqa: E731
+        flights = [asyncio.create_task(fly(base, 45, counts, i, stop_when=done)) for i in range(4)]
+        await asyncio.sleep(1.0)
+        async with open_ws(base) as waiting, open_ws(base) as refused:
+            await waiting.send(json.dumps(START))
+            assert json.loads(await waiting.recv())["type"] == "ready"
+            assert json.loads(await waiting.recv()) == {"type": "queue", "position": 1}
+            await refused.send(json.dumps(START))
+            assert json.loads(await refused.recv())["code"] == "busy"
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(refused.recv(), 10)
+            assert closed.value.rcvd.code == 1013
+        await asyncio.gather(*flights)
+        return counts
+
+    counts = asyncio.run(main())
+    chunks = [c["chunks"] for c in counts.values()]
+    assert min(chunks) >= 2, counts
+    assert max(chunks) - min(chunks) <= 1, counts  # round-robin: one chunk each in turn
+    for c in counts.values():
+        assert c["frames"] >= 8 * (c["chunks"] - 1)  # the last chunk's frames may still be in flight
+
+
+def raw_handshake(base, token=TOKEN):
+    """A WebSocket client on a bare socket with a tiny receive buffer, which never reads after the handshake."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    payload = json.dumps(START).encode()
+    mask = os.urandom(4)
+    header = struct.pack("!BBH", 0x81, 0x80 | 126, len(payload)) if len(payload) >= 126 else \
+        struct.pack("!BB", 0x81, 0x80 | len(payload))
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    return sock
+
+
+def test_a_client_that_never_reads_does_not_stall_the_others(base):
+    """A silent client holds one of the 4 sessions; the other 3 still get chunks in turn. (Its frames pile up in
+    kernel buffers first; the bounded queue, drops and send timeout behind that are covered in
+    test_server_session.py, since filling MBs of loopback buffers with 64x64 frames takes minutes.)"""
+    silent = raw_handshake(base)
+    try:
+        counts = {i: {"chunks": 0, "frames": 0} for i in range(3)}
+
+        async def main():
+            done = lambda: all(c["chunks"] >= 2 for c in counts.values())  # noqa: E731
+            await asyncio.gather(*(fly(base, 45, counts, i, stop_when=done) for i in range(3)))
+        asyncio.run(main())
+        assert all(c["chunks"] >= 2 for c in counts.values()), counts
+        deadline = time.monotonic() + 10  # the readers' disconnects are processed asynchronously
+        while metric(base, "wanfly_sessions_active") != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(base, "wanfly_sessions_active") == 1  # the silent client's flight is still on
+    finally:
+        silent.close()
+
+
+def test_oversized_and_malformed_messages(base):
+    async def main():
+        async with open_ws(base) as ws:
+            for payload, code in (("not json", "bad_json"), ('{"type": "ping", "pad": "' + "x" * 20000 + '"}', "oversized"),
+                                  (json.dumps({"type": "input", "seq": 0, "t": 0, "flags": [0] * 8, "mags": [0] * 8}),
+                                   "not_started"), (b"\x01\x02", "bad_message")):
+                await ws.send(payload)
+                message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert message["type"] == "error" and message["code"] == code
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+            await ws.send("x" * 400_000)  # beyond uvicorn's ws_max_size: the server closes with 1009
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd.code == 1009
+    asyncio.run(main())
+
+
+def test_origin_and_token(base):
+    async def handshake(token=TOKEN, origin=None):
+        try:
+            async with open_ws(base, token, origin) as ws:
+                await ws.send(json.dumps({"type": "ping"}))
+                return json.loads(await asyncio.wait_for(ws.recv(), 10))["type"]
+        except InvalidStatus as refused:
+            return refused.response.status_code
+
+    async def main():
+        return [await handshake(token=None), await handshake(token="wrong"),
+                await handshake(origin="http://evil.example"), await handshake(origin=GOOD_ORIGIN),
+                await handshake(origin=base), await handshake()]
+    assert asyncio.run(main()) == [403, 403, 403, "pong", "pong", "pong"]
+
+    def status(path, method="GET", headers=None, body=None):
+        request = urllib.request.Request(base + path, method=method, headers=headers or {}, data=body)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers)
+
+    body = json.dumps({"prompt": "x", "num_frames": 10}).encode()
+    json_type = {"Content-Type": "application/json"}
+    assert status("/generate", "POST", json_type, body)[0] == 401
+    assert status("/generate", "POST", {**json_type, "Authorization": "Bearer wrong"}, body)[0] == 401
+    assert status("/generate", "POST", {**json_type, "Authorization": f"Bearer {TOKEN}"}, body)[0] == 422
+    assert status("/metrics")[0] == 401 and status("/recordings/abcdefgh.mp4")[0] == 401
+    code, headers = status(f"/metrics?token={TOKEN}")
+    assert code == 200 and "wanfly_token=" in headers.get("set-cookie", "")
+    assert status("/healthz")[0] == 200 and status("/readyz")[0] == 200 and status("/api/config")[0] == 200

@@ -1,0 +1,1 @@
+"""wanfly training: datasets (synthetic drone flights, Sekai conversion), action statistics and the trainer."""
