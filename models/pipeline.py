@@ -88,6 +88,7 @@ class WanActionPipeline(WanVideoPipeline):
         self.prompt_cache_size = 8
         self.prompt_cache = OrderedDict()
         self.lora_config = None
+        self.action_stats = None  # from the artifacts: the server derives key magnitudes from it
 
     @classmethod
     def from_base(cls, pipe: WanVideoPipeline) -> "WanActionPipeline":

@@ -141,3 +141,56 @@ def build_tiny_controller(seed: int = 0, **overrides) -> WanActionController:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return WanActionController(**config)
+
+
+# ---- small-world folders (the toy world ships as one) ------------------------------------------------------------
+WORLD_CONFIG_NAME = "world_config.json"
+WORLD_FORMAT = "wanfly-small-world"
+WORLD_WEIGHTS = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
+
+
+def save_small_world(folder: str, pipe: WanActionPipeline, config: SmallWorldConfig, extra: dict | None = None) -> None:
+    """Write a small world's base weights (DiT, VAE, text encoder) and its config JSON into ``folder``.
+
+    The action controller is saved separately with ``models.artifacts.save_action_artifacts`` (same folder or
+    another), so a small world loads through the same artifact code as real weights."""
+    import json
+    import os
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    modules = {"dit": pipe.dit, "vae": pipe.vae.model, "text_encoder": pipe.text_encoder}
+    for role, module in modules.items():
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
+        save_file(state, os.path.join(folder, WORLD_WEIGHTS[role]))
+    with open(os.path.join(folder, WORLD_CONFIG_NAME), "w") as f:
+        json.dump({"format": WORLD_FORMAT, "config": config.to_dict(), **(extra or {})}, f, indent=2)
+
+
+def load_small_world(folder: str, device="cpu", torch_dtype=torch.float32) -> WanActionPipeline:
+    """Rebuild a small world from its folder; attach its action artifacts when the folder holds them."""
+    import json
+    import os
+    from safetensors.torch import load_file
+    from .artifacts import CONFIG_NAME
+    path = os.path.join(folder, WORLD_CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"world folder {folder!r} has no {WORLD_CONFIG_NAME}")
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("format") != WORLD_FORMAT:
+        raise ValueError(f"{path}: format {data.get('format')!r} is not {WORLD_FORMAT!r}")
+    config = SmallWorldConfig.from_dict(data["config"])
+    missing = [name for name in WORLD_WEIGHTS.values() if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise FileNotFoundError(f"world folder {folder!r} is missing {missing}")
+    dit, vae, text_encoder, tokenizer = build_world_modules(config)
+    for role, module in (("dit", dit), ("vae", vae.model), ("text_encoder", text_encoder)):
+        try:
+            module.load_state_dict(load_file(os.path.join(folder, WORLD_WEIGHTS[role])), strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"{folder}/{WORLD_WEIGHTS[role]} does not match {WORLD_CONFIG_NAME}: "
+                             f"{str(error).splitlines()[0]}") from None
+    pipe = assemble_pipeline(dit, vae, text_encoder, tokenizer, device=device, torch_dtype=torch_dtype)
+    if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        pipe.load_action_artifacts(folder)
+    return pipe

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, OPPOSITE_PAIRS
+from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, OPPOSITE_PAIRS, constant_actions
 
 # Raw units: translation 0.01 clip-normalised units per 4-frame interval, rotation 1 degree per interval
 # (the median Sekai translation step is ~0.0093; turning yaw is 0.4-1.8 degrees per interval).
@@ -117,15 +117,6 @@ class InputTimeline:
             self._samples.popleft()
 
 
-def describe_actions(raw) -> list[str]:
-    """Human-readable active actions per step, e.g. ``["Forward 0.0100 + Yaw Left 1.00", "-"]``."""
-    out = []
-    for step in np.asarray(raw):
-        parts = [f"{ACTION_NAMES[i]} {step[1, i]:.4g}" for i in range(NUM_ACTIONS) if step[0, i] > 0]
-        out.append(" + ".join(parts) or "-")
-    return out
-
-
 def spec_name(name: str) -> str:
     """ACTION_NAMES entry -> its name in action specs ("Yaw Left" -> "yaw_left")."""
     return name.lower().replace(" ", "_")
@@ -135,13 +126,13 @@ def parse_action_spec(spec: str, full_scale: Sequence[float] = DEFAULT_FULL_SCAL
     """A timeline as text -> raw ``(T, 2, 8)``: comma-separated segments ``actions:steps``, where actions are
     ``+``-joined names (``forward``, ``yaw_left``, ..., or ``hover``), each optionally ``=fraction`` of full scale.
     Examples: ``"forward:20"``, ``"forward+yaw_left:10,hover:5"``, ``"forward=0.5:8"``."""
-    names = {spec_name(n): i for i, n in enumerate(ACTION_NAMES)}
-    steps = []
+    names = {spec_name(n): n for n in ACTION_NAMES}
+    segments = []
     for segment in (s.strip() for s in spec.split(",")):
         body, colon, count = segment.rpartition(":")
         if not colon or not count.strip().isdigit() or int(count) < 1:
             raise ValueError(f"actions: segment {segment!r} is not 'name:steps' (e.g. forward:20)")
-        step = np.zeros((2, NUM_ACTIONS))
+        magnitudes = {}
         for part in (p.strip().lower() for p in body.split("+")):
             name, _, fraction = part.partition("=")
             if name == "hover":
@@ -154,8 +145,6 @@ def parse_action_spec(spec: str, full_scale: Sequence[float] = DEFAULT_FULL_SCAL
                 raise ValueError(f"actions: {part!r}: the fraction after '=' must be a number") from None
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"actions: {part!r}: the fraction must be in 0..1")
-            index = names[name]
-            step[0, index] = 1.0 if value > 0 else 0.0
-            step[1, index] = value * full_scale[index]
-        steps += [step] * int(count)
-    return np.stack(steps)  # (T, 2, 8)
+            magnitudes[names[name]] = value * full_scale[ACTION_NAMES.index(names[name])]
+        segments.append(constant_actions(int(count), magnitudes).double().numpy())
+    return np.concatenate(segments)  # (T, 2, 8)

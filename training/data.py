@@ -202,3 +202,19 @@ def dataset_action_stats(rows: list[Row]) -> dict:
     from training.action_stats import compute_action_stats
 
     return compute_action_stats(torch.stack([row.action for row in rows]).numpy())  # (N, T, 2, 8)
+
+
+def dataset_heading_frame(metadata_csv: str) -> bool:
+    """Whether the dataset's actions were measured in the horizontal heading frame (``metadata.json`` next to the
+    CSV, written by training.synthetic and training.prepare_sekai); inference must use the same convention."""
+    import json
+
+    path = os.path.join(os.path.dirname(os.path.abspath(metadata_csv)), "metadata.json")
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as handle:
+            return json.load(handle).get("motion_frame") == "heading"
+    except (OSError, ValueError, AttributeError):
+        logger.warning("%s: unreadable, assuming camera-frame actions", path)
+        return False

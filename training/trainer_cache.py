@@ -53,6 +53,17 @@ def row_file(cache_dir: str, row: Row) -> str:
     return os.path.join(cache_dir, f"row-{row.row:06d}.pt")
 
 
+def split_units(module, c: TrainConfig) -> None:
+    """Units that depend on a trained model (diffsynth's unit graph) run at train time on the cached inputs; for
+    the TI2V path that is only a no-op Animate2 unit, so the VAE and text encoder run once per clip."""
+    trained = [n for n in c.trainable_models.split(",") if n] + ([c.lora_base_model] if c.lora_base_model else [])
+    module.split_units_for_cache(trained)
+    encoders = {"vae", "text_encoder"}
+    late = [type(u).__name__ for u in module.train_units if encoders & set(u.onload_model_names or ())]
+    if late:
+        raise ConfigError(f"--cache_dir: units {late} need the frozen encoders at train time; train without a cache")
+
+
 def build_cache(module, dataset, cache_dir: str, info: dict, accelerator) -> int:
     """Encode this rank's share of the rows that have no cache file yet; returns how many it encoded."""
     if accelerator.is_main_process:

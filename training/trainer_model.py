@@ -89,6 +89,7 @@ class ActionTrainingModule(DiffusionTrainingModule):
             if param.requires_grad:
                 param.data = param.data.float()
         self.lora_base_model = c.lora_base_model
+        self.cache_units, self.train_units = list(pipe.units), []  # no cache: every unit runs per step
         self.magnitude_scale = tuple(MAGNITUDE_SCALE)
         self.flags = {"max_timestep_boundary": c.max_timestep_boundary,
                       "min_timestep_boundary": c.min_timestep_boundary,
@@ -103,11 +104,18 @@ class ActionTrainingModule(DiffusionTrainingModule):
                   "cfg_merge": False, "vace_scale": 1, "input_image": frames[0], **self.flags}
         return shared, {"prompt": sample["prompt"]}, {}
 
+    def split_units_for_cache(self, trained: list) -> None:
+        """diffsynth's split: units that touch a trained model run at train time, the rest are cached once."""
+        self.train_units, self.cache_units = self.pipe.split_pipeline_units(trained)
+
     @torch.no_grad()
     def encode(self, sample: dict) -> tuple[dict, dict, dict]:
-        """Run the pipeline units (VAE, text encoder: nothing trainable) -> the loss inputs, without actions."""
+        """Run the cacheable pipeline units (VAE, text encoder) -> the loss inputs, without actions."""
         inputs = self.transfer_data_to_device(self.pipeline_inputs(sample), self.pipe.device, self.pipe.torch_dtype)
-        for unit in self.pipe.units:
+        return self._run_units(self.cache_units, inputs)
+
+    def _run_units(self, units: list, inputs: tuple) -> tuple[dict, dict, dict]:
+        for unit in units:
             inputs = self.pipe.unit_runner(unit, self.pipe, *inputs)
         return inputs
 
@@ -119,9 +127,11 @@ class ActionTrainingModule(DiffusionTrainingModule):
 
     # ---- loss --------------------------------------------------------------------------------------------
     def forward(self, sample: dict, action: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.pipe.scheduler.training:  # any pipe(...) call (e.g. a preview) leaves it in inference mode
+            self.pipe.scheduler.set_timesteps(1000, training=True)
         if "cached" in sample:
-            shared, posi, _ = self.transfer_data_to_device(sample["cached"], self.pipe.device)
-            shared = {**shared, **self.flags}
+            shared, posi, nega = self.transfer_data_to_device(sample["cached"], self.pipe.device)
+            shared, posi, _ = self._run_units(self.train_units, ({**shared, **self.flags}, posi, nega))
         else:
             shared, posi, _ = self.encode(sample)
         shared.update(self.action_inputs(sample["action"] if action is None else action))
@@ -167,11 +177,11 @@ def lora_config(c: TrainConfig) -> dict:
                       lora_rank=c.lora_rank).__dict__.copy()
 
 
-def artifact_config(controller: WanActionController, c: TrainConfig, base: dict, stats: dict,
-                    training: dict) -> ArtifactConfig:
+def artifact_config(controller: WanActionController, c: TrainConfig, base: dict, stats: dict, training: dict,
+                    heading_frame: bool = False) -> ArtifactConfig:
     return ArtifactConfig(action_controller_config=controller.config.to_dict(), base_model_id=base["base_model_id"],
                           base_model_dir=base["base_model_dir"], action_magnitude_scale=list(MAGNITUDE_SCALE),
-                          lora=lora_config(c), action_stats=stats, training=training)
+                          lora=lora_config(c), action_stats=stats, heading_frame=heading_frame, training=training)
 
 
 def strip_for_cache(inputs: tuple[dict, dict, dict]) -> tuple[dict, dict, dict]:

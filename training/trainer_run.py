@@ -76,12 +76,13 @@ def build(c: TrainConfig, accelerator):
 
 def make_dataset(c: TrainConfig, rows, module, base, dtype, accelerator):
     from .data import ActionVideoDataset
-    from .trainer_cache import CachedDataset, build_cache, cache_info
+    from .trainer_cache import CachedDataset, build_cache, cache_info, split_units
 
     raw = ActionVideoDataset(rows, c.dataset_base_path, c.num_frames, c.height, c.width, c.max_pixels,
                              c.dataset_repeat, skip_bad=c.on_bad_sample == "skip")
     if not c.cache_dir:
         return raw
+    split_units(module, c)
     encoded = build_cache(module, raw, c.cache_dir, cache_info(c, base, dtype), accelerator)
     if accelerator.is_main_process:
         logger.info("cache: rank 0 encoded %d clip(s) into %s", encoded, c.cache_dir)
@@ -97,7 +98,7 @@ class TrainingRun:
     def __init__(self, c: TrainConfig):
         from accelerate.utils import set_seed
 
-        from .data import dataset_action_stats
+        from .data import dataset_action_stats, dataset_heading_frame
 
         self.c = c
         self.accelerator = make_accelerator(c)
@@ -107,6 +108,7 @@ class TrainingRun:
         self.resume_path = self._resume_path()
         rows = load_rows(c, self.accelerator)
         self.stats = dataset_action_stats(rows)
+        self.heading_frame = dataset_heading_frame(metadata_path(c))
         self.module, self.base, dtype = build(c, self.accelerator)
         self.dataset = make_dataset(c, rows, self.module, self.base, dtype, self.accelerator)
         self._make_optimizer()
@@ -181,7 +183,8 @@ class TrainingRun:
         from .trainer_model import artifact_config
 
         info = {"config": self.c.to_dict(), "total_steps": self.total, "world_size": self.world, **training}
-        return artifact_config(self.module.pipe.action_controller, self.c, self.base, self.stats, info)
+        return artifact_config(self.module.pipe.action_controller, self.c, self.base, self.stats, info,
+                               self.heading_frame)
 
     def write_artifacts(self, step: int, status: str) -> None:
         """Rank 0: action_controller.safetensors (+ lora.safetensors) + the JSON, from the current weights."""

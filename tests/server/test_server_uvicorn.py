@@ -26,7 +26,7 @@ def base(tmp_path_factory):
     log = tmp_path_factory.mktemp("uvicorn") / "server.log"
     with server_process("--token", TOKEN, "--allowed_origins", GOOD_ORIGIN, "--max_sessions", "4",
                         "--max_waiting", "1", "--send_timeout_s", "2", "--send_queue_frames", "8",
-                        "--max_upload_bytes", "65536", "--jpeg_quality", "100", "--gradio", "0",
+                        "--max_upload_bytes", "65536", "--gradio", "0",
                         log_path=log) as url:
         yield url
 

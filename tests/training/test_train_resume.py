@@ -106,10 +106,18 @@ def test_killed_checkpoint_write_resumes_from_previous(straight, flights, tmp_pa
     assert_identical(controller_weights(straight[0]), controller_weights(tmp_path))
 
 
-def test_rotation_keeps_newest(flights, tmp_path):
-    run(config(flights, tmp_path, "--save_steps", "1", "--max_checkpoints", "2"))
-    names = sorted(os.listdir(os.path.join(tmp_path, "checkpoints")))
+def test_rotation_keeps_newest_with_cache_and_lora(flights, tmp_path):
+    cache = tmp_path / "cache"
+    summary = run(config(flights, tmp_path / "out", "--save_steps", "1", "--max_checkpoints", "2", "--cache_dir",
+                         str(cache), "--lora_base_model", "dit", "--lora_rank", "2"))
+    assert summary["step"] == K
+    names = sorted(os.listdir(tmp_path / "out" / "checkpoints"))
     assert names == ["step-000000003", "step-000000004"]
+    assert sorted(os.listdir(cache)) == ["cache_info.json", "row-000001.pt", "row-000002.pt", "row-000003.pt"]
+    saved = ckpt.load_checkpoint(str(tmp_path / "out" / "checkpoints" / "step-000000004"))["trainable_full"]
+    assert any(".lora_A." in k for k in saved) and any(k.startswith(ckpt.CONTROLLER_PREFIX) for k in saved)
+    with pytest.raises(ConfigError, match="--cache_dir: .* another setup \\(num_frames"):
+        run(config(flights, tmp_path / "other", "--cache_dir", str(cache), "--num_frames", "5"))
 
 
 def test_refuses_to_mix_runs(straight, flights):
