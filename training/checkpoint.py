@@ -213,7 +213,8 @@ def resolve_resume(resume_from: Optional[str], root: str) -> Optional[str]:
         found = list_checkpoints(root)
         return found[-1][1] if found else None
     if not os.path.isdir(resume_from):
-        raise ValueError(f"--resume_from: {resume_from!r} is not a folder (pass a checkpoints/step-* folder or 'latest')")
+        raise ValueError(f"--resume_from: {resume_from!r} is not a folder "
+                         "(pass a checkpoints/step-* folder or 'latest')")
     if not is_complete(resume_from):
         missing = [n for n in CHECKPOINT_FILES if not os.path.isfile(os.path.join(resume_from, n))]
         raise ValueError(f"--resume_from: {resume_from!r} is not a complete checkpoint (missing {missing})")

@@ -206,7 +206,8 @@ def _check_data(c: TrainConfig) -> None:
     _require((c.height is None) == (c.width is None), "height", "give both --height and --width, or neither")
     for name in ("height", "width"):
         value = getattr(c, name)
-        _require(value is None or (value > 0 and value % 32 == 0), name, f"must be a positive multiple of 32, got {value}")
+        _require(value is None or (value > 0 and value % 32 == 0), name,
+                 f"must be a positive multiple of 32, got {value}")
     _require(c.max_pixels >= 32 * 32, "max_pixels", f"must be >= 1024, got {c.max_pixels}")
     _require(c.dataset_repeat >= 1, "dataset_repeat", f"must be >= 1, got {c.dataset_repeat}")
     _require(c.dataset_num_workers >= 0, "dataset_num_workers", f"must be >= 0, got {c.dataset_num_workers}")

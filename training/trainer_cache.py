@@ -81,16 +81,20 @@ def build_cache(module, dataset, cache_dir: str, info: dict, accelerator) -> int
     if accelerator.is_main_process and todo:
         from tqdm import tqdm
         iterator = tqdm(todo, desc="cache", unit="clip", dynamic_ncols=True)
-    for index in iterator:
-        try:
-            sample = dataset.load_row(index)
-        except DataError as error:
-            if not dataset.skip_bad:
-                raise
-            logger.warning("--on_bad_sample skip: not caching %s", error)  # CachedDataset drops the row
-            continue
-        torch_save_atomic(row_file(cache_dir, rows[index]), strip_for_cache(module.encode(sample)))
-        done += 1
+    # The units draw noise we drop; keep them off the training RNG so a run is the same with a cache built now or
+    # by an earlier run.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        for index in iterator:
+            try:
+                sample = dataset.load_row(index)
+            except DataError as error:
+                if not dataset.skip_bad:
+                    raise
+                logger.warning("--on_bad_sample skip: not caching %s", error)  # CachedDataset drops the row
+                continue
+            torch_save_atomic(row_file(cache_dir, rows[index]), strip_for_cache(module.encode(sample)))
+            done += 1
     accelerator.wait_for_everyone()
     return done
 

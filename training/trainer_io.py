@@ -99,7 +99,7 @@ def load_deepspeed_shards(accelerator, folder: str) -> None:
     if is_deepspeed(accelerator):
         if not os.path.isdir(path):
             raise ValueError(f"--resume_from: {folder} has no {DEEPSPEED_DIR}/ (it was not written under DeepSpeed)")
-        accelerator.load_state(path)
+        accelerator.load_state(path, load_module_strict=False)  # the shards hold no frozen base weights
     elif os.path.isdir(path):
         raise ValueError(f"--resume_from: {folder} was written under DeepSpeed; resume it under DeepSpeed")
 

@@ -150,3 +150,18 @@ def test_help_documents_every_flag(capsys):
                   "save_steps", "use_wandb", "wandb_project", "wandb_run_name", "gradient_accumulation_steps",
                   "height", "width", "num_frames", "output_path", "model_id_with_origin_paths"]
     assert all(name in TrainConfig.__dataclass_fields__ for name in seed_flags)
+
+
+def test_wandb_is_optional(monkeypatch, caplog):
+    import sys
+    from types import SimpleNamespace
+
+    from training.trainer_io import wandb_logger
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # "not installed": import raises ImportError
+    main_process = SimpleNamespace(is_main_process=True)
+    config = SimpleNamespace(use_wandb=True, wandb_project="p", wandb_run_name=None, to_dict=dict)
+    with caplog.at_level("WARNING"):
+        assert wandb_logger(config, main_process) is None
+    assert "--use_wandb: wandb is not installed" in caplog.text
+    assert wandb_logger(SimpleNamespace(use_wandb=False), main_process) is None
