@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .action_format import MAGNITUDE_SCALE, check_scale

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .config_io import config_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,7 @@ class ActionControllerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ActionControllerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"action controller config: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "action controller config")
 
 
 def _preset(**overrides) -> dict:
@@ -226,7 +223,7 @@ class WanActionController(nn.Module):
                          w: int) -> torch.Tensor:
         """cross_attn_window: (B, L, C) tokens x (B, T, C) action tokens -> (B, F-1, N, C) unscaled change."""
         B, T, C = action_emb.shape
-        H, D, W = self.num_heads, self.config.window_head_dim, self.config.action_window
+        H, D = self.num_heads, self.config.window_head_dim
         tokens = hidden_states.view(B, f, h * w, C)[:, 1:1 + T]  # (B, T, N, C)
         q = self.q_norm(self.q_proj(tokens).unflatten(-1, (H, D)))  # (B, T, N, H, D)
         k = self.k_norm(self.k_proj(action_emb).unflatten(-1, (H, D)))  # (B, S=T, H, D)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config_io import config_from_dict
 from .controller import ACTION_CONTROLLER_CONFIGS, WanActionController
 from .pipeline import WanActionPipeline
 
@@ -56,11 +57,7 @@ class SmallWorldConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SmallWorldConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"world config: unknown field(s) {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data, "world config")
 
 
 def build_word_tokenizer(words, seq_len: int):

@@ -137,14 +137,15 @@ def save_checkpoint(root: str, step: int, trainable_full: dict, optimizer_state:
         if extra_writer is not None:
             extra_writer(tmp)
         write_json_atomic(os.path.join(tmp, STATE_NAME), {**trainer_state, "step": step})  # last: marks complete
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
 
-def _replace_dir(tmp: str, final: str) -> None:
+def replace_dir(tmp: str, final: str) -> None:
+    """Move the finished folder ``tmp`` to ``final``, swapping out (then deleting) any folder already there."""
     root = os.path.dirname(final)
     if os.path.exists(final):  # re-saving a step (resumed from an older checkpoint): swap, then delete the old
         trash = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=root)

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from models.lora import fuse_lora, lora_pairs
+from training.checkpoint import replace_dir
 
 DIT_PATTERN = "diffusion_pytorch_model*.safetensors"
 
@@ -159,21 +160,11 @@ def merge_folder(model_dir: str, lora_path: str, alpha: float = 1.0, output_dir:
                 "alpha": alpha, "lora_alpha": lora_alpha, "merged_modules": len(merged)}
         with open(os.path.join(tmp, "merge_info.json"), "w") as handle:
             json.dump(info, handle, indent=2)
-        _swap_into_place(tmp, output_dir)
+        replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output_dir
-
-
-def _swap_into_place(tmp: str, output_dir: str) -> None:
-    if os.path.exists(output_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(tmp))
-        os.replace(output_dir, os.path.join(old, "old"))
-        os.replace(tmp, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, output_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

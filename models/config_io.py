@@ -1,0 +1,13 @@
+"""Config dataclasses <-> JSON dicts, rejecting unknown fields with a clear message (one implementation)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+def config_from_dict(cls, data: dict, what: str):
+    """Build the dataclass ``cls`` from ``data``; unknown keys are a ValueError naming them and ``what``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    return cls(**data)
