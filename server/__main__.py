@@ -23,7 +23,8 @@ def main(argv=None) -> None:
 
     from .app import create_app
     app = create_app(settings)
-    if not settings.model_dir and settings.world == "random":
+    from .worlds import with_world_resolved
+    if not settings.model_dir and with_world_resolved(settings).world == "random":
         logging.getLogger("wanfly").warning("serving the tiny RANDOM-weight preset: the video is noise-like. "
                                             "Pass --model_dir and --artifacts for the real model.")
     logging.getLogger("wanfly").info("open http://%s:%d/", settings.host, settings.port)

@@ -24,7 +24,8 @@ def server_process(*args: str, timeout: float = 90.0, threads: int = 1, log_path
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--threads", str(threads), "--log_level", "warning", *args]
+               "--threads", str(threads), "--log_level", "warning",
+               *([] if "--world" in args else ["--world", "random"]), *args]  # tests fly the fast random preset
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

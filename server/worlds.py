@@ -81,6 +81,7 @@ def resolve_device(settings: Settings) -> tuple[str, object]:
 def check_world_args(settings: Settings) -> None:
     """Fail fast (before starting a server) on paths and names that cannot load."""
     from models.pipeline import check_model_dir
+    settings = with_world_resolved(settings)
     if settings.model_dir:
         check_model_dir(settings.model_dir)
     elif settings.world != "random" and settings.world not in WORLD_FACTORIES and not os.path.isdir(settings.world):
@@ -118,6 +119,32 @@ def _folder_world(settings: Settings, device: str, dtype) -> World:
     return replace(world, **hints)
 
 
+# The toy world committed in the repository (``python -m training.toyworld``, docs/toyworld.md).
+TOY_WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "worlds", "toy")
+
+
+def _toy_world(settings: Settings, device: str, dtype) -> World:
+    from types import SimpleNamespace
+    world = _folder_world(SimpleNamespace(world=TOY_WORLD_DIR), device, dtype)
+    return replace(world, name="toy", weights="toy world: Wan2.2-TI2V architecture trained from scratch on synthetic "
+                                              "flights (64x64); it does not follow the keys yet (action following "
+                                              "at chance, see docs/toyworld.md)")
+
+
+if os.path.isfile(os.path.join(TOY_WORLD_DIR, "world_config.json")):
+    register_world("toy", _toy_world)
+
+
+def with_world_resolved(settings: Settings) -> Settings:
+    """``--world auto`` (the default) becomes the toy world when it ships, else the random preset."""
+    return replace(settings, world=default_world()) if settings.world == "auto" else settings
+
+
+def default_world() -> str:
+    """"toy" when the committed toy world is present, else "random" (for ``Settings.world``'s default)."""
+    return "toy" if "toy" in WORLD_FACTORIES else "random"
+
+
 def _real_world(settings: Settings, device: str, dtype) -> World:
     from models.pipeline import WanActionPipeline
     pipe = WanActionPipeline.from_model_dir(settings.model_dir, device=device, torch_dtype=dtype)
@@ -128,6 +155,7 @@ def _real_world(settings: Settings, device: str, dtype) -> World:
 def load_world(settings: Settings) -> World:
     """Build the pipeline named by the settings and apply artifacts and overrides (see the module docstring)."""
     import torch
+    settings = with_world_resolved(settings)
     device, dtype = resolve_device(settings)
     threads = settings.threads or (max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else 0)
     if threads:  # on CPU leave a core to the event loop and JPEG encoding (and avoid OpenMP oversubscription)

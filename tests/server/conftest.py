@@ -28,7 +28,7 @@ def keep_torch_threads():
 @pytest.fixture(scope="session")
 def random_world():
     threads = torch.get_num_threads()
-    world = load_world(Settings(gradio=False))
+    world = load_world(Settings(world="random", gradio=False))
     warm_up(PipelineGenerator(world))
     torch.set_num_threads(threads)
     return world

@@ -1,0 +1,141 @@
+"""training.evaluate: metrics, input formats, the CLI and its report, the comparison and the --generate suite."""
+import json
+
+import numpy as np
+import pytest
+
+from models.action_format import ACTION_NAMES, constant_actions
+from training.eval_suite import SUITE, save_recording, suite_actions, synthetic_flights
+from training.evaluate import active_flags, load_recordings, main, read_recording, score_intervals
+from training.synthetic import make_dataset
+
+
+def actions_of(*steps):
+    return np.concatenate([constant_actions(1, step).numpy() for step in steps]).astype(np.float64)
+
+
+COMMANDED = actions_of({"Forward": 0.01}, {"Forward": 0.01}, {"Yaw Left": 1.0}, {}, {"Left": 0.01},
+                       {"Forward": 0.01, "Yaw Right": 1.0})
+ESTIMATED = actions_of({"Forward": 0.01}, {"Back": 0.01}, {"Left": 0.01}, {"Yaw Left": 1.0}, {"Left": 0.01},
+                       {"Forward": 0.01})
+
+
+def test_score_intervals_numbers():
+    m = score_intervals(ESTIMATED, COMMANDED)
+    f, left, yaw_left, yaw_right = (m["per_action"][n] for n in ("Forward", "Left", "Yaw Left", "Yaw Right"))
+    assert (f["precision"], f["recall"], f["f1"]) == (1.0, pytest.approx(2 / 3), pytest.approx(0.8))
+    assert (left["precision"], left["recall"], left["balanced_accuracy"]) == (0.5, 1.0, pytest.approx(0.9))
+    assert (yaw_left["f1"], yaw_left["balanced_accuracy"]) == (0.0, pytest.approx(0.4))
+    assert yaw_right["precision"] is None and yaw_right["recall"] == 0.0 and yaw_right["balanced_accuracy"] == 0.5
+    assert m["per_action"]["Back"]["recall"] is None and m["per_action"]["Back"]["f1"] == 0.0  # never commanded
+    assert m["accuracy"] == pytest.approx((5 / 6 + 0.9 + 0.4 + 0.5) / 4)
+    assert m["unscored_actions"] == ["Back", "Right", "Pitch Up", "Pitch Down"]
+    assert m["exact_match"] == pytest.approx(2 / 6) and m["exact_match_chance"] == pytest.approx(7 / 36)
+    assert m["kappa"] == pytest.approx((2 / 6 - 7 / 36) / (1 - 7 / 36))
+    counts, idx = np.array(m["confusion"]["counts"]), {n: i for i, n in enumerate(m["confusion"]["labels"])}
+    expected = {("Forward", "Forward"): 2, ("Forward", "Back"): 1, ("Yaw Left", "Left"): 1, ("none", "Yaw Left"): 1,
+                ("Left", "Left"): 1, ("Yaw Right", "none"): 1}
+    for (row, col), value in expected.items():
+        assert counts[idx[row], idx[col]] == value
+    assert counts.sum() == sum(expected.values())
+    rates = m["confusion_rates"]
+    assert rates["forward_back"] == pytest.approx(1 / 3) and rates["yaw_strafe"] == pytest.approx(1 / 3)
+    assert rates["left_right"] == 0.0 and rates["pitch_up_down"] is None
+    assert m["magnitude"] is None and m["intervals"] == 6
+
+
+def test_chance_and_magnitudes():
+    hover = np.zeros_like(COMMANDED)
+    assert score_intervals(hover, COMMANDED)["accuracy"] == 0.5  # ignoring the actions scores exactly chance
+    perfect = score_intervals(COMMANDED, COMMANDED)
+    assert perfect["accuracy"] == 1.0 and perfect["exact_match"] == 1.0 and perfect["kappa"] == 1.0
+    amounts = {"forward": [0.01, 0.01, 0, 0, 0, 0.01], "right": [0, 0, 0, 0, -0.01, 0], "yaw": [0, 0, -1, 0, 0, 1],
+               "pitch": [0.0] * 6}
+    motion = {k: 2 * np.array(v) for k, v in amounts.items()}  # twice the commanded amounts
+    mag = score_intervals(COMMANDED, COMMANDED, motion)["magnitude"]
+    assert mag["axes"]["forward"]["pearson"] == pytest.approx(1.0) and mag["axes"]["yaw"]["gain"] == pytest.approx(2)
+    assert mag["axes"]["pitch"]["pearson"] is None  # never commanded: undefined, not 0
+    both = actions_of({"Forward": 0.01, "Back": 0.01})
+    assert not active_flags(both).any()  # opposite actions held together cancel
+    with pytest.raises(ValueError, match="differ in shape"):
+        score_intervals(COMMANDED[:3], COMMANDED)
+
+
+@pytest.fixture(scope="module")
+def flights():
+    return synthetic_flights(3, seed=4, frames=17, height=64, width=64)  # 4 intervals each
+
+
+def test_recordings_and_comparison_report(tmp_path, flights):
+    good, shuffled = tmp_path / "good", tmp_path / "shuffled"
+    for k, clip in enumerate(flights):
+        save_recording(good / clip["name"], clip["frames"], clip["actions"], clip["prompt"], 24)
+        other = flights[(k + 1) % len(flights)]["actions"]  # another flight's actions, in the chunks format
+        save_recording(shuffled / clip["name"], clip["frames"], other, clip["prompt"], 24)
+        record = json.loads((shuffled / f"{clip['name']}.json").read_text())
+        chunks = [{"actions": record["actions"][:2]}, {"actions": record["actions"][2:]}]
+        (shuffled / f"{clip['name']}.json").write_text(json.dumps({"prompt": "p", "chunks": chunks}))
+    assert np.allclose(read_recording(shuffled / f"{flights[0]['name']}.json")[0], flights[1]["actions"], atol=1e-6)
+    assert main(["--recordings", str(good), str(shuffled), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [row["label"] for row in report["comparison"]] == ["good", "shuffled"]
+    assert report["accuracy"] == report["entries"][0]["metrics"]["accuracy"] >= 0.9
+    assert report["comparison"][1]["accuracy"] < report["accuracy"] - 0.2
+    assert set(report["per_action"]) == set(ACTION_NAMES)
+    assert {"precision", "recall", "f1"} <= set(report["per_action"]["Forward"])
+    assert report["entries"][0]["clips"][0]["steps"] == 4 and report["intervals"] == 12
+    for name in ("summary.md", "per_action.png", "confusion.png", "magnitudes.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 500, name
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Comparison" in summary and "| good |" in summary
+
+
+def test_csv_mode(tmp_path):
+    make_dataset(tmp_path / "data", clips=2, frames=17, height=64, width=64, seed=5)
+    assert main(["--csv", str(tmp_path / "data" / "metadata.csv"), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["entries"][0]["label"] == "metadata" and report["intervals"] == 8
+    assert 0.8 <= report["accuracy"] <= 1.0
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
+    folder = tmp_path / "rec"
+    save_recording(folder / "a", flights[0]["frames"], flights[0]["actions"], "p", 24)
+    (folder / "a.json").unlink()
+    assert main(["--recordings", str(folder), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "a.mp4 has no sibling a.json" in err and "Traceback" not in err
+    (folder / "a.json").write_text(json.dumps({"actions": [[0, 1]]}))
+    assert main(["--recordings", str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert "a.json: actions: expected shape (T, 2, 8)" in capsys.readouterr().err
+    assert main(["--csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.csv: file not found" in capsys.readouterr().err
+    assert main(["--generate", "--out", str(tmp_path / "o")]) == 2
+    assert "exactly one of --preset tiny or --model_dir" in capsys.readouterr().err
+    assert main(["--generate", "--preset", "tiny", "--flights", "loop", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown flight 'loop'" in capsys.readouterr().err
+
+
+def test_suite_flights():
+    assert len(SUITE) == 15
+    assert suite_actions("forward+yaw_left", 2)[:, 0].sum() == 4
+    alternate = suite_actions("alternate_yaw", 4)
+    assert [ACTION_NAMES[i] for i in alternate[:, 0].argmax(1)] == ["Yaw Left", "Yaw Right"] * 2
+    assert not suite_actions("hover", 3).any()
+
+
+def test_generate_tiny_preset_end_to_end(tmp_path):
+    out = tmp_path / "gen"
+    flights = ["forward", "back", "yaw_left", "yaw_right"]
+    assert main(["--generate", "--preset", "tiny", "--num_frames", "9", "--steps", "1", "--scenes", "1",
+                 "--flights", *flights, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["entries"][0]["label"] == "tiny-random" and report["intervals"] == 8
+    assert report["near_chance"] is True and report["chance"]["p_value"] > 0.05
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert "near chance" in (out / "summary.md").read_text()
+    assert any("tiny random preset" in note for note in report["notes"])
+    saved = sorted(p.name for p in (out / "generated" / "tiny-random").iterdir())
+    assert saved == sorted(f"scene0__{f}{ext}" for f in flights for ext in (".json", ".mp4"))
+    clips = load_recordings(out / "generated" / "tiny-random")  # the saved clips rescore (after mp4 compression)
+    assert [c["actions"].shape for c in clips] == [(2, 2, 8)] * 4

@@ -1,0 +1,339 @@
+"""Train the toy world: ``python -m training.toyworld --out DIR [--minutes N --seed S]``.
+
+A small model of the real Wan2.2-TI2V architecture trained from scratch on the project's synthetic flights
+(``training.synthetic``), small enough for 2 CPU cores and to ship in ``worlds/toy/``:
+    0. render ``--clips`` random flights (+ ``--holdout`` held-out ones) at HxW, ``--frames`` frames (cached in DIR)
+    1. train the ``VideoVAE38_`` (width ``--vae_dim``, z_dim 48) for reconstruction        (``toyworld_stages.VaeStage``)
+    2. encode the clips, then train the TI2V ``WanModel`` + action controller with the flow-matching loss through
+       ``pipe.model_fn`` (``toyworld_stages.DitStage``); the tiny text encoder (vocabulary = base words + the
+       synthetic prompts' words) is built deterministically from the seed and kept frozen
+    3. write a small-world folder (``models.tiny.save_small_world`` + ``models.artifacts.save_action_artifacts``)
+       + ``serve.json`` + ``toyworld_report.json`` (losses, PSNR, timings) into DIR.
+Both stages run the training package's loop (``training.trainer.Trainer``) with its warmup-cosine schedule; a full
+checkpoint (weights, optimizer, scheduler, RNG, plan) is written atomically every ``--save_steps`` and at each stage
+end to DIR/checkpoints/toyworld_state.pt, and a rerun with the same DIR resumes from it.
+Step counts: ``--vae_steps/--dit_steps`` when given; otherwise ``--minutes`` is split 40/50 between the stages by
+timing a few steps at start. The plan is stored in the checkpoint, so a resumed run finishes the same plan; given
+the step counts, a run is deterministic per seed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from models.action_format import num_actions_for_frames, split_actions
+from training.checkpoint import capture_rng_state, restore_rng_state, torch_save_atomic, write_json_atomic
+
+logger = logging.getLogger("training.toyworld")
+STATE_FILE = os.path.join("checkpoints", "toyworld_state.pt")
+DATA_FILE = "toyworld_data.npz"
+DEFAULT_PROMPT = "a drone flies over a green meadow with tall pillars at noon"
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+def render_clips(seed: int, start: int, count: int, frames: int, height: int, width: int, progress: bool = True):
+    """Clips ``start..start+count`` of the synthetic flights of ``seed`` (as ``training.synthetic.make_clip``,
+    without mp4): frames uint8 (count, F, H, W, 3), flown actions (count, T, 2, 8), prompts."""
+    from tqdm import tqdm
+    from training.synthetic import DroneState, fly, random_actions, render_flight
+    from training.synthetic_scene import make_scene
+    videos, actions, prompts = [], [], []
+    for index in tqdm(range(start, start + count), desc="render", unit="clip", disable=not progress):
+        rng = np.random.default_rng([seed, index])
+        commanded = random_actions(num_actions_for_frames(frames), rng)
+        scene_seed = int(rng.integers(2 ** 31))
+        begin = DroneState(heading_deg=float(rng.uniform(-180.0, 180.0)))
+        poses, flown = fly(commanded, begin)
+        scene = make_scene(scene_seed, clear_xz=poses[:, [0, 2], 3])
+        video, _, flown = render_flight(flown, begin, scene, height, width)
+        videos.append(video)
+        actions.append(flown.astype(np.float32))
+        prompts.append(scene.prompt)
+    return np.stack(videos), np.stack(actions), prompts
+
+
+def load_or_render(out: str, a) -> dict:
+    path = os.path.join(out, DATA_FILE)
+    key = json.dumps([a.seed, a.clips, a.holdout, a.frames, a.height, a.width])
+    if os.path.isfile(path):
+        data = np.load(path, allow_pickle=False)
+        if str(data["key"]) == key:
+            return {name: data[name] for name in data.files}
+    train = render_clips(a.seed, 0, a.clips, a.frames, a.height, a.width, a.progress)
+    held = render_clips(a.seed, 10 ** 6, a.holdout, a.frames, a.height, a.width, a.progress)
+    data = {"frames": train[0], "actions": train[1], "prompts": np.array(train[2]), "held_frames": held[0],
+            "held_actions": held[1], "held_prompts": np.array(held[2]), "key": np.array(key)}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **data)
+    os.replace(tmp, path)
+    return data
+
+
+# ---- model ---------------------------------------------------------------------------------------------------
+def world_config(a, prompts):
+    from models.tiny import BASE_VOCAB, SmallWorldConfig, prompt_words
+    vocab = sorted(set(BASE_VOCAB) | set(prompt_words(list(prompts) + [DEFAULT_PROMPT])))
+    return SmallWorldConfig(dim=a.dim, num_heads=a.heads, num_layers=a.layers, ffn_dim=4 * a.dim, text_dim=32,
+                            text_heads=2, text_layers=2, text_ffn_dim=64, text_seq_len=32, vae_dim=a.vae_dim,
+                            vae_dec_dim=a.vae_dim, vocab=vocab)
+
+
+def controller_config(a) -> dict:
+    from models.controller import ActionControllerConfig
+    return ActionControllerConfig(hidden_size=a.dim, num_heads=a.heads, num_layers=a.layers,
+                                  num_latent_frames=max(20, num_actions_for_frames(a.frames)),
+                                  window_head_dim=16, initial_scale=a.controller_scale).to_dict()
+
+
+def build_models(a, config):
+    """(pipe, controller), deterministic per seed (independent of the global RNG)."""
+    from models.controller import WanActionController
+    from models.tiny import assemble_pipeline, build_world_modules
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(a.seed)
+        dit, vae, text_encoder, tokenizer = build_world_modules(config)
+        controller = WanActionController.from_config(controller_config(a))
+    pipe = assemble_pipeline(dit, vae, text_encoder, tokenizer)
+    return pipe, controller
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts) -> dict:
+    from diffsynth.pipelines.wan_video import WanVideoUnit_PromptEmbedder
+    unit = WanVideoUnit_PromptEmbedder()
+    return {p: unit.process(pipe, p, True)["context"] for p in sorted(set(prompts))}
+
+
+# ---- the run -------------------------------------------------------------------------------------------------
+class ToyRun:
+    def __init__(self, a):
+        from accelerate import Accelerator
+        self.a, self.out = a, a.out
+        os.makedirs(os.path.join(self.out, "checkpoints"), exist_ok=True)
+        torch.manual_seed(a.seed)
+        np.random.seed(a.seed)
+        self.accelerator = Accelerator(cpu=True)
+        self.data = load_or_render(self.out, a)
+        self.config = world_config(a, list(self.data["prompts"]) + list(self.data["held_prompts"]))
+        self.pipe, self.controller = build_models(a, self.config)
+        self.state = {"stage": "vae", "step": 0, "plan": None, "losses": {"vae": [], "dit": []}, "times": {}}
+        self.resume_from = None
+        path = os.path.join(self.out, STATE_FILE)
+        if os.path.isfile(path):
+            self.resume_from = torch.load(path, map_location="cpu", weights_only=False)
+            self.state = self.resume_from["state"]
+            self.pipe.vae.model.load_state_dict(self.resume_from["vae"])
+            self.pipe.dit.load_state_dict(self.resume_from["dit"])
+            self.controller.load_state_dict(self.resume_from["controller"])
+            logger.info("resuming at stage %s step %d", self.state["stage"], self.state["step"])
+
+    # ---- plan ----
+    def plan(self, vae_stage, dit_stage) -> dict:
+        a = self.a
+        if self.state["plan"]:
+            return self.state["plan"]
+        plan = {"vae_steps": a.vae_steps, "dit_steps": a.dit_steps}
+        if plan["vae_steps"] is None or plan["dit_steps"] is None:
+            budget = a.minutes * 60.0
+            with torch.random.fork_rng(devices=[]):
+                t_vae = self._time_step(vae_stage, self._vae_batch(0))
+                latents = torch.randn(a.batch, 48, num_actions_for_frames(a.frames) + 1, a.height // 16,
+                                      a.width // 16)
+                t_dit = self._time_step(dit_stage, self._dit_batch(0, latents))
+            plan["vae_steps"] = plan["vae_steps"] or max(10, int(0.40 * budget / t_vae))
+            plan["dit_steps"] = plan["dit_steps"] or max(10, int(0.50 * budget / t_dit))
+            plan["timed_step_s"] = {"vae": t_vae, "dit": t_dit}
+        logger.info("plan: %s", plan)
+        self.state["plan"] = plan
+        return plan
+
+    @staticmethod
+    def _time_step(module, batch, repeats: int = 2) -> float:
+        module(batch).backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            module(batch).backward()
+        module.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / repeats
+
+    # ---- batches ----
+    def _vae_batch(self, step):
+        from .toyworld_stages import batch_indices, to_video_tensor
+        frames = self.data["frames"]  # windows of --vae_frames (1+4k) frames: the causal VAE's cost is per frame
+        idx = batch_indices(self.a.seed, 1, step, len(frames), self.a.vae_batch)
+        span = min(self.a.vae_frames, frames.shape[1])
+        starts = 4 * np.random.default_rng([self.a.seed, 3, step]).integers(0, (frames.shape[1] - span) // 4 + 1,
+                                                                             len(idx))
+        return to_video_tensor(np.stack([frames[i, s:s + span] for i, s in zip(idx, starts)]))
+
+    def _dit_batch(self, step, latents):
+        from .toyworld_stages import batch_indices
+        idx = batch_indices(self.a.seed, 2, step, len(latents), self.a.batch)
+        prompts = self.data["prompts"] if len(latents) == len(self.data["prompts"]) else self.data["held_prompts"]
+        context = torch.cat([self.contexts[str(prompts[i])] for i in idx])
+        actions = self.data["actions"] if len(latents) == len(self.data["actions"]) else self.data["held_actions"]
+        binary, magnitude = split_actions(torch.from_numpy(actions[idx]))
+        return latents[idx], context, binary, magnitude
+
+    # ---- one stage on the shared loop ----
+    def run_stage(self, name: str, module, make_batch, total: int, lr: float):
+        from .schedule import build_scheduler
+        from .toyworld_stages import StepBatches
+        from .trainer import LoopCallbacks, LoopSettings, LoopState, Trainer
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0 if name == "vae" else 0.01,
+                                      betas=(0.9, 0.99))
+        scheduler = build_scheduler(optimizer, total, warmup_ratio=0.05, base_lr=lr, min_lr=lr * 0.05)
+        start = self.state["step"] if self.state["stage"] == name else 0
+        if self.resume_from is not None and self.state["stage"] == name:
+            if "optimizer" in self.resume_from:
+                optimizer.load_state_dict(self.resume_from["optimizer"])
+                scheduler.load_state_dict(self.resume_from["scheduler"])
+            restore_rng_state(self.resume_from["rng"])
+        loop_state = LoopState(step=start, samples=start)
+
+        def save(step):
+            self.state.update(stage=name, step=step)
+            self.state["losses"][name] = self.state["losses"][name][:start] + loop_state.losses
+            self.save_state(optimizer, scheduler)
+
+        def log(metrics):
+            logger.info("%s %s", name, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                if isinstance(v, float)))
+
+        settings = LoopSettings(max_steps=total, max_grad_norm=1.0, log_steps=max(1, total // 10),
+                                save_steps=self.a.save_steps, progress_bar=self.a.progress)
+        trainer = Trainer(self.accelerator, module, optimizer, scheduler, StepBatches(make_batch, start), settings,
+                          loop_state, LoopCallbacks(on_log=log, on_save=save))
+        began = time.perf_counter()
+        trainer.run()
+        self.state["times"][name] = self.state["times"].get(name, 0.0) + time.perf_counter() - began
+        self.state["losses"][name] = self.state["losses"][name][:start] + loop_state.losses
+        self.resume_from = None
+
+    def save_state(self, optimizer=None, scheduler=None):
+        blob = {"state": self.state, "vae": self.pipe.vae.model.state_dict(), "dit": self.pipe.dit.state_dict(),
+                "controller": self.controller.state_dict(), "rng": capture_rng_state()}
+        if optimizer is not None:
+            blob.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        torch_save_atomic(os.path.join(self.out, STATE_FILE), blob)
+
+    # ---- everything ----
+    def run(self) -> dict:
+        from .toyworld_stages import DitStage, VaeStage, encode_clips, reconstruction_psnr
+        a = self.a
+        vae_stage = VaeStage(self.pipe.vae)
+        self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
+        dit_stage = DitStage(self.pipe, self.controller)
+        plan = self.plan(vae_stage, dit_stage)
+        if self.state["stage"] == "vae" and not a.export_only:
+            self.run_stage("vae", vae_stage, self._vae_batch, plan["vae_steps"], a.vae_lr)
+            self.state.update(stage="dit", step=0)
+            self.save_state()
+        vae_stage.model.eval().requires_grad_(False)
+        began = time.perf_counter()
+        latents = encode_clips(vae_stage, self.data["frames"], progress=a.progress)
+        held_latents = encode_clips(vae_stage, self.data["held_frames"], progress=False)
+        self.state["times"]["encode"] = time.perf_counter() - began
+        if self.state["stage"] == "dit" and not a.export_only:
+            self.run_stage("dit", dit_stage, lambda s: self._dit_batch(s, latents), plan["dit_steps"], a.dit_lr)
+            self.state.update(stage="done", step=plan["dit_steps"])
+            self.save_state()
+        self.pipe.dit.eval().requires_grad_(False)
+        self.controller.eval().requires_grad_(False)
+        report = {"plan": plan, "trained_to": {"stage": self.state["stage"], "step": self.state["step"]},
+                  "times_s": self.state["times"],
+                  "vae_psnr_heldout_db": reconstruction_psnr(vae_stage, self.data["held_frames"]),
+                  "latent_std": float(latents.std()), **self.heldout_losses(dit_stage, held_latents)}
+        for name in ("vae", "dit"):
+            losses = self.state["losses"][name]
+            report[f"{name}_loss_first10"] = float(np.mean(losses[:10])) if losses else None
+            report[f"{name}_loss_last10pct"] = float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None
+        self.write_world(report)
+        return report
+
+    @torch.no_grad()
+    def heldout_losses(self, dit_stage, held_latents, repeats: int = 8) -> dict:
+        """Held-out flow-matching loss with the true actions vs actions shuffled across clips (same noise)."""
+        n = len(held_latents)
+        if n < 2:
+            return {}
+        perm = np.roll(np.arange(n), 1)
+        true, shuffled = [], []
+        with torch.random.fork_rng(devices=[]):
+            for r in range(repeats):
+                context = torch.cat([self.contexts[str(p)] for p in self.data["held_prompts"]])
+                binary, magnitude = split_actions(torch.from_numpy(self.data["held_actions"]))
+                torch.manual_seed(1000 + r)
+                true.append(float(dit_stage((held_latents, context, binary, magnitude))))
+                torch.manual_seed(1000 + r)
+                shuffled.append(float(dit_stage((held_latents, context, binary[perm], magnitude[perm]))))
+        return {"heldout_fm_loss_true_actions": float(np.mean(true)),
+                "heldout_fm_loss_shuffled_actions": float(np.mean(shuffled))}
+
+    def write_world(self, report: dict) -> None:
+        from models.artifacts import ArtifactConfig, save_action_artifacts
+        from models.tiny import save_small_world
+        from training.action_stats import compute_action_stats
+        a = self.a
+        recipe = {k: v for k, v in vars(a).items() if k not in ("out", "progress", "export_only")}
+        save_small_world(self.out, self.pipe, self.config, extra={"recipe": recipe, "report": report})
+        save_action_artifacts(self.out, self.controller, ArtifactConfig(
+            action_controller_config={}, base_model_id="wanfly-toy-world",
+            action_stats=compute_action_stats(list(self.data["actions"])), training={"recipe": recipe}))
+        write_json_atomic(os.path.join(self.out, "serve.json"), {
+            "height": a.height, "width": a.width, "chunk_frames": a.frames, "fps": 8, "steps": a.serve_steps,
+            "cfg_scale": 1.0, "prompt": str(self.data["prompts"][0])})
+        write_json_atomic(os.path.join(self.out, "toyworld_report.json"), report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.toyworld", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (world files, checkpoints, data cache)")
+    p.add_argument("--minutes", type=float, default=30.0, help="time budget that sizes the two stages")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--frames", type=int, default=9, help="4k+1 frames per clip")
+    p.add_argument("--clips", type=int, default=320)
+    p.add_argument("--holdout", type=int, default=16)
+    p.add_argument("--vae_dim", type=int, default=8)
+    p.add_argument("--dim", type=int, default=192, help="DiT width (head_dim // 3 must be even)")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--controller_scale", type=float, default=1.0, help="initial output_scale of the controller")
+    p.add_argument("--vae_steps", type=int, default=None)
+    p.add_argument("--dit_steps", type=int, default=None)
+    p.add_argument("--vae_batch", type=int, default=2)
+    p.add_argument("--vae_frames", type=int, default=5, help="frames per VAE training window (1+4k)")
+    p.add_argument("--batch", type=int, default=16, help="DiT batch")
+    p.add_argument("--vae_lr", type=float, default=1e-3)
+    p.add_argument("--dit_lr", type=float, default=1e-3)
+    p.add_argument("--save_steps", type=int, default=100)
+    p.add_argument("--serve_steps", type=int, default=4, help="denoising steps the server uses (serve.json)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--no_progress", dest="progress", action="store_false")
+    p.add_argument("--export_only", action="store_true",
+                   help="write the world from DIR's latest checkpoint as it is (no further training)")
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    a = build_parser().parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    num_actions_for_frames(a.frames)
+    report = ToyRun(a).run()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

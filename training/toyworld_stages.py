@@ -1,0 +1,109 @@
+"""The two training stages of the toy world (see ``training.toyworld``), each a ``forward(batch) -> loss`` module
+driven by the training package's loop (``training.trainer.Trainer``) with its warmup-cosine schedule.
+
+    VaeStage  the Wan2.2 ``VideoVAE38_`` (reduced width, z_dim 48) trained for reconstruction. The wrapper's fixed
+              Wan2.2 latent mean/std normalise the latents, so a small moment penalty keeps the *normalised*
+              latents near zero mean / unit std per channel (what the flow-matching stage expects), and the
+              decoder sees slightly noised latents (robust to imperfect denoising).
+    DitStage  the TI2V ``WanModel`` + action controller with diffsynth's ``FlowMatchSFTLoss`` through the pipeline's
+              ``model_fn`` (fused first frame kept clean and excluded from the loss, per-token timestep).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffsynth.diffusion.loss import FlowMatchSFTLoss
+
+LATENT_NOISE = 0.05  # std of the noise added to normalised latents before decoding (VAE stage)
+MOMENT_WEIGHT = 0.05
+
+
+def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (B, N, H, W, 3) -> float (B, 3, N, H, W) in [-1, 1] (the pipeline's preprocessing)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def batch_indices(seed: int, stage: int, step: int, count: int, batch_size: int) -> np.ndarray:
+    """The clip indices of one step: a pure function of (seed, stage, step), so a resumed run sees the same data."""
+    return np.random.default_rng([seed, stage, step]).choice(count, size=batch_size, replace=False)
+
+
+class StepBatches:
+    """An iterator of batches for steps ``start, start+1, ...`` (resumable: no hidden state besides the step)."""
+
+    def __init__(self, make_batch, start: int):
+        self.make_batch, self.step = make_batch, start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.make_batch(self.step)
+        self.step += 1
+        return batch
+
+
+class VaeStage(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae  # the WanVideoVAE38 wrapper: .model is trained, .scale normalises
+        self.model = vae.model
+        self.model.train().requires_grad_(True)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x, self.vae.scale)  # normalised latents (B, 48, f, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encode(x)
+        recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)
+        moments = z.transpose(0, 1).flatten(1)  # (48, B*f*h*w)
+        reg = moments.mean(1).pow(2).mean() + (moments.std(1) - 1.0).pow(2).mean()
+        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + MOMENT_WEIGHT * reg
+
+
+class DitStage(torch.nn.Module):
+    """Flow-matching loss of the DiT + controller on cached latents; ``batch`` = (latents, context, binary, magn)."""
+
+    def __init__(self, pipe, controller):
+        super().__init__()
+        self.pipe = pipe
+        self.dit, self.controller = pipe.dit, controller
+        pipe.action_controller = controller
+        self.dit.train().requires_grad_(True)
+        self.controller.train().requires_grad_(True)
+        pipe.scheduler.set_timesteps(1000, training=True)
+
+    def forward(self, batch) -> torch.Tensor:
+        latents, context, binary, magnitude = batch
+        if not self.pipe.scheduler.training:
+            self.pipe.scheduler.set_timesteps(1000, training=True)
+        return FlowMatchSFTLoss(
+            self.pipe, input_latents=latents, first_frame_latents=latents[:, :, :1].clone(), context=context,
+            action_binary=binary, action_magnitude=magnitude, fuse_vae_embedding_in_latents=True,
+            max_timestep_boundary=1.0, min_timestep_boundary=0.0)
+
+
+@torch.no_grad()
+def encode_clips(stage: VaeStage, frames: np.ndarray, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Normalised latents (N, 48, f, h, w) of uint8 clips (N, F, H, W, 3) with the trained encoder."""
+    from tqdm import tqdm
+    stage.model.eval()
+    out = []
+    for start in tqdm(range(0, len(frames), batch_size), desc="encode", unit="batch", disable=not progress):
+        out.append(stage.encode(to_video_tensor(frames[start:start + batch_size])))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reconstruction_psnr(stage: VaeStage, frames: np.ndarray, batch_size: int = 4) -> float:
+    """Mean PSNR (dB, pixels in [0, 1]) of encode -> decode over clips (N, F, H, W, 3)."""
+    stage.model.eval()
+    psnrs = []
+    for start in range(0, len(frames), batch_size):
+        x = to_video_tensor(frames[start:start + batch_size])
+        recon = stage.model.decode(stage.encode(x), stage.vae.scale).clamp(-1, 1)
+        mse = ((recon - x) / 2).pow(2).flatten(1).mean(1)  # per clip, [0, 1] scale
+        psnrs += (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).tolist()
+    return float(np.mean(psnrs))
