@@ -11,7 +11,8 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     GRADIO_ANALYTICS_ENABLED=False \
-    WANFLY_WEB_DIR=/app/web
+    WANFLY_WEB_DIR=/app/web \
+    WANFLY_TOY_WORLD_DIR=/app/worlds/toy
 
 WORKDIR /app
 # Dependencies first (cached while only code changes); the serving extra, not training.
@@ -19,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY server ./server
 COPY web ./web
+COPY worlds ./worlds
 RUN pip install ".[serve]" \
  && if [ "$FLASH_ATTN" = "1" ]; then pip install flash-attn --no-build-isolation; fi
 
@@ -29,5 +31,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
   CMD python -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"
 # Weights and artifacts come from WANFLY_MODEL_DIR / WANFLY_ARTIFACTS (see docker-compose.yml); with neither,
-# the tiny random-weight preset is served.
+# the toy world (worlds/toy) is served.
 CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]

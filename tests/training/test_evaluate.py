@@ -117,7 +117,7 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
 
 
 def test_suite_flights():
-    assert len(SUITE) == 15
+    assert len(SUITE) == 14  # 8 single actions, 3 combos, hover, 2 alternating
     assert suite_actions("forward+yaw_left", 2)[:, 0].sum() == 4
     alternate = suite_actions("alternate_yaw", 4)
     assert [ACTION_NAMES[i] for i in alternate[:, 0].argmax(1)] == ["Yaw Left", "Yaw Right"] * 2
