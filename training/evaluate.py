@@ -20,14 +20,13 @@ and the report says so.
 """
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, OPPOSITE_PAIRS, parse_actions
+from training.eval_suite import load_csv, load_recordings, read_boundary_frames
 from training.flow_actions import AXES, AXIS_ACTIONS, FlowSettings, boundary_motion, estimate_motion, \
     motion_to_actions
 
@@ -148,7 +147,8 @@ def magnitude_scores(est_axes: np.ndarray, cmd_axes: np.ndarray, cmd: np.ndarray
     axes = {}
     for k, axis in enumerate(AXES):
         moving = cmd_axes[:, k] != 0
-        gain = _ratio(float(est_axes[moving, k] @ cmd_axes[moving, k]), float(cmd_axes[moving, k] @ cmd_axes[moving, k]))
+        commanded = cmd_axes[moving, k]  # (M,) the intervals that command this axis
+        gain = _ratio(float(est_axes[moving, k] @ commanded), float(commanded @ commanded))
         axes[axis] = {"pearson": _pearson(cmd_axes[:, k], est_axes[:, k]), "gain": gain, "intervals": len(cmd_axes)}
     actions = {}
     for axis_index, axis in enumerate(AXES):
@@ -182,8 +182,9 @@ def chance_test(est: np.ndarray, cmd: np.ndarray, accuracy, permutations: int = 
 def score_intervals(estimated, commanded, motion: dict | None = None) -> dict:
     """Metrics of estimated vs commanded ``(N, 2, 8)`` actions (one video or many concatenated).
 
-    Returns accuracy (headline), per_action, chance (permutation test), exact_match, exact_match_chance, kappa, confusion, confusion_rates,
-    magnitude (None without ``motion``, the ``estimate_motion`` output of the same N intervals) and intervals.
+    Returns accuracy (headline), per_action, unscored_actions, chance (permutation test), exact_match,
+    exact_match_chance, kappa, confusion, confusion_rates, magnitude (None without ``motion``, the
+    ``estimate_motion`` output of the same N intervals) and intervals.
     """
     est_actions, cmd_actions = check_actions(estimated, "estimated"), check_actions(commanded, "commanded")
     if est_actions.shape != cmd_actions.shape:
@@ -226,92 +227,12 @@ def score_motion(motion: dict, commanded, settings: FlowSettings | None = None) 
 
 def score_video(frames, commanded, settings: FlowSettings | None = None) -> dict:
     """Score one video (``(N, H, W, 3)`` uint8 / [0, 1] float frames or PIL images) against its commanded
-    ``(T, 2, 8)`` actions: ``score_intervals``' keys plus estimated, motion, steps and note."""
+    ``(T, 2, 8)`` actions: ``score_intervals``' keys plus estimated, motion, steps and note.
+
+    One clip rarely defines the headline (an action held throughout has no interval without it, so its balanced
+    accuracy and then ``accuracy`` can be None): pool clips with ``evaluate_clips`` or ``score_intervals``.
+    """
     return score_motion(estimate_motion(frames, settings), commanded, settings)
-
-
-# ---------------------------------------------------------------------------------------------------- inputs
-def read_boundary_frames(path) -> np.ndarray:
-    """Frames 0, 4, 8, ... of a video ``(T + 1, H, W, 3)`` RGB uint8: the only ones the estimator needs."""
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise ValueError(f"cannot open video {path}")
-    frames, index = [], 0
-    try:
-        while capture.grab():  # decodes, but converts only the frames kept to RGB
-            if index % FRAMES_PER_LATENT == 0:
-                ok, frame = capture.retrieve()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            index += 1
-    finally:
-        capture.release()
-    if len(frames) < 2:
-        raise ValueError(f"video {path}: {index} frames decoded, need at least {FRAMES_PER_LATENT + 1}")
-    return np.stack(frames)
-
-
-def read_recording(path) -> tuple[np.ndarray, str | None]:
-    """Commanded ``(T, 2, 8)`` and prompt of a recording JSON: ``actions``, else ``chunks[i].actions`` concatenated."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable JSON file ({error})") from None
-    if isinstance(data, dict) and "actions" in data:
-        raw = data["actions"]
-    elif isinstance(data, dict) and isinstance(data.get("chunks"), list):
-        if not all(isinstance(c, dict) and "actions" in c for c in data["chunks"]):
-            raise ValueError(f"{path}: every entry of 'chunks' needs an 'actions' (k, 2, 8) list")
-        raw = [step for chunk in data["chunks"] for step in chunk["actions"]]
-    else:
-        raise ValueError(f"{path}: expected a JSON object with 'actions' (T, 2, 8) or 'chunks': [{{'actions': ...}}]")
-    prompt = data.get("prompt")
-    return check_actions(raw, f"{path}: actions"), prompt if isinstance(prompt, str) else None
-
-
-def load_recordings(folder) -> list[dict]:
-    """Clips ``{name, video, actions, prompt}`` of a folder of ``*.mp4`` with sibling ``*.json``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"--recordings {folder}: not a folder")
-    videos = sorted(folder.glob("*.mp4"))
-    if not videos:
-        raise ValueError(f"--recordings {folder}: no *.mp4 files")
-    clips = []
-    for video in videos:
-        meta = video.with_suffix(".json")
-        if not meta.is_file():
-            raise ValueError(f"--recordings: {video} has no sibling {meta.name} with its actions")
-        actions, prompt = read_recording(meta)
-        clips.append({"name": video.stem, "video": str(video), "actions": actions, "prompt": prompt})
-    return clips
-
-
-def load_csv(path, base_path=None) -> list[dict]:
-    """Clips of a dataset CSV (``video,prompt,action``; video paths relative to ``base_path``, default its folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--csv {path}: file not found")
-    base = Path(base_path) if base_path else path.parent
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ("video", "action") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"--csv {path}: missing column(s) {missing} (found {reader.fieldnames})")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"--csv {path}: no data rows")
-    clips = []
-    for number, row in enumerate(rows, 1):
-        video = base / (row["video"] or "").strip()
-        if not video.is_file():
-            raise ValueError(f"--csv {path}: row {number}: video {video} not found")
-        actions = check_actions(row["action"], f"--csv {path}: row {number}: action")
-        clips.append({"name": video.stem, "video": str(video), "actions": actions, "prompt": row.get("prompt")})
-    return clips
 
 
 def evaluate_clips(clips: list[dict], settings: FlowSettings | None = None, label: str = "", source: str = "",
@@ -356,7 +277,9 @@ def near_chance(metrics: dict) -> bool:
 def parse_args(argv):
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=(
+        "Does a video do what its actions asked? Reads each 4-frame interval's camera motion from optical flow and "
+        "scores it against the commanded (T, 2, 8) actions; see docs/evaluation.md."))
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", nargs="+", metavar="FILE", help="dataset CSV(s) video,prompt,action; one entry each")
     source.add_argument("--recordings", nargs="+", metavar="DIR", help="folder(s) of *.mp4 + *.json; one entry each")
@@ -366,7 +289,7 @@ def parse_args(argv):
     parser.add_argument("--labels", nargs="+", help="entry names (default: file/folder names)")
     parser.add_argument("--base_path", help="--csv: folder the video paths are relative to (default: the CSV's)")
     parser.add_argument("--focal", type=float, default=FlowSettings.focal, help="focal length / image width")
-    parser.add_argument("--max_clips", type=int, help="score at most this many clips per entry")
+    parser.add_argument("--max_clips", type=int, help="at most this many clips per entry (--generate: first frames)")
     parser.add_argument("--plot_clips", type=int, default=3, help="clips in magnitudes.png")
     parser.add_argument("--seed", type=int, default=0, help="--synthetic flights / --generate noise and scenes")
     parser.add_argument("--num_frames", type=int, help="frames per clip (4k+1; default 33 synthetic, 17 tiny, 81)")
@@ -397,19 +320,30 @@ def num_actions_for_frames_checked(frames: int) -> None:
         raise ValueError(f"--num_frames: {error}") from None
 
 
-def _label(args, index: int, default: str) -> str:
-    return args.labels[index] if args.labels and index < len(args.labels) else default
+def entry_labels(args, defaults: list[str]) -> list[str]:
+    """--labels where given, else the defaults; made unique (a suffix -2, -3, ...): they also name folders."""
+    labels = [args.labels[k] if args.labels and k < len(args.labels) else d for k, d in enumerate(defaults)]
+    unique = []
+    for label in labels:
+        name, count = label, 1
+        while name in unique:
+            count += 1
+            name = f"{label}-{count}"
+        unique.append(name)
+    return unique
 
 
 def build_entries(args, settings) -> tuple[list[dict], list[str]]:
     """(entries, notes) of the chosen input mode."""
     limit = (lambda clips: clips[:args.max_clips]) if args.max_clips else (lambda clips: clips)
     if args.csv:
-        return [evaluate_clips(limit(load_csv(f, args.base_path)), settings, _label(args, k, Path(f).stem),
-                               f"csv: {f}", progress=True) for k, f in enumerate(args.csv)], []
+        labels = entry_labels(args, [Path(f).stem for f in args.csv])
+        return [evaluate_clips(limit(load_csv(f, args.base_path)), settings, label, f"csv: {f}", progress=True)
+                for f, label in zip(args.csv, labels)], []
     if args.recordings:
-        return [evaluate_clips(limit(load_recordings(d)), settings, _label(args, k, Path(d).resolve().name),
-                               f"recordings: {d}", progress=True) for k, d in enumerate(args.recordings)], []
+        labels = entry_labels(args, [Path(d).resolve().name for d in args.recordings])
+        return [evaluate_clips(limit(load_recordings(d)), settings, label, f"recordings: {d}", progress=True)
+                for d, label in zip(args.recordings, labels)], []
     if args.synthetic is not None:
         from training.eval_suite import synthetic_flights
         if args.synthetic < 1:
@@ -417,7 +351,7 @@ def build_entries(args, settings) -> tuple[list[dict], list[str]]:
         frames = args.num_frames or 33
         num_actions_for_frames_checked(frames)
         clips = synthetic_flights(args.synthetic, args.seed, frames, args.height or 96, args.width or 96, progress=True)
-        return [evaluate_clips(clips, settings, _label(args, 0, "synthetic"),
+        return [evaluate_clips(clips, settings, entry_labels(args, ["synthetic"])[0],
                                f"training.synthetic flights, seed {args.seed}", progress=True)], []
     from training.eval_suite import generate_entries
     return generate_entries(args, settings)

@@ -6,17 +6,19 @@ x = (u - cx) / f, y = (v - cy) / f):
     flow(x, y) = d(x, y) * [x Tz - Tx, y Tz - Ty]                                   translation / depth
                + [x y wx - (1 + x^2) wy + y wz, (1 + y^2) wx - x y wy - x wz]        rotation (depth-free)
 with w = (wx, wy, wz) the rotation (pitch up = +wx, yaw right = +wy, roll = wz), T a unit translation direction and
-d >= 0 the inverse depth (times |T|), modelled as a smooth bilinear field on a coarse grid (DEPTH_GRID cells).
-For a fixed T the model is linear in (d-grid, w), so T is found by a search over the hemisphere (T and -T fit
-alike; the sign that makes d mostly positive wins, so a reversed video turns Forward into Back) plus local
-refinement, then one robust (Huber) reweighting. Where does each action come from:
+d the inverse depth (times |T|), a smooth bilinear field on a coarse grid (DEPTH_GRID nodes a side). For a fixed T
+the model is linear in (depth nodes, w), so T is found by a search over the hemisphere plus local refinement,
+then again after one robust (Huber) reweighting with a weak, noise-scaled prior towards small rotations. T and -T
+fit alike: the sign that puts the scene in front of the camera (mean d > 0) wins, so a reversed video turns Forward
+into Back. Where does each action come from:
     Forward/Back   expansion/contraction about the focus of expansion (Tz)
     Left/Right     the depth-dependent (parallax) part of the horizontal flow (Tx): near things move more
     Yaw            the depth-independent horizontal rotation wy
     Pitch          the depth-independent vertical rotation wx
-A pure rotation is also fitted alone; when the translation strength (75th percentile of d) is below
-STRENGTH_MIN the interval is read as rotation only (the full model would otherwise explain part of a yaw as a
-sideways drift of a scene with smoothly varying depth).
+A pure rotation is also fitted alone; when the translation strength (75th percentile of d) is below STRENGTH_MIN,
+or the rotation alone leaves less than RATIO_MIN times the full model's median residual, the interval is read as
+rotation only (the full model would otherwise explain part of a yaw as a sideways drift of a scene whose depth
+varies smoothly across the image).
 Reliability: flow is computed at WORK_WIDTH (small frames are upsampled: DIS needs a few pixels per patch) in
 both directions; only textured points whose forward and backward flows agree are fitted.
 Units (models.action_format): rotation in degrees per interval (exact given the focal length); translation is
@@ -50,12 +52,12 @@ DEPTH_GRID = 6  # inverse-depth grid nodes per side of a square image (scaled by
 # drift, and a strafe shows a yaw. Scaled by the noise, so exact flow is fitted without bias.
 ROTATION_PRIOR_RAD = 0.06
 HUBER = 2.0  # robust weights: residuals beyond HUBER x (1.48 MAD) count linearly
-# Decision thresholds and the translation unit, calibrated on training.synthetic flights (96x96, 33 frames,
-# seeds 1000-1039; see docs/evaluation.md) and validated on other seeds.
+# Decision thresholds and the translation unit, calibrated on 40 training.synthetic flights (96x96, 33 frames:
+# training.eval_suite.calibrate(synthetic_flights(40, seed=1000)), see docs/evaluation.md), validated on other seeds.
 STRENGTH_MIN = 0.02  # translation strength (75th percentile inverse-depth flow) below which there is no translation
 RATIO_MIN = 1.7  # ... nor unless the rotation-only fit leaves this many times the full model's median residual
 TRANSLATION_SCALE = 0.08  # world units per unit of strength: synthetic 0.01 per interval reads ~0.01
-TRANSLATION_MIN = 0.003  # per-axis translation threshold (world units per interval, after TRANSLATION_SCALE)
+TRANSLATION_MIN = 0.002  # per-axis translation threshold (world units per interval, after TRANSLATION_SCALE)
 ROTATION_MIN = 0.25  # per-axis rotation threshold (degrees per interval); commanded rotations are >= 0.4
 CONE_COS = 0.5  # a translation axis counts only within 60 degrees of the motion (as training.pose_actions)
 AXES = ("forward", "right", "yaw", "pitch")  # signed axes: + = Forward, Right, Yaw Right, Pitch Up

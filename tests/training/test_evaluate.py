@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from models.action_format import ACTION_NAMES, constant_actions
-from training.eval_suite import SUITE, save_recording, suite_actions, synthetic_flights
-from training.evaluate import active_flags, load_recordings, main, read_recording, score_intervals
+from training.eval_suite import SUITE, load_recordings, read_recording, save_recording, suite_actions, \
+    synthetic_flights
+from training.evaluate import active_flags, entry_labels, main, score_intervals
 from training.synthetic import make_dataset
 
 
@@ -95,7 +96,7 @@ def test_csv_mode(tmp_path):
     assert main(["--csv", str(tmp_path / "data" / "metadata.csv"), "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["entries"][0]["label"] == "metadata" and report["intervals"] == 8
-    assert 0.8 <= report["accuracy"] <= 1.0
+    assert 0.8 <= report["accuracy"] <= 1.0  # measured 0.906 (64x64 is small for the flow)
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
@@ -122,15 +123,17 @@ def test_suite_flights():
     alternate = suite_actions("alternate_yaw", 4)
     assert [ACTION_NAMES[i] for i in alternate[:, 0].argmax(1)] == ["Yaw Left", "Yaw Right"] * 2
     assert not suite_actions("hover", 3).any()
+    args = type("Args", (), {"labels": ["base"]})()
+    assert entry_labels(args, ["x", "ctrl", "ctrl"]) == ["base", "ctrl", "ctrl-2"]  # labels name output folders
 
 
 def test_generate_tiny_preset_end_to_end(tmp_path):
     out = tmp_path / "gen"
-    flights = ["forward", "back", "yaw_left", "yaw_right"]
+    flights = ["forward", "back", "yaw_left"]
     assert main(["--generate", "--preset", "tiny", "--num_frames", "9", "--steps", "1", "--scenes", "1",
                  "--flights", *flights, "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["entries"][0]["label"] == "tiny-random" and report["intervals"] == 8
+    assert report["entries"][0]["label"] == "tiny-random" and report["intervals"] == 6
     assert report["near_chance"] is True and report["chance"]["p_value"] > 0.05
     assert 0.0 <= report["accuracy"] <= 1.0
     assert "near chance" in (out / "summary.md").read_text()
@@ -138,4 +141,4 @@ def test_generate_tiny_preset_end_to_end(tmp_path):
     saved = sorted(p.name for p in (out / "generated" / "tiny-random").iterdir())
     assert saved == sorted(f"scene0__{f}{ext}" for f in flights for ext in (".json", ".mp4"))
     clips = load_recordings(out / "generated" / "tiny-random")  # the saved clips rescore (after mp4 compression)
-    assert [c["actions"].shape for c in clips] == [(2, 2, 8)] * 4
+    assert [c["actions"].shape for c in clips] == [(2, 2, 8)] * 3

@@ -35,11 +35,11 @@ def validation():
 
 def test_synthetic_validation_accuracy_and_every_action(validation):
     assert validation["intervals"] == 128
-    assert validation["accuracy"] >= 0.95, validation["accuracy"]  # measured 0.983
-    assert validation["exact_match"] >= 0.9  # measured 0.938, chance ~0.07
+    assert validation["accuracy"] >= 0.95, validation["accuracy"]  # measured 0.975 (issue: >= 0.9)
+    assert validation["exact_match"] >= 0.88  # measured 0.922; chance ~0.07
     for name, scores in validation["per_action"].items():
         assert scores["support"] >= 10, name
-        assert scores["f1"] >= 0.85, (name, scores)  # measured >= 0.91
+        assert scores["f1"] >= 0.85, (name, scores)  # measured >= 0.94 (issue: >= 0.8)
     assert validation["chance"]["p_value"] < 0.01
 
 
