@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from models.action_format import MAGNITUDE_SCALE
 from models.tiny import build_tiny_pipeline
 
 torch.set_num_threads(2)
@@ -27,7 +28,7 @@ def pipe_with(tiny_pipe):
         return tiny_pipe
     yield attach
     tiny_pipe.set_action_controller(None)
-    tiny_pipe.action_magnitude_scale = (100.0, 100.0, 100.0, 100.0, 1.0, 1.0, 1.0, 1.0)
+    tiny_pipe.action_magnitude_scale = tuple(MAGNITUDE_SCALE)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.action_format import constant_actions
+from models.action_format import MAGNITUDE_SCALE, constant_actions
 from models.artifacts import (CONFIG_NAME, CONTROLLER_NAME, LORA_NAME, ArtifactConfig, load_controller,
                               save_action_artifacts)
 from models.lora import fuse_lora
@@ -42,7 +42,7 @@ def test_round_trip_gives_bit_identical_video(tmp_path, pipe_with, gen_kwargs, i
     assert saved["action_magnitude_scale"] == scale
 
     pipe.set_action_controller(None)
-    pipe.action_magnitude_scale = (100.0,) * 4 + (1.0,) * 4
+    pipe.action_magnitude_scale = tuple(MAGNITUDE_SCALE)
     pipe.load_action_artifacts(str(tmp_path))
     assert pipe.action_magnitude_scale == tuple(float(s) for s in scale)
     assert pipe.action_stats == {"Forward": {"p90": 0.012}}
