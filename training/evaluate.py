@@ -246,8 +246,8 @@ def evaluate_clips(clips: list[dict], settings: FlowSettings | None = None, labe
         iterator = tqdm(clips, desc=f"scoring {label}".strip(), unit="clip", file=sys.stderr)
     results, pooled = [], {"estimated": [], "commanded": [], "motion": []}
     for clip in iterator:
-        boundaries = read_boundary_frames(clip["video"]) if clip.get("frames") is None else \
-            np.asarray(clip["frames"])[::FRAMES_PER_LATENT]
+        boundaries = read_boundary_frames(clip["video"], settings.stride) if clip.get("frames") is None else \
+            np.asarray(clip["frames"])[::settings.stride]
         scored = score_motion(boundary_motion(boundaries, settings), clip["actions"], settings)
         commanded = check_actions(clip["actions"])[:scored["steps"]]
         pooled["estimated"].append(scored["estimated"])
@@ -289,15 +289,24 @@ def parse_args(argv):
     parser.add_argument("--labels", nargs="+", help="entry names (default: file/folder names)")
     parser.add_argument("--base_path", help="--csv: folder the video paths are relative to (default: the CSV's)")
     parser.add_argument("--focal", type=float, default=FlowSettings.focal, help="focal length / image width")
+    parser.add_argument("--flow_stride", type=int, default=FlowSettings.stride, choices=(1, 2, 4),
+                        help="frames between flow fits: 4 = interval boundaries (calibrated), 1 = every frame pair "
+                             "summed per interval (fast motion, e.g. the toy world)")
     parser.add_argument("--max_clips", type=int, help="at most this many clips per entry (--generate: first frames)")
     parser.add_argument("--plot_clips", type=int, default=3, help="clips in magnitudes.png")
     parser.add_argument("--seed", type=int, default=0, help="--synthetic flights / --generate noise and scenes")
     parser.add_argument("--num_frames", type=int, help="frames per clip (4k+1; default 33 synthetic, 17 tiny, 81)")
+    parser.add_argument("--speed", type=float, default=1.0, help="--synthetic: scale of the flights' magnitudes")
     parser.add_argument("--height", type=int, help="default 96 synthetic, 64 tiny, 480")
     parser.add_argument("--width", type=int, help="default 96 synthetic, 64 tiny, 832")
     gen = parser.add_argument_group("--generate")
     gen.add_argument("--preset", choices=["tiny"], help="the tiny random-weight preset (no downloads)")
     gen.add_argument("--model_dir", help="Wan2.2-TI2V-5B folder")
+    gen.add_argument("--world", help="a small-world folder (e.g. worlds/toy); defaults from its serve.json")
+    gen.add_argument("--shuffled", action="store_true",
+                     help="also score each model fed another flight's actions (a model that follows drops)")
+    gen.add_argument("--with_random", action="store_true",
+                     help="also score the tiny random-weight preset at the same settings")
     gen.add_argument("--artifacts", nargs="+", metavar="DIR", help="controller artifacts folder(s); one entry each")
     gen.add_argument("--images", help="folder of first frames (default: rendered synthetic worlds)")
     gen.add_argument("--scenes", type=int, default=2, help="rendered first frames when --images is not given")
@@ -350,7 +359,8 @@ def build_entries(args, settings) -> tuple[list[dict], list[str]]:
             raise ValueError(f"--synthetic must be >= 1, got {args.synthetic}")
         frames = args.num_frames or 33
         num_actions_for_frames_checked(frames)
-        clips = synthetic_flights(args.synthetic, args.seed, frames, args.height or 96, args.width or 96, progress=True)
+        clips = synthetic_flights(args.synthetic, args.seed, frames, args.height or 96, args.width or 96, progress=True,
+                                  speed=args.speed)
         return [evaluate_clips(clips, settings, entry_labels(args, ["synthetic"])[0],
                                f"training.synthetic flights, seed {args.seed}", progress=True)], []
     from training.eval_suite import generate_entries
@@ -363,7 +373,7 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     try:
-        settings = FlowSettings(focal=args.focal)
+        settings = FlowSettings(focal=args.focal, stride=args.flow_stride)
         if args.max_clips is not None and args.max_clips < 1:
             raise ValueError(f"--max_clips must be >= 1, got {args.max_clips}")
         entries, notes = build_entries(args, settings)

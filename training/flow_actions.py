@@ -75,6 +75,10 @@ class FlowSettings:
     translation_scale: float = TRANSLATION_SCALE
     translation_min: float = TRANSLATION_MIN
     rotation_min: float = ROTATION_MIN
+    # Frames between the two images of a flow fit: 4 reads each interval from its boundary frames (what the
+    # thresholds were calibrated on); 1 or 2 fit every (other) frame pair and add up the motion per interval, for
+    # fast motion (beyond ~3 degrees or ~0.03 per interval) that the instantaneous model and DIS read poorly.
+    stride: int = FRAMES_PER_LATENT
 
     def __post_init__(self):
         for name in ("focal", "translation_scale", "translation_min", "rotation_min", "strength_min", "ratio_min"):
@@ -83,6 +87,8 @@ class FlowSettings:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         if not isinstance(self.work_width, int) or self.work_width < 32:
             raise ValueError(f"work_width must be an integer >= 32, got {self.work_width!r}")
+        if self.stride not in (1, 2, FRAMES_PER_LATENT):
+            raise ValueError(f"stride must be 1, 2 or {FRAMES_PER_LATENT}, got {self.stride!r}")
 
 
 # ------------------------------------------------------------------------------------------------ frames, flow
@@ -316,7 +322,8 @@ def interval_motion(fit: dict | None, settings: FlowSettings) -> dict:
     if fit is None:
         return {"forward": 0.0, "right": 0.0, "down": 0.0, "yaw": 0.0, "pitch": 0.0, "roll": 0.0,
                 "strength": 0.0, "readable": False}
-    moving = fit["strength"] >= settings.strength_min and \
+    share = settings.stride / FRAMES_PER_LATENT  # the part of an interval one fit covers
+    moving = fit["strength"] >= settings.strength_min * share and \
         fit["rotation_residual"] >= settings.ratio_min * fit["full_residual"]
     omega = np.degrees(fit["rotation"] if moving else fit["rotation_only"])  # (3,) degrees per interval
     translation = fit["direction"] * fit["strength"] * settings.translation_scale if moving else np.zeros(3)
@@ -329,25 +336,36 @@ def estimate_motion(frames, settings: FlowSettings | None = None) -> dict[str, n
     """Per-interval camera motion of a video ``(N, H, W, 3)``: ``{key: (T,)}`` for forward, right, down (world
     units per interval), yaw, pitch, roll (degrees per interval, + = right / up / clockwise), strength and readable
     (bool: enough reliable flow). T = (N - 1) // 4; interval t is read from frames 4t -> 4t + 4."""
+    settings = settings or FlowSettings()
     frames = as_frames(frames)
     if len(frames) < FRAMES_PER_LATENT + 1:
         raise ValueError(f"frames: need at least {FRAMES_PER_LATENT + 1} frames (one interval), got {len(frames)}")
-    return boundary_motion(frames[::FRAMES_PER_LATENT], settings)
+    return boundary_motion(frames[::settings.stride], settings)
 
 
 def boundary_motion(boundaries, settings: FlowSettings | None = None) -> dict[str, np.ndarray]:
-    """``estimate_motion`` from the interval boundary frames only (frames 0, 4, 8, ...: ``(T + 1, H, W, 3)``)."""
+    """``estimate_motion`` from every ``settings.stride``-th frame only (frames 0, 4, 8, ... by default:
+    ``(T * 4 / stride + 1, H, W, 3)``); the fits of one interval's frame pairs are added up."""
     settings = settings or FlowSettings()
     boundaries = as_frames(boundaries)
-    if len(boundaries) < 2:
-        raise ValueError(f"frames: need at least 2 boundary frames (one interval), got {len(boundaries)}")
+    pairs_per_interval = FRAMES_PER_LATENT // settings.stride
+    if len(boundaries) < pairs_per_interval + 1:
+        raise ValueError(f"frames: need at least {pairs_per_interval + 1} frames 'stride' apart (one interval), "
+                         f"got {len(boundaries)}")
     grays = [work_gray(frame, settings.work_width) for frame in boundaries]
     focal_px = settings.focal * grays[0].shape[1]
     rows = []
-    for t in range(len(grays) - 1):
+    for t in range((len(grays) - 1) // pairs_per_interval * pairs_per_interval):
         points = interval_points(grays[t], grays[t + 1], focal_px)
         rows.append(interval_motion(None if points is None else fit_motion(*points), settings))
-    return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+    motion = {key: np.array([row[key] for row in rows]) for key in rows[0]}  # {key: (T * pairs,)}
+    return {key: sum_intervals(value, pairs_per_interval, key) for key, value in motion.items()}
+
+
+def sum_intervals(values: np.ndarray, pairs: int, key: str) -> np.ndarray:
+    """(T * pairs,) per frame pair -> (T,) per interval: motion adds up, strength too; readable needs all pairs."""
+    grouped = values.reshape(-1, pairs)  # (T, pairs)
+    return grouped.all(axis=1) if key == "readable" else grouped.sum(axis=1)
 
 
 def motion_to_actions(motion: dict[str, np.ndarray], settings: FlowSettings | None = None) -> np.ndarray:

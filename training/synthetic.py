@@ -140,19 +140,23 @@ def fly(actions, start: DroneState | None = None) -> tuple[np.ndarray, np.ndarra
 
 
 def random_actions(num_steps: int, rng: np.random.Generator, max_pitch_deg: float = MAX_PITCH_DEG,
-                   start_pitch_deg: float = 0.0) -> np.ndarray:
+                   start_pitch_deg: float = 0.0, speed: float = 1.0) -> np.ndarray:
     """A random (T,2,8) flight: segments of 1..MAX_SEGMENT intervals of hovers, single actions and combos.
+    ``speed`` multiplies TRANSLATION_RANGE and ROTATION_RANGE (the toy world flies faster than Sekai so that
+    motion is visible at 128x128; see docs/toyworld.md).
 
     A pitch that would leave +-max_pitch_deg is reversed for the rest of its segment instead of shrunk, so every
     flown magnitude stays in ROTATION_RANGE (a tiny clipped pitch would be invisible to a converter).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not (np.isfinite(speed) and 0 < speed <= 10):
+        raise ValueError(f"speed must be in (0, 10], got {speed}")
     actions = np.zeros((num_steps, 2, NUM_ACTIONS), dtype=np.float64)
     kinds, weights = zip(*SEGMENTS)
     step, pitch = 0, float(start_pitch_deg)
     while step < num_steps:
-        magnitudes = _segment(rng, kinds[rng.choice(len(kinds), p=np.asarray(weights) / sum(weights))])
+        magnitudes = _segment(rng, kinds[rng.choice(len(kinds), p=np.asarray(weights) / sum(weights))], speed)
         for _ in range(int(rng.integers(1, MAX_SEGMENT + 1))):
             if step == num_steps:
                 break
@@ -169,16 +173,16 @@ def random_actions(num_steps: int, rng: np.random.Generator, max_pitch_deg: floa
     return actions
 
 
-def _segment(rng: np.random.Generator, kind: str) -> dict[str, float]:
-    """Magnitudes {action name: value} of one segment kind."""
+def _segment(rng: np.random.Generator, kind: str, speed: float = 1.0) -> dict[str, float]:
+    """Magnitudes {action name: value} of one segment kind, ranges scaled by ``speed``."""
     def pick(*names):
         return names[rng.integers(len(names))]
 
     def move():
-        return float(rng.uniform(*TRANSLATION_RANGE))
+        return speed * float(rng.uniform(*TRANSLATION_RANGE))
 
     def turn():
-        return float(rng.uniform(*ROTATION_RANGE))
+        return speed * float(rng.uniform(*ROTATION_RANGE))
 
     if kind == "hover":
         return {}
@@ -187,7 +191,7 @@ def _segment(rng: np.random.Generator, kind: str) -> dict[str, float]:
         return {name: move() if name in TRANSLATIONS else turn()}
     if kind == "diagonal":
         first = move()
-        second = float(np.clip(first * rng.uniform(0.75, 1.33), *TRANSLATION_RANGE))
+        second = float(np.clip(first * rng.uniform(0.75, 1.33), *(speed * np.asarray(TRANSLATION_RANGE))))
         return {pick("Forward", "Back"): first, pick("Left", "Right"): second}
     names = {"forward+yaw": ("Forward", "yaw"), "forward+pitch": ("Forward", "pitch"), "move+yaw": ("move", "yaw"),
              "yaw+pitch": ("yaw", "pitch"), "forward+yaw+pitch": ("Forward", "yaw", "pitch")}[kind]

@@ -37,7 +37,8 @@ DEFAULT_PROMPT = "a drone flies over a green meadow with tall pillars at noon"
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
-def render_clips(seed: int, start: int, count: int, frames: int, height: int, width: int, progress: bool = True):
+def render_clips(seed: int, start: int, count: int, frames: int, height: int, width: int, progress: bool = True,
+                 speed: float = 1.0):
     """Clips ``start..start+count`` of the synthetic flights of ``seed`` (as ``training.synthetic.make_clip``,
     without mp4): frames uint8 (count, F, H, W, 3), flown actions (count, T, 2, 8), prompts."""
     from tqdm import tqdm
@@ -46,7 +47,7 @@ def render_clips(seed: int, start: int, count: int, frames: int, height: int, wi
     videos, actions, prompts = [], [], []
     for index in tqdm(range(start, start + count), desc="render", unit="clip", disable=not progress):
         rng = np.random.default_rng([seed, index])
-        commanded = random_actions(num_actions_for_frames(frames), rng)
+        commanded = random_actions(num_actions_for_frames(frames), rng, speed=speed)
         scene_seed = int(rng.integers(2 ** 31))
         begin = DroneState(heading_deg=float(rng.uniform(-180.0, 180.0)))
         poses, flown = fly(commanded, begin)
@@ -60,13 +61,13 @@ def render_clips(seed: int, start: int, count: int, frames: int, height: int, wi
 
 def load_or_render(out: str, a) -> dict:
     path = os.path.join(out, DATA_FILE)
-    key = json.dumps([a.seed, a.clips, a.holdout, a.frames, a.height, a.width])
+    key = json.dumps([a.seed, a.clips, a.holdout, a.frames, a.height, a.width, a.speed])
     if os.path.isfile(path):
         data = np.load(path, allow_pickle=False)
         if str(data["key"]) == key:
             return {name: data[name] for name in data.files}
-    train = render_clips(a.seed, 0, a.clips, a.frames, a.height, a.width, a.progress)
-    held = render_clips(a.seed, 10 ** 6, a.holdout, a.frames, a.height, a.width, a.progress)
+    train = render_clips(a.seed, 0, a.clips, a.frames, a.height, a.width, a.progress, a.speed)
+    held = render_clips(a.seed, 10 ** 6, a.holdout, a.frames, a.height, a.width, a.progress, a.speed)
     data = {"frames": train[0], "actions": train[1], "prompts": np.array(train[2]), "held_frames": held[0],
             "held_actions": held[1], "held_prompts": np.array(held[2]), "key": np.array(key)}
     tmp = path + ".tmp.npz"
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--frames", type=int, default=9, help="4k+1 frames per clip")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="multiplies the synthetic flights' translation and rotation ranges")
     p.add_argument("--clips", type=int, default=320)
     p.add_argument("--holdout", type=int, default=16)
     p.add_argument("--vae_dim", type=int, default=8)

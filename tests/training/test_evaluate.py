@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from models.action_format import ACTION_NAMES, constant_actions
-from training.eval_suite import SUITE, load_recordings, read_recording, save_recording, suite_actions, \
-    synthetic_flights
+from training.eval_suite import SUITE, SUITE_MOVE, SUITE_TURN, load_recordings, read_recording, save_recording, \
+    suite_actions, suite_magnitudes, synthetic_flights
 from training.evaluate import active_flags, entry_labels, main, score_intervals
 from training.synthetic import make_dataset
 
@@ -112,7 +112,7 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
     assert main(["--csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.csv: file not found" in capsys.readouterr().err
     assert main(["--generate", "--out", str(tmp_path / "o")]) == 2
-    assert "exactly one of --preset tiny or --model_dir" in capsys.readouterr().err
+    assert "exactly one of --preset tiny, --world DIR or --model_dir" in capsys.readouterr().err
     assert main(["--generate", "--preset", "tiny", "--flights", "loop", "--out", str(tmp_path / "o")]) == 2
     assert "unknown flight 'loop'" in capsys.readouterr().err
 
@@ -123,6 +123,11 @@ def test_suite_flights():
     alternate = suite_actions("alternate_yaw", 4)
     assert [ACTION_NAMES[i] for i in alternate[:, 0].argmax(1)] == ["Yaw Left", "Yaw Right"] * 2
     assert not suite_actions("hover", 3).any()
+    stats = {"actions": {"Forward": {"p90": 0.05}, "Yaw Left": {"p90": 8.0}}}
+    magnitudes = suite_magnitudes(stats)  # what a held key sends in the server; defaults where unknown
+    assert magnitudes[0] == np.float32(0.05) and magnitudes[4] == np.float32(8.0)
+    assert magnitudes[1] == np.float32(SUITE_MOVE) and magnitudes[5] == np.float32(SUITE_TURN)
+    assert suite_actions("forward+yaw_left", 1, magnitudes)[0, 1, [0, 4]].tolist() == [magnitudes[0], 8.0]
     args = type("Args", (), {"labels": ["base"]})()
     assert entry_labels(args, ["x", "ctrl", "ctrl"]) == ["base", "ctrl", "ctrl-2"]  # labels name output folders
 
@@ -142,3 +147,23 @@ def test_generate_tiny_preset_end_to_end(tmp_path):
     assert saved == sorted(f"scene0__{f}{ext}" for f in flights for ext in (".json", ".mp4"))
     clips = load_recordings(out / "generated" / "tiny-random")  # the saved clips rescore (after mp4 compression)
     assert [c["actions"].shape for c in clips] == [(2, 2, 8)] * 3
+
+
+def test_generate_a_world_folder_with_both_baselines(tmp_path):
+    """--world takes the size, chunk length and steps from serve.json and the suite magnitudes from the world's
+    action_stats; --shuffled and --with_random add the two baselines side by side."""
+    out = tmp_path / "toy"
+    assert main(["--generate", "--world", "worlds/toy", "--steps", "1", "--scenes", "1", "--flights", "forward",
+                 "yaw_left", "--shuffled", "--with_random", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    labels = [entry["label"] for entry in report["entries"]]
+    assert labels == ["toy", "toy shuffled actions", "tiny-random"]
+    stats = json.loads(open("worlds/toy/action_train_config.json").read())
+    p90 = stats["action_stats"]["actions"]["Forward"]["p90"]
+    fed = json.loads((out / "generated" / "toy shuffled actions" / "scene0__forward.json").read_text())
+    assert fed["actions"][0][1][0] == pytest.approx(p90, abs=1e-6)  # scored against the commanded flight
+    serve = json.loads(open("worlds/toy/serve.json").read())
+    from training.video_io import read_video
+    video = read_video(out / "generated" / "toy" / "scene0__forward.mp4")
+    assert video.shape[:3] == (serve["chunk_frames"], serve["height"], serve["width"])
+    assert any("suite magnitudes" in note for note in report["notes"])

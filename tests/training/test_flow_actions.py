@@ -125,3 +125,18 @@ def test_inputs_are_checked_and_score_video_aligns_lengths():
     result = score_video(frames, np.concatenate([flown, flown]))  # actions longer than the video
     assert result["steps"] == 2 and "first 2 intervals" in result["note"]
     assert result["per_action"]["Yaw Left"]["f1"] == 1.0 and result["exact_match"] == 1.0
+
+
+def test_stride_one_reads_fast_turns_and_flights_that_boundaries_miss():
+    """10-degree turns and 0.06-unit hops per interval (the toy world's speed): summing every frame pair's fit
+    reads them; the boundary-only fit (calibrated on slow flights) is allowed to be worse, not better."""
+    steps = ({"Yaw Left": 10.0}, {"Pitch Up": 9.0}, {"Forward": 0.06}, {"Right": 0.06})
+    frames, flown = flight(*steps, size=128)
+    fine = FlowSettings(stride=1)
+    motion = estimate_motion(frames, fine)
+    assert len(motion["yaw"]) == 4 and motion["readable"].all()
+    assert -12.0 < motion["yaw"][0] < -8.0 and 7.0 < motion["pitch"][1] < 11.0  # degrees, summed over 4 pairs
+    estimated = estimate_actions(frames, fine)
+    assert [names(estimated, t) for t in range(4)] == [{"Yaw Left"}, {"Pitch Up"}, {"Forward"}, {"Right"}]
+    with pytest.raises(ValueError, match="stride must be 1, 2 or 4"):
+        FlowSettings(stride=3)

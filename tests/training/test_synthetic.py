@@ -107,6 +107,19 @@ def test_random_actions_cover_every_action_and_keep_pitch_bounded():
         assert np.array_equal(clamp_pitch(clip, max_pitch_deg=6.0), clip)  # already within bounds: flown as given
 
 
+def test_speed_scales_the_magnitude_ranges_and_keeps_the_mix():
+    slow = np.concatenate([random_actions(20, np.random.default_rng([3, k])) for k in range(20)])
+    fast = np.concatenate([random_actions(20, np.random.default_rng([3, k]), speed=5.0) for k in range(20)])
+    assert np.array_equal(slow[:, 0, :6], fast[:, 0, :6])  # same segments; pitch turns at its limit sooner
+    assert np.array_equal(slow[:, 0, 6:].any(1), fast[:, 0, 6:].any(1))
+    held = fast[:, 0] > 0
+    assert 5 * TRANSLATION_RANGE[0] <= fast[:, 1, :4][held[:, :4]].min() <= fast[:, 1, :4].max() <= 5 * 0.015
+    assert 5 * ROTATION_RANGE[0] <= fast[:, 1, 4:][held[:, 4:]].min() <= fast[:, 1, 4:].max() <= 5 * 2.0
+    for bad in (0.0, -1.0, float("nan"), 11.0):
+        with pytest.raises(ValueError, match="speed"):
+            random_actions(4, np.random.default_rng(0), speed=bad)
+
+
 def test_clamp_pitch_stops_at_the_limit():
     flown = clamp_pitch(actions_of(*[{"Pitch Up": 2.0}] * 20))
     assert np.isclose(flown[:, 1, I["Pitch Up"]].sum(), MAX_PITCH_DEG)
