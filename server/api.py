@@ -76,7 +76,7 @@ def build_request(body: GenerateBody, state) -> GenRequest:
         if body.image is not None:
             image = decode_data_url(body.image, settings.max_upload_bytes, settings.max_image_pixels)
         else:
-            image = load_sample(settings.web_dir, body.sample)
+            image = load_sample(settings.web_dir, body.sample or world.sample)
     except ValueError as error:
         field = "sample" if str(error).startswith("sample") else "image"
         raise invalid(field, str(error)) from None

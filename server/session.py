@@ -224,5 +224,5 @@ class Connection:
         if message.image is not None:
             image = decode_data_url(message.image, s.max_upload_bytes, s.max_image_pixels)
         else:
-            image = load_sample(s.web_dir, message.sample)
+            image = load_sample(s.web_dir, message.sample or world.sample)
         return fit_image(image, world.width, world.height)

@@ -24,7 +24,7 @@ from .settings import Settings
 
 log = logging.getLogger("wanfly.worlds")
 SERVE_HINTS = "serve.json"
-HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "prompt")
+HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "prompt", "sample", "weights")
 
 
 @dataclass
@@ -40,6 +40,7 @@ class World:
     steps: int
     cfg_scale: float
     prompt: str = "a drone flies over green hills under a blue sky"
+    sample: Optional[str] = None  # the bundled first frame the UI offers first (None = the first sample)
     tiled: bool = False
     device: str = "cpu"
     full_scale: tuple = ()
@@ -128,9 +129,7 @@ TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(
 def _toy_world(settings: Settings, device: str, dtype) -> World:
     from types import SimpleNamespace
     world = _folder_world(SimpleNamespace(world=TOY_WORLD_DIR), device, dtype)
-    return replace(world, name="toy", weights="toy world: Wan2.2-TI2V architecture trained from scratch on synthetic "
-                                              "flights (64x64); it does not follow the keys yet (action following "
-                                              "at chance, see docs/toyworld.md)")
+    return replace(world, name="toy")  # its banner line and first frame come from worlds/toy/serve.json
 
 
 if os.path.isfile(os.path.join(TOY_WORLD_DIR, "world_config.json")):
@@ -208,5 +207,5 @@ def world_summary(world: Optional[World]) -> dict:
     return {"name": world.name, "weights": world.weights, "random_weights": world.random_weights,
             "controller": world.controller, "height": world.height, "width": world.width, "fps": world.fps,
             "chunk_frames": world.chunk_frames, "steps": world.steps, "cfg_scale": world.cfg_scale,
-            "prompt": world.prompt, "full_scale": list(world.full_scale),
+            "prompt": world.prompt, "sample": world.sample, "full_scale": list(world.full_scale),
             "full_scale_source": world.full_scale_source, "max_frames": world.max_frames}

@@ -12,6 +12,7 @@ A small model of the real Wan2.2-TI2V architecture trained from scratch on the p
 Both stages run the training package's loop (``training.trainer.Trainer``) with its warmup-cosine schedule; a full
 checkpoint (weights, optimizer, scheduler, RNG, plan) is written atomically every ``--save_steps`` and at each stage
 end to DIR/checkpoints/toyworld_state.pt, and a rerun with the same DIR resumes from it.
+    2b. optionally (``--decoder_steps``) fine-tune the VAE decoder alone: sharper frames in the same latent space
 Step counts: ``--vae_steps/--dit_steps`` when given; otherwise ``--minutes`` is split 40/50 between the stages by
 timing a few steps at start. The plan is stored in the checkpoint, so a resumed run finishes the same plan; given
 the step counts, a run is deterministic per seed.
@@ -34,6 +35,7 @@ logger = logging.getLogger("training.toyworld")
 STATE_FILE = os.path.join("checkpoints", "toyworld_state.pt")
 DATA_FILE = "toyworld_data.npz"
 DEFAULT_PROMPT = "a drone flies over a green meadow with tall pillars at noon"
+SERVE_SAMPLE = "synthetic-1"  # web/samples/synthetic-1.png (``training.toyworld_eval --write_samples``)
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -89,7 +91,8 @@ def controller_config(a) -> dict:
     from models.controller import ActionControllerConfig
     return ActionControllerConfig(hidden_size=a.dim, num_heads=a.heads, num_layers=a.layers,
                                   num_latent_frames=max(20, num_actions_for_frames(a.frames)),
-                                  window_head_dim=16, initial_scale=a.controller_scale).to_dict()
+                                  window_head_dim=16, initial_scale=a.controller_scale,
+                                  injection_type=a.injection_type).to_dict()
 
 
 def build_models(a, config):
@@ -123,7 +126,8 @@ class ToyRun:
         self.data = load_or_render(self.out, a)
         self.config = world_config(a, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         self.pipe, self.controller = build_models(a, self.config)
-        self.state = {"stage": "vae", "step": 0, "plan": None, "losses": {"vae": [], "dit": []}, "times": {}}
+        self.state = {"stage": "vae", "step": 0, "plan": None, "losses": {"vae": [], "dit": [], "decoder": []},
+                      "times": {}}
         self.resume_from = None
         path = os.path.join(self.out, STATE_FILE)
         if os.path.isfile(path):
@@ -138,8 +142,10 @@ class ToyRun:
     def plan(self, vae_stage, dit_stage) -> dict:
         a = self.a
         if self.state["plan"]:
+            self.state["plan"].setdefault("decoder_steps", a.decoder_steps)  # checkpoints from before that stage
+            self.state["losses"].setdefault("decoder", [])
             return self.state["plan"]
-        plan = {"vae_steps": a.vae_steps, "dit_steps": a.dit_steps}
+        plan = {"vae_steps": a.vae_steps, "dit_steps": a.dit_steps, "decoder_steps": a.decoder_steps}
         if plan["vae_steps"] is None or plan["dit_steps"] is None:
             budget = a.minutes * 60.0
             with torch.random.fork_rng(devices=[]):
@@ -164,12 +170,12 @@ class ToyRun:
         return (time.perf_counter() - start) / repeats
 
     # ---- batches ----
-    def _vae_batch(self, step):
+    def _vae_batch(self, step, stage: int = 1):
         from .toyworld_stages import batch_indices, to_video_tensor
         frames = self.data["frames"]  # windows of --vae_frames (1+4k) frames: the causal VAE's cost is per frame
-        idx = batch_indices(self.a.seed, 1, step, len(frames), self.a.vae_batch)
+        idx = batch_indices(self.a.seed, stage, step, len(frames), self.a.vae_batch)
         span = min(self.a.vae_frames, frames.shape[1])
-        starts = 4 * np.random.default_rng([self.a.seed, 3, step]).integers(0, (frames.shape[1] - span) // 4 + 1,
+        starts = 4 * np.random.default_rng([self.a.seed, 3 if stage == 1 else 5, step]).integers(0, (frames.shape[1] - span) // 4 + 1,
                                                                              len(idx))
         return to_video_tensor(np.stack([frames[i, s:s + span] for i, s in zip(idx, starts)]))
 
@@ -188,7 +194,7 @@ class ToyRun:
         from .toyworld_stages import StepBatches
         from .trainer import LoopCallbacks, LoopSettings, LoopState, Trainer
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0 if name == "vae" else 0.01,
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0 if name in ("vae", "decoder") else 0.01,
                                       betas=(0.9, 0.99))
         scheduler = build_scheduler(optimizer, total, warmup_ratio=0.05, base_lr=lr, min_lr=lr * 0.05)
         start = self.state["step"] if self.state["stage"] == name else 0
@@ -227,7 +233,7 @@ class ToyRun:
 
     # ---- everything ----
     def run(self) -> dict:
-        from .toyworld_stages import DitStage, VaeStage, encode_clips, reconstruction_psnr
+        from .toyworld_stages import DecoderStage, DitStage, VaeStage, encode_clips, reconstruction_psnr
         a = self.a
         vae_stage = VaeStage(self.pipe.vae)
         self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
@@ -244,6 +250,13 @@ class ToyRun:
         self.state["times"]["encode"] = time.perf_counter() - began
         if self.state["stage"] == "dit" and not a.export_only:
             self.run_stage("dit", dit_stage, lambda s: self._dit_batch(s, latents), plan["dit_steps"], a.dit_lr)
+            self.state.update(stage="decoder", step=0)
+            self.save_state()
+        if self.state["stage"] == "decoder" and not a.export_only:
+            if plan["decoder_steps"]:
+                self.run_stage("decoder", DecoderStage(self.pipe.vae), lambda s: self._vae_batch(s, stage=4),
+                               plan["decoder_steps"], a.decoder_lr)
+                self.pipe.vae.model.eval().requires_grad_(False)
             self.state.update(stage="done", step=plan["dit_steps"])
             self.save_state()
         self.pipe.dit.eval().requires_grad_(False)
@@ -252,8 +265,8 @@ class ToyRun:
                   "times_s": self.state["times"],
                   "vae_psnr_heldout_db": reconstruction_psnr(vae_stage, self.data["held_frames"]),
                   "latent_std": float(latents.std()), **self.heldout_losses(dit_stage, held_latents)}
-        for name in ("vae", "dit"):
-            losses = self.state["losses"][name]
+        for name in ("vae", "dit", "decoder"):
+            losses = self.state["losses"].get(name, [])
             report[f"{name}_loss_first10"] = float(np.mean(losses[:10])) if losses else None
             report[f"{name}_loss_last10pct"] = float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None
         self.write_world(report)
@@ -289,8 +302,10 @@ class ToyRun:
             action_controller_config={}, base_model_id="wanfly-toy-world",
             action_stats=compute_action_stats(list(self.data["actions"])), training={"recipe": recipe}))
         write_json_atomic(os.path.join(self.out, "serve.json"), {
-            "height": a.height, "width": a.width, "chunk_frames": a.frames, "fps": 8, "steps": a.serve_steps,
-            "cfg_scale": 1.0, "prompt": str(self.data["prompts"][0])})
+            "height": a.height, "width": a.width, "chunk_frames": a.frames, "fps": a.serve_fps, "steps": a.serve_steps,
+            "cfg_scale": 1.0, "prompt": str(self.data["prompts"][0]), "sample": SERVE_SAMPLE,
+            "weights": f"toy world, the Wan2.2-TI2V architecture trained from scratch on synthetic flights "
+                       f"({a.height}x{a.width}, {a.frames}-frame chunks; docs/toyworld.md)"})
         write_json_atomic(os.path.join(self.out, "toyworld_report.json"), report)
 
 
@@ -311,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--controller_scale", type=float, default=1.0, help="initial output_scale of the controller")
+    p.add_argument("--injection_type", default="cross_attn_frame",
+                   choices=["cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual"],
+                   help="how the controller enters the DiT (models.controller)")
     p.add_argument("--vae_steps", type=int, default=None)
     p.add_argument("--dit_steps", type=int, default=None)
     p.add_argument("--vae_batch", type=int, default=2)
@@ -318,8 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="DiT batch")
     p.add_argument("--vae_lr", type=float, default=1e-3)
     p.add_argument("--dit_lr", type=float, default=1e-3)
+    p.add_argument("--decoder_steps", type=int, default=0, help="decoder-only fine-tuning steps after the DiT")
+    p.add_argument("--decoder_lr", type=float, default=5e-4)
     p.add_argument("--save_steps", type=int, default=100)
     p.add_argument("--serve_steps", type=int, default=4, help="denoising steps the server uses (serve.json)")
+    p.add_argument("--serve_fps", type=int, default=8, help="playback fps the server uses (serve.json)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--no_progress", dest="progress", action="store_false")
     p.add_argument("--export_only", action="store_true",

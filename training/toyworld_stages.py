@@ -7,6 +7,7 @@ driven by the training package's loop (``training.trainer.Trainer``) with its wa
               decoder sees slightly noised latents (robust to imperfect denoising).
     DitStage  the TI2V ``WanModel`` + action controller with diffsynth's ``FlowMatchSFTLoss`` through the pipeline's
               ``model_fn`` (fused first frame kept clean and excluded from the loss, per-token timestep).
+    DecoderStage  the VAE decoder alone, after the DiT: sharper frames, same latent space.
 """
 from __future__ import annotations
 
@@ -61,6 +62,23 @@ class VaeStage(torch.nn.Module):
         moments = z.transpose(0, 1).flatten(1)  # (48, B*f*h*w)
         reg = moments.mean(1).pow(2).mean() + (moments.std(1) - 1.0).pow(2).mean()
         return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + MOMENT_WEIGHT * reg
+
+
+class DecoderStage(VaeStage):
+    """The VAE decoder alone (``conv2`` + ``decoder``) fine-tuned for reconstruction after the DiT stage: the
+    encoder, hence the latent space the DiT learned, stays as it was, so only the picture gets sharper."""
+
+    def __init__(self, vae):
+        super().__init__(vae)
+        self.model.requires_grad_(False)
+        for part in (self.model.conv2, self.model.decoder):
+            part.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.encode(x)  # (B, 48, f, h, w)
+        recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)  # (B, 3, F, H, W)
+        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
 
 
 class DitStage(torch.nn.Module):

@@ -27,10 +27,13 @@ async function init() {
     setTimeout(init, 2000);
     return;
   }
-  if (world.random_weights || !world.controller) {
-    $("banner").textContent = `${world.weights}. Start the server with --model_dir and --artifacts for the real model.`;
-    $("banner").hidden = false;
-  }
+  // The banner always names the world; untrained or controller-less worlds also say how to get the real model.
+  const untrained = world.random_weights || !world.controller;
+  $("banner").textContent = untrained
+    ? `${world.weights}. Start the server with --model_dir and --artifacts for the real model.`
+    : `World: ${world.weights}`;
+  $("banner").classList.toggle("banner-info", !untrained);
+  $("banner").hidden = false;
   $("prompt").value = world.prompt;
   $("steps").value = world.steps;
   $("steps").max = config.limits.max_steps;
@@ -38,6 +41,7 @@ async function init() {
   $("token").value = localStorage.getItem("wanfly_token") || "";
   $("gradio-link").hidden = !config.gradio;
   for (const name of config.samples) $("sample").add(new Option(name, name));
+  if (world.sample && config.samples.includes(world.sample)) $("sample").value = world.sample;
   $("sample").addEventListener("change", showPreview);
   $("upload").addEventListener("change", readUpload);
   showPreview();

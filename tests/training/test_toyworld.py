@@ -22,23 +22,75 @@ def _generate(pipe, height, width, frames, steps=1):
                 output_type="floatpoint", tiled=False, progress_bar_cmd=lambda it: it)
 
 
-def test_recipe_runs_end_to_end(tmp_path):
-    out = str(tmp_path / "world")
-    argv = ["--out", out, "--height", "32", "--width", "32", "--frames", "5", "--clips", "3", "--holdout", "2",
-            "--vae_dim", "8", "--dim", "48", "--heads", "1", "--layers", "1", "--vae_steps", "1", "--dit_steps", "2",
-            "--vae_batch", "1", "--batch", "2", "--save_steps", "1", "--no_progress"]
-    assert toyworld.main(argv) == 0
-    report = json.load(open(os.path.join(out, "toyworld_report.json")))
-    assert report["plan"] == {"vae_steps": 1, "dit_steps": 2}
+def _tiny_recipe(out, *extra):
+    return ["--out", out, "--height", "32", "--width", "32", "--frames", "5", "--clips", "3", "--holdout", "2",
+            "--vae_dim", "8", "--dim", "48", "--heads", "1", "--layers", "1", "--vae_steps", "2", "--dit_steps", "3",
+            "--vae_batch", "1", "--batch", "2", "--save_steps", "1", "--speed", "4", "--decoder_steps", "2",
+            "--injection_type", "adaln_tmod", "--no_progress", *extra]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+    return {name: load_file(os.path.join(folder, name)) for name in ("dit.safetensors", "vae.safetensors",
+                                                                      "action_controller.safetensors")}
+
+
+def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_world(tmp_path, monkeypatch):
+    from training import toyworld_stages
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    assert toyworld.main(_tiny_recipe(whole)) == 0
+    report = json.load(open(os.path.join(whole, "toyworld_report.json")))
+    assert report["plan"] == {"vae_steps": 2, "dit_steps": 3, "decoder_steps": 2}
+    assert report["decoder_loss_first10"] is not None
     assert np.isfinite(report["vae_psnr_heldout_db"]) and np.isfinite(report["dit_loss_last10pct"])
-    state = torch.load(os.path.join(out, toyworld.STATE_FILE), weights_only=False)
-    assert state["state"]["stage"] == "done" and len(state["state"]["losses"]["dit"]) == 2
-    pipe = load_small_world(out)
+    pipe = load_small_world(whole)
     assert pipe.action_controller is not None and pipe.action_stats is not None
     video = _generate(pipe, 32, 32, 5)
     assert video.shape == (1, 3, 5, 32, 32) and torch.isfinite(video).all()
-    hints = json.load(open(os.path.join(out, "serve.json")))
+    hints = json.load(open(os.path.join(whole, "serve.json")))
     assert (hints["height"], hints["width"], hints["chunk_frames"]) == (32, 32, 5)
+    assert hints["sample"] == toyworld.SERVE_SAMPLE and "32x32" in hints["weights"]
+    data = np.load(os.path.join(whole, toyworld.DATA_FILE))
+    magnitudes = data["actions"][:, :, 1]  # (clips, T, 8); --speed 4 scales the ranges' low ends too
+    assert magnitudes[:, :, :4][magnitudes[:, :, :4] > 0].min(initial=1.0) >= 4 * 0.005 - 1e-6
+    assert magnitudes[:, :, 4:][magnitudes[:, :, 4:] > 0].min(initial=9.0) >= 4 * 0.4 - 1e-6
+    forward, calls = toyworld_stages.DitStage.forward, []
+
+    def crash_on_second_step(self, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the machine went away during DiT step 2 (step 1 is checkpointed)
+        return forward(self, batch)
+
+    monkeypatch.setattr(toyworld_stages.DitStage, "forward", crash_on_second_step)
+    try:
+        toyworld.main(_tiny_recipe(broken))
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(toyworld_stages.DitStage, "forward", forward)
+    state = torch.load(os.path.join(broken, toyworld.STATE_FILE), weights_only=False)["state"]
+    assert (state["stage"], state["step"]) == ("dit", 1)
+    assert toyworld.main(_tiny_recipe(broken)) == 0  # the same command resumes
+    first, second = _weights(whole), _weights(broken)
+    for name in first:
+        assert first[name].keys() == second[name].keys()
+        for key in first[name]:
+            assert torch.equal(first[name][key], second[name][key]), (name, key)
+
+
+def test_decoder_stage_trains_the_decoder_only():
+    from models.tiny import SmallWorldConfig, build_world_modules
+    from training.toyworld_stages import DecoderStage
+    torch.manual_seed(0)
+    _, vae, _, _ = build_world_modules(SmallWorldConfig(vae_dim=8, vae_dec_dim=8))
+    stage = DecoderStage(vae)
+    before = {k: v.clone() for k, v in vae.model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in stage.parameters() if p.requires_grad], lr=0.1)
+    stage(torch.rand(1, 3, 5, 32, 32) * 2 - 1).backward()
+    optimizer.step()
+    after = vae.model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"decoder", "conv2"}  # encoder + conv1 untouched: the DiT's latent space is kept
 
 
 def test_committed_toy_world_loads_and_generates():

@@ -1,0 +1,134 @@
+"""Fly a world in a real browser and keep what it showed: ``python scripts/capture_flight.py --out docs/flight``.
+
+Starts ``python -m server`` (the toy world by default) on loopback, opens the UI in headless Chromium (Playwright,
+/usr/bin/chromium), holds a fixed key sequence (W, A, arrow left, arrow up, ...) on the player and writes to OUT:
+    sheet.png        the player canvas every --every seconds, a row per key held, labelled
+    flight.mp4       the server's recording of the flight (the frames the browser was sent)
+    flight.json      the recording's actions per chunk + the key timeline + the measured numbers below
+Measured: chunk generation time (``gen_ms`` of every chunk message), frames shown per second in the browser,
+stalls, key-to-screen latency; printed and stored in flight.json. Needs the ``dev`` extra (playwright).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+# (label, key codes held together, seconds)
+SEQUENCE = (("W: forward", ("KeyW",), 4.0), ("A: left", ("KeyA",), 4.0), ("Left arrow: yaw left", ("ArrowLeft",), 4.0),
+            ("Right arrow: yaw right", ("ArrowRight",), 4.0), ("Up arrow: pitch up", ("ArrowUp",), 4.0),
+            ("S: back", ("KeyS",), 4.0))
+TIMEOUT_MS = 120_000
+
+
+def canvas_png(page) -> bytes:
+    return page.locator("#player").screenshot()
+
+
+def fly(page, base_url: str, every: float) -> tuple[list[tuple[str, list[bytes]]], list[dict]]:
+    """Hold each key of SEQUENCE in turn; per step the canvas captures and the key timeline."""
+    page.goto(base_url + "/")
+    page.wait_for_selector("#start:not([disabled])", timeout=TIMEOUT_MS)
+    page.click("#start")
+    page.wait_for_function("window.wanfly.flying && window.wanfly.player.shown > 0", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(1500)  # the first chunk plays before any key
+    shown_before = page.evaluate("window.wanfly.player.shown")
+    rows, timeline = [], []
+    began = time.monotonic()
+    for label, keys, seconds in SEQUENCE:
+        for key in keys:
+            page.keyboard.down(key)
+        timeline.append({"label": label, "keys": list(keys), "t_s": round(time.monotonic() - began, 3)})
+        shots, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            shots.append(canvas_png(page))
+            page.wait_for_timeout(int(every * 1000))
+        for key in keys:
+            page.keyboard.up(key)
+        rows.append((label, shots))
+    timeline.append({"label": "end", "keys": [], "t_s": round(time.monotonic() - began, 3),
+                     "frames_shown_while_flying": page.evaluate("window.wanfly.player.shown") - shown_before})
+    return rows, timeline
+
+
+def contact_sheet(rows, path: Path, scale: int = 2) -> None:
+    """One row of canvas captures per key, its label on the left."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    images = [[Image.open(io.BytesIO(png)).convert("RGB") for png in shots] for _, shots in rows]
+    width, height = images[0][0].size
+    width, height = width * scale, height * scale
+    columns, label_w, pad = max(len(r) for r in images), 170, 4
+    sheet = Image.new("RGB", (label_w + columns * (width + pad), len(rows) * (height + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, ((label, _), row) in enumerate(zip(rows, images)):
+        y = r * (height + pad)
+        draw.text((6, y + height // 2 - 6), label, fill="black")
+        for c, image in enumerate(row):
+            sheet.paste(image.resize((width, height), Image.NEAREST), (label_w + c * (width + pad), y))
+    sheet.save(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python scripts/capture_flight.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "flight"), help="output folder")
+    parser.add_argument("--world", default="toy", help="server --world (toy, random or a folder)")
+    parser.add_argument("--every", type=float, default=1.0, help="seconds between canvas captures")
+    parser.add_argument("--threads", type=int, default=2, help="server torch threads")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    from server.testing import server_process
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with server_process("--world", args.world, "--gradio", "0", threads=args.threads,
+                        log_path=out / "server.log") as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        gen_ms = []
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: record_gen(payload, gen_ms)))
+        rows, timeline = fly(page, base_url, args.every)
+        stats = page.evaluate("({shown: window.wanfly.player.shown, stalls: window.wanfly.player.stalls, "
+                              "latencies: window.wanfly.latencies, world: document.getElementById('banner')"
+                              ".innerText})")
+        page.screenshot(path=str(out / "page.png"))
+        page.click("#stop")
+        link = page.wait_for_selector("#rec-video", timeout=TIMEOUT_MS)
+        (out / "flight.mp4").write_bytes(page.request.get(base_url + link.get_attribute("href")).body())
+        record = page.request.get(base_url + page.get_attribute("#rec-actions", "href")).json()
+        browser.close()
+    contact_sheet(rows, out / "sheet.png")
+    numbers = {"world": args.world, "server_threads": args.threads, "chunks": len(gen_ms),
+               "chunk_gen_ms_median": statistics.median(gen_ms) if gen_ms else None,
+               "frames_shown": stats["shown"], "seconds_flown_with_keys": timeline[-1]["t_s"],
+               "shown_fps": round(timeline[-1]["frames_shown_while_flying"] / timeline[-1]["t_s"], 2),
+               "stalls": stats["stalls"], "key_to_screen_ms": stats["latencies"], "banner": stats["world"]}
+    (out / "flight.json").write_text(json.dumps({"numbers": numbers, "keys": timeline, "recording": record},
+                                                indent=1))
+    print(json.dumps(numbers, indent=1))
+    return 0
+
+
+def record_gen(payload, gen_ms: list) -> None:
+    """Keep the ``gen_ms`` of chunk messages (text frames); binary frames are JPEGs."""
+    if isinstance(payload, str) and '"chunk"' in payload:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if message.get("type") == "chunk" and message.get("gen_ms") is not None:
+            gen_ms.append(float(message["gen_ms"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
