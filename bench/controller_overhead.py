@@ -89,6 +89,9 @@ def main():
         overhead[injection_type] = round(ratio, 4)
         print(f"{injection_type:18s} step {with_controller * 1e3:8.1f} ms  vs  {base * 1e3:8.1f} ms  "
               f"ratio {ratio:.3f}", flush=True)
+        if args.out:  # after every type: a run cut short by its time limit keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(dict(results, controller_overhead=overhead), f, indent=2)
     results["controller_overhead"] = overhead
     results["baseline_step_s"] = baseline = statistics.median(baselines)
     print(f"baseline step {baseline * 1e3:.1f} ms ({layers} layers, {tokens} tokens, 3072 wide, {results['device']})")

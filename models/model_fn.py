@@ -22,6 +22,29 @@ _UNSUPPORTED_WITH_ACTIONS = (
 )
 
 
+# (freqs table shapes, f, h, w, device) -> (L, 1, D_head/2) complex RoPE table. Building it costs a CPU
+# concatenation and (on GPU) a pageable host-to-device copy per DiT call, because ``dit.freqs`` is a plain CPU
+# attribute that ``.to(device)`` never moves; its values depend only on those shapes, so it is built once.
+_ROPE_CACHE: dict = {}
+_ROPE_CACHE_SIZE = 8
+
+
+def rope_freqs(dit, f: int, h: int, w: int, device) -> torch.Tensor:
+    """The per-token RoPE table of an (f, h, w) grid, as the stock forward builds it, cached per grid and device."""
+    key = (tuple(t.shape for t in dit.freqs), f, h, w, str(device))
+    table = _ROPE_CACHE.get(key)
+    if table is None:
+        table = torch.cat([
+            dit.freqs[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            dit.freqs[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            dit.freqs[2][:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ], dim=-1).reshape(f * h * w, 1, -1).to(device)  # (L, 1, D_head/2) complex
+        if len(_ROPE_CACHE) >= _ROPE_CACHE_SIZE:
+            _ROPE_CACHE.clear()
+        _ROPE_CACHE[key] = table
+    return table
+
+
 def _block_forward(block, controller, block_idx: int, f: int, h: int, w: int):
     """One DiT block plus its action injection, as a closure over (f, h, w, block index) so gradient
     checkpointing recomputes both from the same inputs (no mutable state)."""
@@ -85,11 +108,7 @@ def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None
     x = dit.patchify(x)  # (B, D, F, h, w)
     f, h, w = x.shape[2:]
     x = rearrange(x, "b c f h w -> b (f h w) c").contiguous()  # (B, L, D)
-    freqs = torch.cat([
-        dit.freqs[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-        dit.freqs[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
-        dit.freqs[2][:w].view(1, 1, w, -1).expand(f, h, w, -1),
-    ], dim=-1).reshape(f * h * w, 1, -1).to(x.device)  # (L, 1, D_head/2) complex
+    freqs = rope_freqs(dit, f, h, w, x.device)  # (L, 1, D_head/2) complex
 
     controller_dtype = next(action_controller.parameters()).dtype
     binary = action_binary.to(device=x.device, dtype=controller_dtype)  # (B_a, T, A)

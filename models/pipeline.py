@@ -11,7 +11,7 @@ import functools
 import glob
 import os
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -20,6 +20,7 @@ from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptE
 
 from .action_format import MAGNITUDE_SCALE, check_scale, check_split_actions, num_actions_for_frames, split_actions
 from .model_fn import model_fn_wan_action
+from .streaming import capture_latents, stream_decode
 
 # The original Wan2.2-TI2V-5B folder layout that from_model_dir expects.
 MODEL_DIR_LAYOUT = {
@@ -185,3 +186,33 @@ class WanActionPipeline(WanVideoPipeline):
             return super().__call__(*args, **kwargs)
         finally:
             self.model_fn = stock_model_fn
+
+    # ---- streaming and speed -------------------------------------------------------------------------------
+    def generate_latents(self, *args, **kwargs) -> torch.Tensor:
+        """``pipe(...)`` without the VAE decode: the final latents (1, 48, F, h, w); decode them with
+        ``stream_decode`` (same arguments as ``__call__``, ``output_type`` is ignored)."""
+        kwargs["output_type"] = "floatpoint"  # "quantized" would post-process the latents as if they were pixels
+        with capture_latents(self):
+            return self(*args, **kwargs)
+
+    def stream_decode(self, latents: torch.Tensor, tiled: bool = True, tile_size=(30, 52), tile_stride=(15, 26),
+                      group: int = 1) -> Iterator[torch.Tensor]:
+        """Decode latents group by group: yields (1, 3, n, H, W) float video in [-1, 1]; their concatenation is
+        bit-identical to ``__call__(output_type="floatpoint")`` with the same tiling (defaults as ``__call__``)."""
+        self.load_models_to_device(["vae"])
+        return stream_decode(self.vae, latents, self.device, tiled=tiled, tile_size=tile_size,
+                             tile_stride=tile_stride, group=group)
+
+    def compile_for_inference(self, mode: str = "default", dynamic: Optional[bool] = None) -> "WanActionPipeline":
+        """torch.compile each DiT block and the controller's injection methods, in place. Compilation happens on
+        the first call of each shape: warm up before serving (``server.engine.warm_up``)."""
+        for block in self.dit.blocks:
+            block.compile(mode=mode, dynamic=dynamic)  # blocks share one graph: parameters are graph inputs
+        controller = self.action_controller
+        if controller is not None:
+            # Instance attributes shadow the methods model_fn calls; block_idx becomes a dynamic int after one
+            # recompile, so 30 blocks do not exhaust the recompile limit.
+            for name in ("apply_action", "add_to_tmod"):
+                setattr(controller, name, torch.compile(getattr(controller, name), mode=mode, dynamic=dynamic))
+        self.compiled = True
+        return self

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.action_format import num_actions_for_frames, parse_actions
 
-from .engine import EngineFull, GenRequest
+from .engine import EngineFull
+from .generators import GenRequest
 from .images import decode_data_url, fit_image, load_sample
 from .protocol import MAX_SEED
 

@@ -27,7 +27,8 @@ from models.action_format import ACTION_NAMES, ROTATION_UNIT, TRANSLATION_UNIT
 
 from .api import router as rest_router
 from .bindings import bindings_config
-from .engine import Engine, PipelineGenerator, warm_up
+from .engine import Engine
+from .generators import PipelineGenerator, warm_up
 from .images import list_samples
 from .metrics import Metrics
 from .recording import FileStore

@@ -1,7 +1,6 @@
 """The engine: one generation worker thread owns the pipeline; flights and jobs share it.
 
-    Generator        the interface between scheduling and a model: ``generate(GenRequest) -> (F, H, W, 3) uint8``
-    PipelineGenerator  the real one, a ``WanActionPipeline`` (TI2V from a first frame, actions ``(T, 2, 8)`` raw)
+    Generator        the interface between scheduling and a model (``server.generators``)
     Engine           scheduling: up to ``max_sessions`` active flights served round-robin, one chunk each in turn,
                      a bounded waiting line with positions, a bounded job queue; jobs alternate with flight chunks
 
@@ -11,6 +10,11 @@ frames, later ones drop their first frame (it repeats the previous chunk's last)
 chunk once at most one chunk of playback is left at the client (server-side estimate), so the next chunk is
 generated while the current one plays. JPEG encoding, recording and hand-off to the connection run on a separate
 delivery thread, and the hand-off (``flight.notify``) must never block: the worker never waits for a client.
+
+Frames arrive from ``Generator.generate_stream`` in groups as the VAE decodes them (``models.streaming``); each
+group goes to the delivery thread at once, so JPEG encoding overlaps decoding. A flight created with
+``stream=True`` also gets each group on the wire at once: ``("chunk", meta, first group)`` then
+``("frames", chunk index, group)`` per later group; otherwise the chunk is handed over whole when it is complete.
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ import logging
 import secrets
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,75 +33,14 @@ from PIL import Image
 
 from models.action_format import num_actions_for_frames
 
-from .images import encode_jpeg, frame_message, video_to_frames
+from .generators import GenRequest, Generator
+from .images import encode_jpeg, frame_message
 from .inputs import InputTimeline
 from .metrics import Metrics
 from .recording import FileStore, FlightRecorder, write_mp4
-from .worlds import World
 
 log = logging.getLogger("wanfly.engine")
 STALL_TOLERANCE_S = 0.02
-
-
-@dataclass
-class GenRequest:
-    prompt: str
-    image: Image.Image  # the first frame, already world.width x world.height
-    actions: Optional[np.ndarray]  # (T, 2, 8) raw, T = (num_frames - 1) // 4; None = no action input
-    num_frames: int
-    steps: int
-    seed: int
-    cfg_scale: float
-    negative_prompt: str = ""
-
-
-class Generator(ABC):
-    world: World
-
-    @abstractmethod
-    def generate(self, request: GenRequest, progress: Callable[[int, int], None] = None) -> np.ndarray:
-        """Frames ``(num_frames, H, W, 3)`` uint8; ``progress(step, total)`` after each denoising step."""
-
-
-class PipelineGenerator(Generator):
-    def __init__(self, world: World):
-        self.world = world
-
-    def generate(self, request: GenRequest, progress=None) -> np.ndarray:
-        import torch
-
-        def steps(timesteps):
-            total = len(timesteps)
-            for i, timestep in enumerate(timesteps):
-                yield timestep
-                if progress is not None:
-                    progress(i + 1, total)
-
-        world = self.world
-        actions = None
-        if request.actions is not None and world.controller:
-            actions = torch.as_tensor(np.asarray(request.actions), dtype=torch.float32)  # (T, 2, 8)
-        video = world.pipe(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, input_image=request.image,
-            actions=actions, height=world.height, width=world.width, num_frames=request.num_frames,
-            num_inference_steps=request.steps, seed=request.seed, cfg_scale=request.cfg_scale, tiled=world.tiled,
-            output_type="floatpoint", progress_bar_cmd=steps)  # (1, 3, F, H, W)
-        return video_to_frames(video)
-
-
-def warm_up(generator: Generator) -> float:
-    """One chunk-sized generation so the first flight does not pay for lazy initialisation (kernels, caches);
-    once per world. Returns the seconds it took (0 if the world was already warm)."""
-    world = generator.world
-    if getattr(world, "warm", False):
-        return 0.0
-    started = time.perf_counter()
-    image = Image.new("RGB", (world.width, world.height), (128, 128, 128))
-    actions = np.zeros((num_actions_for_frames(world.chunk_frames), 2, 8))
-    generator.generate(GenRequest(prompt=world.prompt, image=image, actions=actions, num_frames=world.chunk_frames,
-                                  steps=1, seed=0, cfg_scale=world.cfg_scale))
-    world.warm = True
-    return time.perf_counter() - started
 
 
 class EngineFull(Exception):
@@ -111,8 +53,9 @@ class Flight:
     ``("error", code, message)``."""
 
     def __init__(self, prompt: str, image: Image.Image, seed: int, steps: int, timeline: InputTimeline,
-                 notify: Callable, meta: dict = None):
+                 notify: Callable, meta: dict = None, stream: bool = False):
         self.id = secrets.token_urlsafe(12)
+        self.stream = stream  # notify accepts ("frames", index, messages): frame groups go out as decoded
         self.prompt, self.seed, self.steps, self.timeline, self.notify = prompt, seed, steps, timeline, notify
         self.meta = meta or {}
         self.last_frame = image
@@ -306,24 +249,48 @@ class Engine:
                              num_frames=self.world.chunk_frames, steps=flight.steps, seed=flight.seed + flight.index,
                              cfg_scale=self.world.cfg_scale)
         started = time.perf_counter()
-        frames = self.generator.generate(request)  # (F, H, W, 3)
+        timings, chunk, last = {}, None, None
+        skip = 0 if flight.index == 0 else 1  # later chunks repeat the previous chunk's last frame first
+        for group in self.generator.generate_stream(request, timings=timings):  # (n, H, W, 3)
+            last = group
+            send, skip = group[skip:], max(0, skip - len(group))
+            if not len(send):
+                continue
+            if chunk is None:
+                chunk = self._open_chunk(flight, raw, input_seq, time.perf_counter() - started, timings)
+            if chunk is None or not self._submit_unless_stopped(flight, self._deliver_group, flight, chunk, send):
+                return  # the flight stopped meanwhile: abandon the rest of the decode
         gen_s = time.perf_counter() - started
         self.metrics.observe_chunk(gen_s)
         self.metrics.inc("wanfly_chunks_total")
+        if chunk is not None and self._submit_unless_stopped(flight, self._close_chunk, flight, chunk, gen_s):
+            flight.last_frame = Image.fromarray(last[-1])
+
+    def _submit_unless_stopped(self, flight: Flight, fn, *args) -> bool:
+        """Queue work for the delivery thread unless the flight has stopped. Under the lock, so it is ordered
+        before the ``_finalize`` that ``finish_flight`` queues."""
         with self._cond:
             if flight.stopped:
-                return
-            flight.last_frame = Image.fromarray(frames[-1])
-            send = frames if flight.index == 0 else frames[1:]
+                return False
+            self._delivery.submit(fn, *args)
+            return True
+
+    def _open_chunk(self, flight: Flight, raw, input_seq: int, first_s: float, timings: dict) -> Optional[dict]:
+        """At the chunk's first frames: account its playback, number it; None if the flight has stopped."""
+        frames = self.world.chunk_frames - (0 if flight.index == 0 else 1)
+        with self._cond:
+            if flight.stopped:
+                return None
             now = self.clock()
             if flight.index > 0 and now > flight.play_end + STALL_TOLERANCE_S:
                 self.metrics.inc("wanfly_stalls_total")
-            flight.play_end = max(now, flight.play_end) + len(send) / self.world.fps
-            meta = {"type": "chunk", "index": flight.index, "frames": len(send), "first_frame": flight.frame_index,
-                    "actions": raw.tolist(), "gen_ms": round(gen_s * 1000, 2), "input_seq": input_seq}
+            flight.play_end = max(now, flight.play_end) + frames / self.world.fps
+            meta = {"type": "chunk", "index": flight.index, "frames": frames, "first_frame": flight.frame_index,
+                    "actions": raw.tolist(), "gen_ms": round(first_s * 1000, 2), "input_seq": input_seq}
             flight.index += 1
-            flight.frame_index += len(send)
-            self._delivery.submit(self._deliver, flight, meta, send)
+            flight.frame_index += frames
+        # Delivery-thread state of this chunk (only that thread touches it after this point).
+        return {"meta": meta, "timings": timings, "messages": [], "frames": [], "sent": 0}
 
     def _run_job(self, job: Job) -> None:
         job.status = "running"
@@ -341,16 +308,40 @@ class Engine:
             job.done.set()
 
     # ---- the delivery thread -------------------------------------------------------------------------------
-    def _deliver(self, flight: Flight, meta: dict, frames: np.ndarray) -> None:
+    def _deliver_group(self, flight: Flight, chunk: dict, frames: np.ndarray) -> None:
+        """JPEG-encode one group; a streaming flight gets it at once, others at ``_close_chunk``."""
         if flight.closed:
             return
         started = time.perf_counter()
+        meta, first = chunk["meta"], chunk["sent"] + len(chunk["messages"])
         quality = self.settings.jpeg_quality
-        messages = [frame_message(meta["index"], meta["first_frame"] + i, encode_jpeg(frame, quality))
+        messages = [frame_message(meta["index"], meta["first_frame"] + first + i, encode_jpeg(frame, quality))
                     for i, frame in enumerate(frames)]
         self.metrics.inc("wanfly_jpeg_seconds_total", time.perf_counter() - started)
-        flight.notify(("chunk", meta, messages))
-        self._record(flight, meta, frames)
+        chunk["frames"].append(frames)
+        if flight.stream:
+            self._hand_over(flight, chunk, messages)
+        else:
+            chunk["messages"] += messages
+
+    def _hand_over(self, flight: Flight, chunk: dict, messages: list) -> None:
+        if chunk["sent"] == 0:
+            flight.notify(("chunk", chunk["meta"], messages))
+            denoised = chunk["timings"].get("denoised")
+            if denoised is not None:  # last denoising step -> first frame handed to the connection
+                self.metrics.inc("wanfly_first_frame_seconds_total", time.perf_counter() - denoised)
+                self.metrics.inc("wanfly_chunks_delivered_total")
+        else:
+            flight.notify(("frames", chunk["meta"]["index"], messages))
+        chunk["sent"] += len(messages)
+
+    def _close_chunk(self, flight: Flight, chunk: dict, gen_s: float) -> None:
+        if flight.closed:
+            return
+        if not flight.stream:
+            chunk["meta"]["gen_ms"] = round(gen_s * 1000, 2)  # the whole chunk was generated before it went out
+            self._hand_over(flight, chunk, chunk["messages"])
+        self._record(flight, chunk["meta"], np.concatenate(chunk["frames"]))
 
     def _record(self, flight: Flight, meta: dict, frames: np.ndarray) -> None:
         if flight.recording_failed:

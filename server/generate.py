@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
     from models.action_format import num_frames_for_actions
 
-    from .engine import GenRequest, PipelineGenerator
+    from .generators import GenRequest, PipelineGenerator
     from .images import decode_image_bytes, fit_image, load_sample
     from .recording import write_mp4
     from .worlds import check_world_args, load_world

@@ -10,7 +10,8 @@ import numpy as np
 
 from models.action_format import ACTION_NAMES, NUM_ACTIONS, num_frames_for_actions
 
-from .engine import EngineFull, GenRequest
+from .engine import EngineFull
+from .generators import GenRequest
 from .images import fit_image, load_sample
 from .inputs import parse_action_spec
 

@@ -18,6 +18,9 @@ COUNTERS = {
     "wanfly_jobs_total": "REST/gradio jobs, by final status",
     "wanfly_jpeg_seconds_total": "time spent encoding JPEG frames",
     "wanfly_send_seconds_total": "time spent in WebSocket sends of frames",
+    "wanfly_first_frame_seconds_total": "time from a chunk's last denoising step to its first frame handed to the "
+                                        "connection (streaming flights)",
+    "wanfly_chunks_delivered_total": "chunks counted in wanfly_first_frame_seconds_total",
 }
 GAUGES = {
     "wanfly_sessions_active": "flight sessions generating",

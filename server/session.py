@@ -138,6 +138,9 @@ class Connection:
             self.send_json(meta)
             for message in frames:
                 self._push("bytes", message)
+        elif kind == "frames":  # later frame groups of a streamed chunk, as the VAE decodes them
+            for message in event[2]:
+                self._push("bytes", message)
         elif kind == "queue":
             self.send_json({"type": "queue", "position": event[1]})
         elif kind == "recording":
@@ -201,7 +204,7 @@ class Connection:
         seed = message.seed if message.seed is not None else secrets.randbelow(2**31)
         steps = message.steps or world.steps
         flight = Flight(prompt=message.prompt, image=image, seed=seed, steps=steps,
-                        timeline=InputTimeline(world.full_scale, world.fps), notify=self.notify,
+                        timeline=InputTimeline(world.full_scale, world.fps), notify=self.notify, stream=True,
                         meta={"weights": world.weights, "world": world.name, "width": world.width,
                               "height": world.height, "chunk_frames": world.chunk_frames,
                               "cfg_scale": world.cfg_scale, "actions_names": list(ACTION_NAMES)})

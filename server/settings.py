@@ -2,7 +2,8 @@
 
 Every field is a command-line option of ``python -m server`` with the same name (``--max_sessions 4``) and an
 environment variable (``WANFLY_MAX_SESSIONS=4``); lists are comma-separated, booleans accept 1/0/true/false.
-Fields left at ``None`` take the world's defaults (see ``server.worlds``).
+Fields left at ``None`` take the world's defaults (see ``server.worlds``). ``--preset realtime`` fills the
+generation fields from ``PRESETS`` (explicit options still win); docs/performance.md gives its measurements.
 """
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "WANFLY_"
+
+# Named generation presets, the one place they are defined. "realtime": few steps, CFG off (one DiT pass per
+# step instead of two) and short chunks (17 frames = 16 new frames, 0.67 s of video at 24 fps), chosen from
+# bench/chunk_latency.py; see docs/performance.md for the numbers behind it.
+PRESETS: dict[str, dict] = {
+    "realtime": {"height": 480, "width": 832, "chunk_frames": 17, "fps": 24, "steps": 4, "cfg_scale": 1.0},
+}
 
 
 @dataclass
@@ -38,6 +46,9 @@ class Settings:
     steps: Optional[int] = None
     cfg_scale: Optional[float] = None
     max_steps: int = 50
+    preset: Optional[str] = None  # a name in PRESETS: fills the generation fields above that are left at None
+    # speed
+    compile: bool = False  # torch.compile the DiT blocks and the controller; compiled during the warm-up
     # capacity
     max_sessions: int = 4  # flights generating at once (round-robin, one chunk each in turn)
     max_waiting: int = 8  # flights waiting for a turn; beyond: WebSocket close 1013
@@ -76,6 +87,12 @@ class Settings:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.token == "":
             self.token = None
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ValueError(f"preset: unknown {self.preset!r}; expected one of {sorted(PRESETS)}")
+            for name, value in PRESETS[self.preset].items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
 
     @property
     def ws_max_size(self) -> int:
@@ -130,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m server", description="wanfly: real-time drone flight through a generated world",
         epilog=f"Every option can also be set as an environment variable {ENV_PREFIX}<OPTION> (upper case).")
     for f in dataclasses.fields(Settings):
+        flag = {"nargs": "?", "const": True} if _field_type(f) is bool else {}  # "--compile" alone means true
         parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.name.upper(),
-                            type=lambda text, f=f: _convert(f, text), help=_help(f))
+                            type=lambda text, f=f: _convert(f, text), help=_help(f), **flag)
     return parser
 
 

@@ -45,7 +45,7 @@ class World:
     device: str = "cpu"
     full_scale: tuple = ()
     full_scale_source: list = field(default_factory=list)
-    warm: bool = False  # set by server.engine.warm_up
+    warm: bool = False  # set by server.generators.warm_up
 
     @property
     def controller(self) -> bool:
@@ -199,6 +199,11 @@ def check_world(world: World, settings: Settings) -> None:
         raise ValueError(f"fps must be in 1..120, got {world.fps}")
     if not 1 <= world.steps <= settings.max_steps:
         raise ValueError(f"steps must be in 1..{settings.max_steps}, got {world.steps}")
+    if world.sample is not None:
+        from .images import list_samples
+        if world.sample not in list_samples(settings.web_dir):
+            raise ValueError(f"sample: the world's {SERVE_HINTS} names {world.sample!r}, which is not a bundled "
+                             f"sample ({list_samples(settings.web_dir)})")
 
 
 def world_summary(world: Optional[World]) -> dict:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.app import create_app
-from server.engine import PipelineGenerator, warm_up
+from server.generators import PipelineGenerator, warm_up
 from server.settings import Settings
 from server.worlds import load_world
 

@@ -6,9 +6,11 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from server.engine import Engine, Flight, GenRequest, Generator
+from server.engine import Engine, Flight
+from server.generators import GenRequest, Generator
 from server.inputs import InputTimeline
 from server.settings import Settings
 
@@ -91,3 +93,98 @@ def test_closed_flight_gets_nothing_and_frees_its_slot(random_world, tmp_path):
         engine.close()
     assert "gone" not in generator.calls and gone_events == []
     assert any(event[0] == "chunk" for event in waiting_events)
+
+
+class GroupGenerator(Generator):
+    """Yields a 9-frame chunk as groups of 1, 4, 4 frames (like the streaming VAE decode); frame i of a chunk is
+    filled with i. Waits on ``release`` before the last group, so a test can see what went out before it."""
+
+    def __init__(self, world):
+        self.world, self.release, self.calls = world, threading.Event(), 0
+
+    def generate(self, request, progress=None):
+        raise AssertionError("flights use generate_stream")
+
+    def generate_stream(self, request, timings=None):
+        self.calls += 1
+        frames = np.zeros((request.num_frames, self.world.height, self.world.width, 3), np.uint8)
+        frames[:] = np.arange(request.num_frames, dtype=np.uint8)[:, None, None, None]  # (F, H, W, 3)
+        if timings is not None:
+            timings["denoised"] = time.perf_counter()
+        yield frames[:1]
+        yield frames[1:5]
+        assert self.release.wait(10)
+        yield frames[5:]
+
+
+def frame_indices(messages):
+    return [int.from_bytes(m[4:8], "big") for m in messages]
+
+
+def wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_world, tmp_path):
+    world = dataclasses.replace(random_world, fps=1000)
+    generator = GroupGenerator(world)
+    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
+    events = []
+    solo = Flight(prompt="s", image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
+                  timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
+    engine.add_flight(solo)
+    engine.start()
+    try:
+        assert wait_for(lambda: len(events) >= 2)
+        assert not generator.release.is_set()  # the last group is not decoded yet...
+        kind, meta, messages = events[0]  # ...but the chunk's first frames are out
+        assert (kind, meta["index"], meta["frames"], meta["first_frame"]) == ("chunk", 0, 9, 0)
+        assert frame_indices(messages) == [0]
+        assert events[1][:2] == ("frames", 0) and frame_indices(events[1][2]) == [1, 2, 3, 4]
+        generator.release.set()
+        assert wait_for(lambda: sum(e[0] == "chunk" for e in events) >= 2)
+    finally:
+        generator.release.set()
+        engine.close()
+    chunk0 = [i for e in events if e[0] == "frames" and e[1] == 0 or e[0] == "chunk" and e[1]["index"] == 0
+              for i in frame_indices(e[2])]
+    assert chunk0 == list(range(9))
+    second = next(e for e in events if e[0] == "chunk" and e[1]["index"] == 1)
+    assert second[1]["frames"] == 8 and second[1]["first_frame"] == 9  # the repeated first frame is not sent
+    assert frame_indices(second[2]) == [9, 10, 11, 12]  # its first group lost the repeated frame (1 of 1+4)
+    assert engine.metrics.value("wanfly_chunks_delivered_total") >= 2
+    assert engine.metrics.value("wanfly_first_frame_seconds_total") > 0
+
+
+def test_non_streaming_flight_gets_each_chunk_whole(random_world, tmp_path):
+    world = dataclasses.replace(random_world, fps=1000)
+    generator = GroupGenerator(world)
+    generator.release.set()
+    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
+    events = []
+    engine.add_flight(flight("whole", world, events))
+    engine.start()
+    try:
+        assert wait_for(lambda: sum(e[0] == "chunk" for e in events) >= 2)
+    finally:
+        engine.close()
+    chunks = [e for e in events if e[0] == "chunk"]
+    assert not any(e[0] == "frames" for e in events)
+    assert frame_indices(chunks[0][2]) == list(range(9))
+    assert frame_indices(chunks[1][2]) == list(range(9, 17))
+    assert chunks[1][1]["frames"] == 8 and chunks[1][1]["gen_ms"] > 0
+
+
+def test_realtime_preset_fills_unset_generation_fields_only():
+    from server.settings import PRESETS
+    settings = Settings.from_args(["--preset", "realtime", "--steps", "2", "--compile"], env={})
+    preset = PRESETS["realtime"]
+    assert (settings.height, settings.width, settings.chunk_frames, settings.cfg_scale) == \
+        (preset["height"], preset["width"], preset["chunk_frames"], 1.0)
+    assert settings.steps == 2 and settings.compile is True  # an explicit option wins; "--compile" alone is true
+    assert Settings.from_args(["--compile", "0"], env={}).compile is False
+    with pytest.raises(ValueError, match="preset"):
+        Settings(preset="fastest")

@@ -1,0 +1,126 @@
+"""Shared bench helpers: full-size random-weight pipelines, timing with device sync, peak memory, JSON output.
+
+Full size = the Wan2.2-TI2V-5B architecture with random weights (speed does not depend on the values):
+DiT dim 3072, 30 layers, 24 heads, ffn 14336, text_dim 4096, in/out 48, patch 1x2x2, fused first frame, per-token
+timestep; the real VAE38 (z 48, dim 160, decoder 256). The 5B umT5 text encoder is NOT built: prompts are served
+from the pipeline's prompt cache, filled with random (1, 512, 4096) embeddings, so "prompt encode" is not measured
+at full size (a flight encodes its prompt once; the tiny preset on CPU measures its small T5 instead).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+
+import torch
+
+FULL_DIT = dict(dim=3072, num_heads=24, num_layers=30, ffn_dim=14336, in_dim=48, out_dim=48, text_dim=4096,
+                freq_dim=256, eps=1e-6, patch_size=(1, 2, 2), has_image_input=False, seperated_timestep=True,
+                require_clip_embedding=False, require_vae_embedding=False, fuse_vae_embedding_in_latents=True)
+PROMPT = "a drone flies over green hills under a blue sky"
+NEGATIVE = "blurry, static"
+TEXT_TOKENS = 512  # umT5 sequence length of Wan2.2
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def syncer(device: torch.device):
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def now(sync) -> float:
+    sync()
+    return time.perf_counter()
+
+
+@contextmanager
+def peak_memory(device: torch.device, out: dict, key: str = "peak_gpu_gb"):
+    """Record torch.cuda.max_memory_allocated (GB) over the block into out[key] (None on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield
+    finally:
+        out[key] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
+
+
+def build_full_pipeline(device: torch.device, dtype, layers: int = 30, injection_type: str = "cross_attn_frame"):
+    """The full-size architecture, random weights, built directly on ``device``; controller attached."""
+    from diffsynth.models.wan_video_dit import WanModel
+    from diffsynth.models.wan_video_vae import WanVideoVAE38
+    from models.controller import WanActionController
+    from models.pipeline import WanActionPipeline
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the device: a 5B init on CPU alone takes minutes
+        dit = WanModel(**dict(FULL_DIT, num_layers=layers))
+        vae = WanVideoVAE38()
+        controller = WanActionController(hidden_size=3072, num_heads=24, num_layers=layers,
+                                         injection_type=injection_type)
+    pipe = WanActionPipeline(device=str(device), torch_dtype=dtype)
+    pipe.dit = dit.to(dtype).eval().requires_grad_(False)
+    pipe.vae = vae.to(dtype).eval().requires_grad_(False)
+    pipe.height_division_factor = pipe.width_division_factor = 32  # as from_pretrained
+    pipe.set_action_controller(controller)
+    fill_prompt_cache(pipe, {PROMPT: torch.randn(1, TEXT_TOKENS, 4096), NEGATIVE: torch.randn(1, TEXT_TOKENS, 4096)})
+    return pipe
+
+
+def build_tiny_pipeline(device: torch.device, dtype):
+    """The tiny random preset (models.tiny) with its controller: real T5, real (narrow) VAE."""
+    from models.tiny import build_tiny_controller, build_tiny_pipeline as tiny
+    pipe = tiny(seed=0, device=str(device), torch_dtype=dtype)
+    pipe.set_action_controller(build_tiny_controller(seed=0))
+    return pipe
+
+
+def fill_prompt_cache(pipe, contexts: dict) -> None:
+    """Serve these prompts from the pipeline's prompt cache (CachedPromptEmbedder) without a text encoder."""
+    pipe.prompt_cache_size = max(pipe.prompt_cache_size, len(contexts) + 2)
+    for prompt, context in contexts.items():
+        key = (prompt, id(pipe.text_encoder), str(pipe.device), pipe.torch_dtype)
+        pipe.prompt_cache[key] = context.to(device=pipe.device, dtype=pipe.torch_dtype)  # (1, S, 4096)
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """"480x832x33" -> (height, width, frames)."""
+    try:
+        height, width, frames = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size: expected HEIGHTxWIDTHxFRAMES like 480x832x33, got {text!r}") from None
+    if height % 32 or width % 32 or (frames - 1) % 4:
+        raise ValueError(f"size: {text!r} needs height and width multiples of 32 and frames = 4k+1")
+    return height, width, frames
+
+
+def write_json(path: str | None, data: dict) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    print(f"wrote {path}", flush=True)
+
+
+class Deadline:
+    """A wall-clock budget for a bench: configs that would start after it are skipped (and listed)."""
+
+    def __init__(self, seconds: float | None):
+        self.end = None if not seconds else time.monotonic() + seconds
+        self.skipped: list[str] = []
+
+    def left(self) -> float:
+        return float("inf") if self.end is None else self.end - time.monotonic()
+
+    def allows(self, name: str, estimate_s: float = 0.0) -> bool:
+        if self.left() > estimate_s:
+            return True
+        self.skipped.append(name)
+        print(f"skipped {name}: time budget spent", flush=True)
+        return False

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Run every benchmark at full size on one GPU (H100/H200) in under 8 minutes, or on CPU with --small.
+#
+#   bench/gpu.sh OUT_DIR            GPU: controller_overhead, chunk_latency, train_step at full size (random weights)
+#   bench/gpu.sh OUT_DIR --small    CPU: the same benches at their --small settings (uses ./.venv)
+#   bench/gpu.sh --fetch-wheels     here, with network: fill bench/wheels/ with what the GPU machine lacks
+#
+# The GPU machine has python3 (3.12) with PyTorch, torchvision, transformers, numpy, ... but no diffsynth and no
+# network: the missing packages travel as wheels in bench/wheels/ (git-ignored) and are installed with
+# --no-deps into a private folder on PYTHONPATH, so the machine's own PyTorch is used. Each bench runs under a
+# time limit; OUT_DIR receives their logs and JSON and results.json (device, realtime_factor, controller_overhead,
+# and the three benches' full results).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=bench/wheels
+# diffsynth 2.1.12 and what it imports that the GPU image lacks (torch and torchvision are NOT fetched).
+MISSING="diffsynth==2.1.12 modelscope==1.40.2 modelscope-hub==0.5.1 ftfy==6.3.1 wcwidth==0.9.4 simplejpeg==1.9.0
+cryptography cffi pycparser"
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+    mkdir -p "$WHEELS"
+    py="${PYTHON:-.venv/bin/python}"
+    # shellcheck disable=SC2086
+    "$py" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux_2_34_x86_64 -d "$WHEELS" $MISSING
+    ls -la "$WHEELS"
+    exit 0
+fi
+
+OUT="${1:?usage: bench/gpu.sh OUT_DIR [--small] | --fetch-wheels}"
+SMALL="${2:-}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$SMALL" = "--small" ]; then
+    PY="${PYTHON:-.venv/bin/python}"
+    DEV=(--device cpu --small)
+    LIMITS=(400 300 120)
+    CO_EXTRA=(--repeats 3)  # 2 cores: the 3072-wide CPU step takes seconds
+else
+    PY="${PYTHON:-python3}"
+    if ! "$PY" -c "import diffsynth" 2>/dev/null; then
+        ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels in $WHEELS: run bench/gpu.sh --fetch-wheels here first" >&2; exit 2; }
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/wanfly-site "$WHEELS"/*.whl
+        export PYTHONPATH="$PYTHONPATH:/tmp/wanfly-site"  # holds only what the machine lacks: shadows nothing
+    fi
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+    "$PY" -c "import flash_attn" 2>/dev/null && echo "flash-attn: installed" || echo "flash-attn: not installed (torch SDPA)"
+    DEV=(--device cuda)
+    CO_EXTRA=()
+    LIMITS=(110 230 110)  # seconds; with the install and start-up, under 8 minutes in all
+fi
+
+run() {  # run NAME LIMIT ARGS...: a bench under a time limit; a failure or timeout is reported, not fatal
+    local name=$1 limit=$2; shift 2
+    echo "== $name (limit ${limit}s)"
+    local started=$SECONDS
+    if timeout --kill-after=10 "$limit" "$PY" "$@" > "$OUT/$name.log" 2>&1; then
+        echo "   done in $((SECONDS - started)) s"
+    else
+        echo "   FAILED or timed out after $((SECONDS - started)) s (see $OUT/$name.log)"
+    fi
+    tail -n 12 "$OUT/$name.log"
+}
+
+run controller_overhead "${LIMITS[0]}" bench/controller_overhead.py "${DEV[@]}" "${CO_EXTRA[@]}" --out "$OUT/controller_overhead.json"
+run chunk_latency "${LIMITS[1]}" bench/chunk_latency.py "${DEV[@]}" --time_limit $((LIMITS[1] - 90)) \
+    --out "$OUT/chunk_latency.json"
+run train_step "${LIMITS[2]}" bench/train_step.py "${DEV[@]}" --out "$OUT/train_step.json"
+"$PY" bench/combine.py "$OUT"

@@ -1,0 +1,105 @@
+"""Generators: the interface between the engine's scheduling and a model.
+
+    GenRequest         one generation: prompt, first frame, raw actions ``(T, 2, 8)``, frames, steps, seed, cfg
+    Generator          ``generate(GenRequest) -> (F, H, W, 3) uint8`` and ``generate_stream`` (groups as decoded)
+    PipelineGenerator  the real one, a ``WanActionPipeline`` (TI2V from a first frame), streaming its VAE decode
+                       (``models.streaming``) so the first frames of a chunk are ready before the whole chunk
+    warm_up            one chunk-sized generation at start, so the first user does not pay for lazy set-up
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+from PIL import Image
+
+from models.action_format import num_actions_for_frames
+
+from .images import video_to_frames
+from .worlds import World
+
+
+@dataclass
+class GenRequest:
+    prompt: str
+    image: Image.Image  # the first frame, already world.width x world.height
+    actions: Optional[np.ndarray]  # (T, 2, 8) raw, T = (num_frames - 1) // 4; None = no action input
+    num_frames: int
+    steps: int
+    seed: int
+    cfg_scale: float
+    negative_prompt: str = ""
+
+
+class Generator(ABC):
+    world: World
+
+    @abstractmethod
+    def generate(self, request: GenRequest, progress: Callable[[int, int], None] = None) -> np.ndarray:
+        """Frames ``(num_frames, H, W, 3)`` uint8; ``progress(step, total)`` after each denoising step."""
+
+    def generate_stream(self, request: GenRequest, timings: dict = None) -> Iterator[np.ndarray]:
+        """The same frames in order, as groups ``(n, H, W, 3)`` uint8 as soon as each is ready. Sets
+        ``timings["denoised"]`` (``time.perf_counter()``) when the last denoising step is done. Default: one group."""
+        frames = self.generate(request)
+        if timings is not None:
+            timings["denoised"] = time.perf_counter()
+        yield frames
+
+
+class PipelineGenerator(Generator):
+    def __init__(self, world: World, decode_group: int = 1):
+        self.world = world
+        self.decode_group = decode_group  # latent frames per streamed group (4 video frames each)
+
+    def _pipe_kwargs(self, request: GenRequest, progress=None) -> dict:
+        import torch
+
+        def steps(timesteps):
+            total = len(timesteps)
+            for i, timestep in enumerate(timesteps):
+                yield timestep
+                if progress is not None:
+                    progress(i + 1, total)
+
+        world = self.world
+        actions = None
+        if request.actions is not None and world.controller:
+            actions = torch.as_tensor(np.asarray(request.actions), dtype=torch.float32)  # (T, 2, 8)
+        return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, input_image=request.image,
+                    actions=actions, height=world.height, width=world.width, num_frames=request.num_frames,
+                    num_inference_steps=request.steps, seed=request.seed, cfg_scale=request.cfg_scale,
+                    tiled=world.tiled, output_type="floatpoint", progress_bar_cmd=steps)
+
+    def generate(self, request: GenRequest, progress=None) -> np.ndarray:
+        video = self.world.pipe(**self._pipe_kwargs(request, progress))  # (1, 3, F, H, W)
+        return video_to_frames(video)
+
+    def generate_stream(self, request: GenRequest, timings: dict = None) -> Iterator[np.ndarray]:
+        pipe = self.world.pipe
+        latents = pipe.generate_latents(**self._pipe_kwargs(request))  # (1, 48, F_lat, h, w)
+        if timings is not None:
+            timings["denoised"] = time.perf_counter()
+        for video in pipe.stream_decode(latents, tiled=self.world.tiled, group=self.decode_group):
+            yield video_to_frames(video)  # (n, H, W, 3)
+
+
+def warm_up(generator: Generator) -> float:
+    """One chunk-sized generation, through the flight path (streaming decode), so the first flight does not pay
+    for lazy initialisation (kernels, caches, torch.compile); once per world. Returns the seconds it took (0 if
+    the world was already warm)."""
+    world = generator.world
+    if getattr(world, "warm", False):
+        return 0.0
+    started = time.perf_counter()
+    image = Image.new("RGB", (world.width, world.height), (128, 128, 128))
+    actions = np.zeros((num_actions_for_frames(world.chunk_frames), 2, 8))
+    request = GenRequest(prompt=world.prompt, image=image, actions=actions, num_frames=world.chunk_frames, steps=1,
+                         seed=0, cfg_scale=world.cfg_scale)
+    for _ in generator.generate_stream(request):
+        pass
+    world.warm = True
+    return time.perf_counter() - started

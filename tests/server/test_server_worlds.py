@@ -1,0 +1,48 @@
+"""server.worlds: a small-world folder's serve.json (size, chunk, banner line, first frame) and its checks."""
+import json
+
+import pytest
+import torch
+
+from models.artifacts import ArtifactConfig, save_action_artifacts
+from models.tiny import SmallWorldConfig, build_tiny_controller, build_tiny_pipeline, save_small_world
+from server.settings import Settings
+from server.worlds import load_world, world_summary
+
+
+@pytest.fixture
+def world_folder(tmp_path):
+    pipe = build_tiny_pipeline(seed=3)
+    controller = build_tiny_controller(3)
+    save_small_world(str(tmp_path), pipe, SmallWorldConfig())
+    stats = {"actions": {"Forward": {"p90": 0.07}}}
+    save_action_artifacts(str(tmp_path), controller, ArtifactConfig(action_controller_config={}, base_model_id="t",
+                                                                     action_stats=stats))
+    hints = {"height": 32, "width": 64, "chunk_frames": 5, "fps": 12, "steps": 1, "prompt": "a drone over sand",
+             "sample": "sand-dunes", "weights": "test world line", "unknown_field": 1}
+    (tmp_path / "serve.json").write_text(json.dumps(hints))
+    return tmp_path
+
+
+def test_folder_world_takes_its_serve_hints(world_folder):
+    threads = torch.get_num_threads()
+    try:
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1))
+    finally:
+        torch.set_num_threads(threads)
+    summary = world_summary(world)
+    assert (summary["height"], summary["width"], summary["chunk_frames"], summary["fps"]) == (32, 64, 5, 12)
+    assert summary["sample"] == "sand-dunes" and summary["weights"] == "test world line"
+    assert summary["prompt"] == "a drone over sand" and summary["random_weights"] is False
+    assert summary["full_scale"][0] == pytest.approx(0.07)  # a held Forward key sends the stats' p90
+
+
+def test_folder_world_naming_a_missing_sample_is_refused(world_folder):
+    hints = json.loads((world_folder / "serve.json").read_text())
+    (world_folder / "serve.json").write_text(json.dumps({**hints, "sample": "moon"}))
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="sample: the world's serve.json names 'moon'"):
+            load_world(Settings(world=str(world_folder), gradio=False, threads=1))
+    finally:
+        torch.set_num_threads(threads)
