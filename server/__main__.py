@@ -2,8 +2,8 @@
 
 With no weights it serves the tiny random-weight preset on CPU (the UI says so). ``--help`` lists every option;
 each is also an environment variable ``WANFLY_<OPTION>``. ``--preset realtime`` picks the real-time generation
-settings; ``--compile`` loads the world before the server starts, compiles it, and the app's warm-up generation
-pays the compilation, so no user's chunk does.
+settings; ``--compile`` compiles the DiT blocks and the controller when the app loads the world (in the background,
+``/healthz`` answers meanwhile), and the app's warm-up generation pays the compilation, so no user's chunk does.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def main(argv=None) -> None:
     import uvicorn
 
     from .app import create_app
-    world = load_compiled_world(settings) if settings.compile else None
-    app = create_app(settings, world=world)
+    app = create_app(settings)
     from .worlds import with_world_resolved
     if not settings.model_dir and with_world_resolved(settings).world == "random":
         logging.getLogger("wanfly").warning("serving the tiny RANDOM-weight preset: the video is noise-like. "
@@ -34,16 +33,6 @@ def main(argv=None) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, ws_max_size=settings.ws_max_size,
                 ws_per_message_deflate=False, ws_ping_interval=20, ws_ping_timeout=20,
                 log_level=settings.log_level, timeout_graceful_shutdown=5)
-
-
-def load_compiled_world(settings: Settings):
-    """The world with its DiT blocks and controller under torch.compile. Loaded here rather than in the app's
-    background thread so the compiled pipeline is what the app's warm-up (``server.generators.warm_up``) runs."""
-    from .worlds import load_world
-    world = load_world(settings)
-    world.pipe.compile_for_inference()
-    logging.getLogger("wanfly").info("torch.compile enabled: the warm-up generation includes compilation")
-    return world
 
 
 if __name__ == "__main__":

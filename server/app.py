@@ -56,6 +56,9 @@ class AppState:
 
     def attach(self, world: World) -> None:
         self.world = world
+        if self.settings.compile and not getattr(world, "warm", False):
+            world.pipe.compile_for_inference()  # the warm-up below pays the compilation, not a user's chunk
+            log.info("torch.compile enabled: the warm-up generation includes compilation")
         generator = PipelineGenerator(world)
         log.info("warm-up generation took %.2f s", warm_up(generator))
         self.engine = Engine(generator, self.settings, self.metrics, self.recordings, self.results).start()

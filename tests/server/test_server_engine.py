@@ -188,3 +188,17 @@ def test_realtime_preset_fills_unset_generation_fields_only():
     assert Settings.from_args(["--compile", "0"], env={}).compile is False
     with pytest.raises(ValueError, match="preset"):
         Settings(preset="fastest")
+
+
+def test_compile_setting_compiles_before_the_warm_up(make_client, monkeypatch):
+    """--compile: the app compiles the world when it attaches it, before the warm-up generation (so the warm-up,
+    not a user's chunk, pays the compilation). Compilation itself is stubbed: it takes ~100 s on CPU."""
+    import server.app as app_module
+    order = []
+    from models.pipeline import WanActionPipeline
+    monkeypatch.setattr(WanActionPipeline, "compile_for_inference", lambda pipe: order.append("compile"))
+    real_warm_up = app_module.warm_up
+    monkeypatch.setattr(app_module, "warm_up", lambda generator: order.append("warm_up") or real_warm_up(generator))
+    client = make_client(world_overrides={"warm": False}, compile=True)
+    assert client.get("/readyz").status_code == 200
+    assert order == ["compile", "warm_up"]
