@@ -171,12 +171,15 @@ class ToyRun:
 
     # ---- batches ----
     def _vae_batch(self, step, stage: int = 1):
+        """Stage 1 (VAE): windows of --vae_frames (1+4k) frames at random 4-frame offsets (the causal VAE's cost is
+        per frame). Stage 4 (decoder): whole clips, so the decoder also learns the later latent frames, which it
+        decodes with the cache of the earlier ones exactly as in serving."""
         from .toyworld_stages import batch_indices, to_video_tensor
-        frames = self.data["frames"]  # windows of --vae_frames (1+4k) frames: the causal VAE's cost is per frame
+        frames = self.data["frames"]
         idx = batch_indices(self.a.seed, stage, step, len(frames), self.a.vae_batch)
-        span = min(self.a.vae_frames, frames.shape[1])
-        starts = 4 * np.random.default_rng([self.a.seed, 3 if stage == 1 else 5, step]).integers(0, (frames.shape[1] - span) // 4 + 1,
-                                                                             len(idx))
+        span = min(self.a.vae_frames, frames.shape[1]) if stage == 1 else frames.shape[1]
+        offsets = np.random.default_rng([self.a.seed, 3 if stage == 1 else 5, step])
+        starts = 4 * offsets.integers(0, (frames.shape[1] - span) // 4 + 1, len(idx))
         return to_video_tensor(np.stack([frames[i, s:s + span] for i, s in zip(idx, starts)]))
 
     def _dit_batch(self, step, latents):
@@ -314,19 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (world files, checkpoints, data cache)")
     p.add_argument("--minutes", type=float, default=30.0, help="time budget that sizes the two stages")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=128)
     p.add_argument("--frames", type=int, default=9, help="4k+1 frames per clip")
-    p.add_argument("--speed", type=float, default=1.0,
+    p.add_argument("--speed", type=float, default=5.0,
                    help="multiplies the synthetic flights' translation and rotation ranges")
-    p.add_argument("--clips", type=int, default=320)
+    p.add_argument("--clips", type=int, default=640)
     p.add_argument("--holdout", type=int, default=16)
     p.add_argument("--vae_dim", type=int, default=8)
     p.add_argument("--dim", type=int, default=192, help="DiT width (head_dim // 3 must be even)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--controller_scale", type=float, default=1.0, help="initial output_scale of the controller")
-    p.add_argument("--injection_type", default="cross_attn_frame",
+    p.add_argument("--injection_type", default="adaln_tmod",
                    choices=["cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual"],
                    help="how the controller enters the DiT (models.controller)")
     p.add_argument("--vae_steps", type=int, default=None)
@@ -336,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="DiT batch")
     p.add_argument("--vae_lr", type=float, default=1e-3)
     p.add_argument("--dit_lr", type=float, default=1e-3)
-    p.add_argument("--decoder_steps", type=int, default=0, help="decoder-only fine-tuning steps after the DiT")
+    p.add_argument("--decoder_steps", type=int, default=700, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
     p.add_argument("--save_steps", type=int, default=100)
     p.add_argument("--serve_steps", type=int, default=4, help="denoising steps the server uses (serve.json)")
