@@ -58,15 +58,15 @@ def fly(page, base_url: str, every: float) -> tuple[list[tuple[str, list[bytes]]
     return rows, timeline
 
 
-def contact_sheet(rows, path: Path, scale: int = 2) -> None:
-    """One row of canvas captures per key, its label on the left."""
+def contact_sheet(rows, path: Path, tile: int = 160) -> None:
+    """One row of canvas captures per key (each ``tile`` pixels wide), its label on the left."""
     import io
 
     from PIL import Image, ImageDraw
 
     images = [[Image.open(io.BytesIO(png)).convert("RGB") for png in shots] for _, shots in rows]
     width, height = images[0][0].size
-    width, height = width * scale, height * scale
+    width, height = tile, max(1, round(height * tile / width))
     columns, label_w, pad = max(len(r) for r in images), 170, 4
     sheet = Image.new("RGB", (label_w + columns * (width + pad), len(rows) * (height + pad)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -74,7 +74,7 @@ def contact_sheet(rows, path: Path, scale: int = 2) -> None:
         y = r * (height + pad)
         draw.text((6, y + height // 2 - 6), label, fill="black")
         for c, image in enumerate(row):
-            sheet.paste(image.resize((width, height), Image.NEAREST), (label_w + c * (width + pad), y))
+            sheet.paste(image.resize((width, height), Image.BILINEAR), (label_w + c * (width + pad), y))
     sheet.save(path)
 
 

@@ -35,7 +35,8 @@ logger = logging.getLogger("training.toyworld")
 STATE_FILE = os.path.join("checkpoints", "toyworld_state.pt")
 DATA_FILE = "toyworld_data.npz"
 DEFAULT_PROMPT = "a drone flies over a green meadow with tall pillars at noon"
-SERVE_SAMPLE = "synthetic-1"  # web/samples/synthetic-1.png (``training.toyworld_eval --write_samples``)
+SERVE_SAMPLE_INDEX = 2  # the demo opens on web/samples/synthetic-3.png (a desert: the most contrast), its prompt
+SERVE_SAMPLE = f"synthetic-{SERVE_SAMPLE_INDEX + 1}"  # written by ``training.toyworld_eval --write_samples``
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -298,6 +299,7 @@ class ToyRun:
         from models.artifacts import ArtifactConfig, save_action_artifacts
         from models.tiny import save_small_world
         from training.action_stats import compute_action_stats
+        from training.toyworld_eval import sample_scene
         a = self.a
         recipe = {k: v for k, v in vars(a).items() if k not in ("out", "progress", "export_only")}
         save_small_world(self.out, self.pipe, self.config, extra={"recipe": recipe, "report": report})
@@ -306,7 +308,8 @@ class ToyRun:
             action_stats=compute_action_stats(list(self.data["actions"])), training={"recipe": recipe}))
         write_json_atomic(os.path.join(self.out, "serve.json"), {
             "height": a.height, "width": a.width, "chunk_frames": a.frames, "fps": a.serve_fps, "steps": a.serve_steps,
-            "cfg_scale": 1.0, "prompt": str(self.data["prompts"][0]), "sample": SERVE_SAMPLE,
+            "cfg_scale": 1.0, "prompt": sample_scene(SERVE_SAMPLE_INDEX, a.height, a.width)[1],
+            "sample": SERVE_SAMPLE,
             "weights": f"toy world, the Wan2.2-TI2V architecture trained from scratch on synthetic flights "
                        f"({a.height}x{a.width}, {a.frames}-frame chunks; docs/toyworld.md)"})
         write_json_atomic(os.path.join(self.out, "toyworld_report.json"), report)

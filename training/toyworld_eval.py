@@ -28,6 +28,7 @@ from training.synthetic import DroneState, ROTATION_RANGE, TRANSLATION_RANGE, re
 from training.synthetic_scene import make_scene
 
 SCENE_SEED_BASE = 7_000_000
+SAMPLE_SEED_BASE = SCENE_SEED_BASE + 100  # web/samples/synthetic-*.png
 
 
 def single_action(index: int, steps: int, magnitudes=None) -> np.ndarray:
@@ -47,6 +48,12 @@ def references(scene_seed: int, frames: int, height: int, width: int, magnitudes
     renders = np.stack([render_flight(single_action(a, steps, magnitudes), start, scene, height, width)[0]
                         for a in range(NUM_ACTIONS)])
     return renders[0, 0], scene.prompt, renders.astype(np.float32) / 255.0
+
+
+def sample_scene(index: int, height: int, width: int) -> tuple[np.ndarray, str]:
+    """(first frame uint8, prompt) of bundled sample ``synthetic-{index + 1}`` (a held-out scene)."""
+    first, prompt, _ = references(SAMPLE_SEED_BASE + index, 5, height, width)
+    return first, prompt
 
 
 def predict(video: np.ndarray, renders: np.ndarray) -> int:
@@ -125,7 +132,7 @@ def main(argv=None) -> int:
         hints = json.load(open(os.path.join(a.world, "serve.json")))
         os.makedirs(a.write_samples, exist_ok=True)
         for s in range(3):
-            first, prompt, _ = references(SCENE_SEED_BASE + 100 + s, 5, hints["height"], hints["width"])
+            first, prompt = sample_scene(s, hints["height"], hints["width"])
             Image.fromarray(first).save(os.path.join(a.write_samples, f"synthetic-{s + 1}.png"))
             print(f"synthetic-{s + 1}.png: {prompt}")
         return 0

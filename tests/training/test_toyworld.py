@@ -11,6 +11,8 @@ from training import toyworld
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOY = os.path.join(REPO, "worlds", "toy")
+SCENES = 2  # rendered first frames per flight in the steering test
+YAW_MIN, PITCH_MIN = 0.3, 0.3  # degrees per interval read back by optical flow (asked for ~9: it moves less)
 
 
 def _generate(pipe, height, width, frames, steps=1):
@@ -101,6 +103,32 @@ def test_committed_toy_world_loads_and_generates():
     video = _generate(pipe, h, w, f, steps=2)
     assert video.shape == (1, 3, f, h, w) and torch.isfinite(video).all()
     assert video.abs().max() <= 1.0 + 1e-5
+
+
+def test_committed_toy_world_follows_opposite_actions():
+    """The shipped world steers: from the same held-out rendered first frames, optical flow on its chunks reads
+    yaw left vs yaw right and pitch up vs pitch down in opposite directions (magnitudes: what a held key sends)."""
+    from training.eval_suite import rendered_first_frames, suite_actions, suite_magnitudes
+    from training.flow_actions import FlowSettings, estimate_motion
+    hints = json.load(open(os.path.join(TOY, "serve.json")))
+    pipe = load_small_world(TOY)
+    magnitudes = suite_magnitudes(pipe.action_stats)
+    h, w, f = hints["height"], hints["width"], hints["chunk_frames"]
+    steps = (f - 1) // 4
+
+    def motion(flight, axis):
+        values = []
+        for _, first, prompt in rendered_first_frames(SCENES, h, w, seed=0):
+            video = pipe(prompt=prompt, input_image=Image.fromarray(first), height=h, width=w, num_frames=f,
+                         num_inference_steps=hints["steps"], seed=0, cfg_scale=1.0,
+                         actions=suite_actions(flight, steps, magnitudes), output_type="floatpoint", tiled=False,
+                         progress_bar_cmd=lambda it: it)  # (1, 3, F, H, W) in [-1, 1]
+            frames = ((video[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+            values.append(float(estimate_motion(frames, FlowSettings(stride=1))[axis].mean()))
+        return np.mean(values)
+
+    assert motion("yaw_left", "yaw") < -YAW_MIN < YAW_MIN < motion("yaw_right", "yaw")  # degrees per interval
+    assert motion("pitch_down", "pitch") < -PITCH_MIN < PITCH_MIN < motion("pitch_up", "pitch")
 
 
 def test_server_registers_the_toy_world():
