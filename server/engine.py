@@ -66,6 +66,7 @@ class Flight:
         self.closed = False  # connection gone: deliver nothing
         self.recorder: Optional[FlightRecorder] = None
         self.recording_failed = False
+        self.open_chunk = None  # the chunk being streamed (delivery-thread state), recorded as far as sent on stop
 
 
 @dataclass
@@ -289,8 +290,9 @@ class Engine:
                     "actions": raw.tolist(), "gen_ms": round(first_s * 1000, 2), "input_seq": input_seq}
             flight.index += 1
             flight.frame_index += frames
-        # Delivery-thread state of this chunk (only that thread touches it after this point).
-        return {"meta": meta, "timings": timings, "messages": [], "frames": [], "sent": 0}
+            # Delivery-thread state of this chunk (only that thread touches it after this point).
+            flight.open_chunk = {"meta": meta, "timings": timings, "messages": [], "frames": [], "sent": 0}
+            return flight.open_chunk
 
     def _run_job(self, job: Job) -> None:
         job.status = "running"
@@ -342,6 +344,9 @@ class Engine:
             chunk["meta"]["gen_ms"] = round(gen_s * 1000, 2)  # the whole chunk was generated before it went out
             self._hand_over(flight, chunk, chunk["messages"])
         self._record(flight, chunk["meta"], np.concatenate(chunk["frames"]))
+        with self._cond:
+            if flight.open_chunk is chunk:
+                flight.open_chunk = None
 
     def _record(self, flight: Flight, meta: dict, frames: np.ndarray) -> None:
         if flight.recording_failed:
@@ -358,6 +363,11 @@ class Engine:
             flight.recording_failed = True
 
     def _finalize(self, flight: Flight, offer: bool) -> None:
+        chunk = flight.open_chunk  # stopped mid-chunk: what the client was already sent belongs in the recording
+        if chunk is not None and flight.stream and chunk["sent"] and not flight.closed:
+            sent = np.concatenate(chunk["frames"])[:chunk["sent"]]  # (n, H, W, 3)
+            self._record(flight, {**chunk["meta"], "frames": len(sent)}, sent)
+        flight.open_chunk = None
         info = None
         if flight.recorder is not None and not flight.recording_failed:
             try:

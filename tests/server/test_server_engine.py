@@ -159,6 +159,30 @@ def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_w
     assert engine.metrics.value("wanfly_first_frame_seconds_total") > 0
 
 
+def test_stop_in_the_middle_of_a_streamed_chunk_records_what_was_sent(random_world, tmp_path):
+    """The browser shows a streamed chunk's first frames before the chunk is decoded; a stop then must still give a
+    recording of exactly those frames (not an empty one)."""
+    world = dataclasses.replace(random_world, fps=1000)
+    generator = GroupGenerator(world)
+    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
+    events = []
+    solo = Flight(prompt="s", image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
+                  timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
+    engine.add_flight(solo)
+    engine.start()
+    try:
+        assert wait_for(lambda: len(events) >= 2)  # frames 0..4 sent, the last group still decoding
+        engine.finish_flight(solo)
+        generator.release.set()
+        assert wait_for(lambda: any(e[0] == "recording" for e in events))
+    finally:
+        generator.release.set()
+        engine.close()
+    info = next(e[1] for e in events if e[0] == "recording")
+    assert info["id"] is not None and info["frames"] == 5 and info["chunks"] == 1
+    assert not any(e[0] == "frames" and frame_indices(e[2])[0] >= 5 for e in events)  # nothing after the stop
+
+
 def test_non_streaming_flight_gets_each_chunk_whole(random_world, tmp_path):
     world = dataclasses.replace(random_world, fps=1000)
     generator = GroupGenerator(world)
