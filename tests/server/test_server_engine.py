@@ -128,7 +128,8 @@ def wait_for(predicate, seconds=10.0):
     return predicate()
 
 
-def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_world, tmp_path):
+def started_streaming_flight(random_world, tmp_path):
+    """(generator, started engine, its one streaming flight, the flight's events) on a GroupGenerator."""
     world = dataclasses.replace(random_world, fps=1000)
     generator = GroupGenerator(world)
     engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
@@ -137,6 +138,11 @@ def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_w
                   timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
     engine.add_flight(solo)
     engine.start()
+    return generator, engine, solo, events
+
+
+def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_world, tmp_path):
+    generator, engine, solo, events = started_streaming_flight(random_world, tmp_path)
     try:
         assert wait_for(lambda: len(events) >= 2)
         assert not generator.release.is_set()  # the last group is not decoded yet...
@@ -162,14 +168,7 @@ def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_w
 def test_stop_in_the_middle_of_a_streamed_chunk_records_what_was_sent(random_world, tmp_path):
     """The browser shows a streamed chunk's first frames before the chunk is decoded; a stop then must still give a
     recording of exactly those frames (not an empty one)."""
-    world = dataclasses.replace(random_world, fps=1000)
-    generator = GroupGenerator(world)
-    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
-    events = []
-    solo = Flight(prompt="s", image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
-                  timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
-    engine.add_flight(solo)
-    engine.start()
+    generator, engine, solo, events = started_streaming_flight(random_world, tmp_path)
     try:
         assert wait_for(lambda: len(events) >= 2)  # frames 0..4 sent, the last group still decoding
         engine.finish_flight(solo)
