@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             with open(args.image, "rb") as f:
                 image = decode_image_bytes(f.read(), settings.max_upload_bytes, settings.max_image_pixels, "--image")
         else:
-            image = load_sample(settings.web_dir, None)
+            image = load_sample(settings.web_dir, world.sample)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

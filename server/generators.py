@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -75,8 +75,25 @@ class PipelineGenerator(Generator):
                     tiled=world.tiled, output_type="floatpoint", progress_bar_cmd=steps)
 
     def generate(self, request: GenRequest, progress=None) -> np.ndarray:
-        video = self.world.pipe(**self._pipe_kwargs(request, progress))  # (1, 3, F, H, W)
-        return video_to_frames(video)
+        chunk_steps = num_actions_for_frames(self.world.chunk_frames)
+        total_steps = num_actions_for_frames(request.num_frames)
+        if not self.world.autoregressive or total_steps <= chunk_steps:
+            video = self.world.pipe(**self._pipe_kwargs(request, progress))  # (1, 3, F, H, W)
+            return video_to_frames(video)
+        # A world trained on chunk-length clips makes a long video as a flight does: chunk after chunk, each from the
+        # previous chunk's last frame, dropping that repeated frame.
+        starts = range(0, total_steps, chunk_steps)
+        parts, image = [], request.image
+        for number, start in enumerate(starts):
+            steps = min(chunk_steps, total_steps - start)
+            part_progress = None if progress is None else \
+                (lambda i, n, k=number: progress(k * n + i, n * len(starts)))
+            part = replace(request, image=image, num_frames=4 * steps + 1, seed=request.seed + number,
+                           actions=None if request.actions is None else request.actions[start:start + steps])
+            frames = video_to_frames(self.world.pipe(**self._pipe_kwargs(part, part_progress)))  # (4k+1, H, W, 3)
+            parts.append(frames if not parts else frames[1:])
+            image = Image.fromarray(frames[-1])
+        return np.concatenate(parts)  # (num_frames, H, W, 3)
 
     def generate_stream(self, request: GenRequest, timings: dict = None) -> Iterator[np.ndarray]:
         pipe = self.world.pipe

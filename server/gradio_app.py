@@ -57,7 +57,7 @@ def build_blocks(state):
             if num_frames > min(settings.max_job_frames, world.max_frames):
                 raise ValueError(f"actions: {len(actions)} steps make {num_frames} frames, more than "
                                  f"{min(settings.max_job_frames, world.max_frames)}")
-            first = image if image is not None else load_sample(settings.web_dir, sample or None)
+            first = image if image is not None else load_sample(settings.web_dir, sample or world.sample)
             request = GenRequest(prompt=prompt or "", image=fit_image(first.convert("RGB"), world.width, world.height),
                                  actions=actions, num_frames=num_frames, steps=int(steps), seed=int(seed),
                                  cfg_scale=world.cfg_scale)

@@ -24,7 +24,8 @@ from .settings import Settings
 
 log = logging.getLogger("wanfly.worlds")
 SERVE_HINTS = "serve.json"
-HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "prompt", "sample", "weights")
+HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "prompt", "sample", "weights",
+               "autoregressive")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class World:
     cfg_scale: float
     prompt: str = "a drone flies over green hills under a blue sky"
     sample: Optional[str] = None  # the bundled first frame the UI offers first (None = the first sample)
+    autoregressive: bool = False  # trained on chunk-length clips: longer jobs are made chunk by chunk, as flights
     tiled: bool = False
     device: str = "cpu"
     full_scale: tuple = ()
@@ -212,5 +214,6 @@ def world_summary(world: Optional[World]) -> dict:
     return {"name": world.name, "weights": world.weights, "random_weights": world.random_weights,
             "controller": world.controller, "height": world.height, "width": world.width, "fps": world.fps,
             "chunk_frames": world.chunk_frames, "steps": world.steps, "cfg_scale": world.cfg_scale,
-            "prompt": world.prompt, "sample": world.sample, "full_scale": list(world.full_scale),
+            "prompt": world.prompt, "sample": world.sample, "autoregressive": world.autoregressive,
+            "full_scale": list(world.full_scale),
             "full_scale_source": world.full_scale_source, "max_frames": world.max_frames}

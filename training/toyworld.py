@@ -309,7 +309,7 @@ class ToyRun:
         write_json_atomic(os.path.join(self.out, "serve.json"), {
             "height": a.height, "width": a.width, "chunk_frames": a.frames, "fps": a.serve_fps, "steps": a.serve_steps,
             "cfg_scale": 1.0, "prompt": sample_scene(SERVE_SAMPLE_INDEX, a.height, a.width)[1],
-            "sample": SERVE_SAMPLE,
+            "sample": SERVE_SAMPLE, "autoregressive": True,  # trained on chunk-length clips only
             "weights": f"toy world, the Wan2.2-TI2V architecture trained from scratch on synthetic flights "
                        f"({a.height}x{a.width}, {a.frames}-frame chunks; docs/toyworld.md)"})
         write_json_atomic(os.path.join(self.out, "toyworld_report.json"), report)
