@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import FULL_DIT  # noqa: E402
 
 
 def build_dit(layers: int, device, dtype):
     from diffsynth.models.wan_video_dit import WanModel
     with torch.device(device):
-        dit = WanModel(dim=3072, num_heads=24, num_layers=layers, ffn_dim=14336, in_dim=48, out_dim=48, text_dim=4096,
-                       freq_dim=256, eps=1e-6, patch_size=(1, 2, 2), has_image_input=False, seperated_timestep=True,
-                       require_clip_embedding=False, require_vae_embedding=False, fuse_vae_embedding_in_latents=True)
+        dit = WanModel(**dict(FULL_DIT, num_layers=layers))  # the Wan2.2-TI2V-5B DiT, random weights
     return dit.to(dtype).eval().requires_grad_(False)
 
 

@@ -147,3 +147,27 @@ def constant_actions(num_steps: int, magnitudes: dict[str, float]) -> torch.Tens
         raw[:, 0, index] = 1.0 if value > 0 else 0.0
         raw[:, 1, index] = value
     return raw
+
+
+# ---- what a held key sends -------------------------------------------------------------------------------------
+# Raw units: translation 0.01 clip-normalised units per 4-frame interval, rotation 1 degree per interval
+# (the median Sekai translation step is ~0.0093; turning yaw is 0.4-1.8 degrees per interval).
+DEFAULT_FULL_SCALE: tuple[float, ...] = (0.01, 0.01, 0.01, 0.01, 1.0, 1.0, 1.0, 1.0)
+FULL_SCALE_PERCENTILE = "p90"
+
+
+def full_scale_from_stats(stats: dict | None) -> tuple[tuple[float, ...], list[str]]:
+    """Per-action full-scale raw magnitude (a held key, a fully deflected stick) from a controller's training
+    ``action_stats`` (``{"actions": {name: {"p90": ...}}}``) at FULL_SCALE_PERCENTILE, or DEFAULT_FULL_SCALE where
+    the stats lack the action; and where each value came from ("action_stats p90" or "default")."""
+    per_action = (stats or {}).get("actions") or {}
+    scale, source = [], []
+    for index, name in enumerate(ACTION_NAMES):
+        value = (per_action.get(name) or {}).get(FULL_SCALE_PERCENTILE)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            scale.append(float(value))
+            source.append(f"action_stats {FULL_SCALE_PERCENTILE}")
+        else:
+            scale.append(DEFAULT_FULL_SCALE[index])
+            source.append("default")
+    return tuple(scale), source

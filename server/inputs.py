@@ -12,9 +12,9 @@ latent frame of playback), and for each action in each interval:
 Two different actions at once (forward + yaw) are independent channels. Opposite actions held together
 (``OPPOSITE_PAIRS``: forward+back, ...) cancel: both are 0 in that interval.
 
-Full scale (raw units, the magnitude of a held key / a fully deflected stick) comes from the artifacts'
-``action_stats`` (``training.action_stats`` format: ``{"actions": {name: {"p90": ...}}}``) at
-``FULL_SCALE_PERCENTILE`` of the active magnitudes, or ``DEFAULT_FULL_SCALE`` where the stats lack the action.
+Full scale (raw units, the magnitude of a held key / a fully deflected stick) is
+``models.action_format.full_scale_from_stats`` of the artifacts' ``action_stats`` (the evaluation suite commands
+the same magnitudes).
 """
 from __future__ import annotations
 
@@ -22,34 +22,16 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, OPPOSITE_PAIRS, constant_actions
+from models.action_format import (ACTION_NAMES, DEFAULT_FULL_SCALE, FRAMES_PER_LATENT, NUM_ACTIONS,
+                                  OPPOSITE_PAIRS, constant_actions)
 
-# Raw units: translation 0.01 clip-normalised units per 4-frame interval, rotation 1 degree per interval
-# (the median Sekai translation step is ~0.0093; turning yaw is 0.4-1.8 degrees per interval).
-DEFAULT_FULL_SCALE: tuple[float, ...] = (0.01, 0.01, 0.01, 0.01, 1.0, 1.0, 1.0, 1.0)
-FULL_SCALE_PERCENTILE = "p90"
 HOLD_FRACTION = 0.5
 STALE_AFTER_S = 1.0
 MAX_SAMPLES = 1024
-
-
-def full_scale_from_stats(stats: Optional[dict]) -> tuple[tuple[float, ...], list[str]]:
-    """Per-action full-scale raw magnitudes from ``action_stats`` (or the defaults) and where each came from."""
-    per_action = (stats or {}).get("actions") or {}
-    scale, source = [], []
-    for index, name in enumerate(ACTION_NAMES):
-        value = (per_action.get(name) or {}).get(FULL_SCALE_PERCENTILE)
-        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-            scale.append(float(value))
-            source.append(f"action_stats {FULL_SCALE_PERCENTILE}")
-        else:
-            scale.append(DEFAULT_FULL_SCALE[index])
-            source.append("default")
-    return tuple(scale), source
 
 
 class InputTimeline:

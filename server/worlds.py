@@ -17,9 +17,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
-from models.action_format import FRAMES_PER_LATENT, num_actions_for_frames
+from models.action_format import FRAMES_PER_LATENT, full_scale_from_stats, num_actions_for_frames
 
-from .inputs import full_scale_from_stats
 from .settings import Settings
 
 log = logging.getLogger("wanfly.worlds")
@@ -203,9 +202,10 @@ def check_world(world: World, settings: Settings) -> None:
         raise ValueError(f"steps must be in 1..{settings.max_steps}, got {world.steps}")
     if world.sample is not None:
         from .images import list_samples
-        if world.sample not in list_samples(settings.web_dir):
+        samples = list_samples(settings.web_dir)
+        if world.sample not in samples:
             raise ValueError(f"sample: the world's {SERVE_HINTS} names {world.sample!r}, which is not a bundled "
-                             f"sample ({list_samples(settings.web_dir)})")
+                             f"sample ({samples})")
 
 
 def world_summary(world: Optional[World]) -> dict:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, num_actions_for_frames
+from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, full_scale_from_stats, \
+    num_actions_for_frames
 
 SUITE_MOVE, SUITE_TURN = 0.012, 1.5  # ~p90 of the synthetic ranges: clearly visible, in the trained range
-STATS_PERCENTILE = "p90"  # with a world's action_stats the suite commands what a held key sends (server.inputs)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_PROMPT = "a drone flies over a landscape"
 
@@ -38,14 +38,13 @@ SUITE: dict[str, list[tuple[str, ...]]] = {
 
 
 def suite_magnitudes(action_stats: dict | None = None) -> np.ndarray:
-    """(8,) raw magnitude of each action in the suite: ``STATS_PERCENTILE`` of the controller's training
-    magnitudes (``training.action_stats``) where known, else SUITE_MOVE / SUITE_TURN."""
-    per_action = (action_stats or {}).get("actions") or {}
-    values = []
-    for index, name in enumerate(ACTION_NAMES):
-        known = (per_action.get(name) or {}).get(STATS_PERCENTILE)
-        values.append(float(known) if known else (SUITE_MOVE if index < 4 else SUITE_TURN))
-    return np.asarray(values, dtype=np.float32)
+    """(8,) raw magnitude of each action in the suite: what a held key sends in the server
+    (``models.action_format.full_scale_from_stats``) where the controller's ``action_stats`` know the action, else
+    SUITE_MOVE / SUITE_TURN."""
+    scale, source = full_scale_from_stats(action_stats)
+    fallback = [SUITE_MOVE] * 4 + [SUITE_TURN] * 4
+    return np.asarray([value if where != "default" else fallback[index]
+                       for index, (value, where) in enumerate(zip(scale, source))], dtype=np.float32)
 
 
 def suite_actions(flight: str, steps: int, magnitudes: np.ndarray | None = None) -> np.ndarray:
@@ -174,19 +173,22 @@ def synthetic_flights(count: int, seed: int = 0, frames: int = 33, height: int =
     return clips
 
 
-def rendered_first_frames(count: int, height: int, width: int, seed: int = 0) -> list[tuple[str, np.ndarray, str]]:
-    """``(name, first frame (H, W, 3) uint8, prompt)`` of ``count`` synthetic worlds seen from the start pose."""
+def held_out_view(scene_seed: int, height: int, width: int) -> tuple[np.ndarray, str]:
+    """(first frame (H, W, 3) uint8, prompt) of the synthetic world ``scene_seed`` seen from its start pose (a
+    random heading, the start kept clear of objects)."""
     from training.synthetic import DroneState
     from training.synthetic_scene import make_scene, render_frame
 
-    frames = []
-    for index in range(count):
-        scene_seed = 9_000_000 + 1000 * seed + index  # far from the training seeds
-        rng = np.random.default_rng(scene_seed)
-        start = DroneState(heading_deg=float(rng.uniform(-180, 180)))
-        scene = make_scene(scene_seed, clear_xz=np.array([[start.x, start.z]]), clear_radius=0.06)
-        frames.append((f"scene{index}", render_frame(scene, start.c2w(), height, width), scene.prompt))
-    return frames
+    rng = np.random.default_rng(scene_seed)
+    start = DroneState(heading_deg=float(rng.uniform(-180, 180)))
+    scene = make_scene(scene_seed, clear_xz=np.array([[start.x, start.z]]), clear_radius=0.06)
+    return render_frame(scene, start.c2w(), height, width), scene.prompt
+
+
+def rendered_first_frames(count: int, height: int, width: int, seed: int = 0) -> list[tuple[str, np.ndarray, str]]:
+    """``(name, first frame (H, W, 3) uint8, prompt)`` of ``count`` synthetic worlds seen from the start pose."""
+    return [(f"scene{index}", *held_out_view(9_000_000 + 1000 * seed + index, height, width))  # far from training
+            for index in range(count)]
 
 
 def image_first_frames(folder, height: int, width: int, prompt: str | None) -> list[tuple[str, np.ndarray, str]]:

@@ -239,25 +239,34 @@ def _check_size(height: int, width: int) -> None:
             raise ValueError(f"{name} must be an even integer >= 16 (yuv420p mp4), got {value!r}")
 
 
-def make_clip(out: Path, index: int, frames: int, height: int, width: int, fps: float, seed: int,
-              tilt_deg: float = 0.0) -> dict:
-    """Render and write clip ``index`` of the dataset of ``seed``; returns its CSV row."""
-    from training.video_io import write_mp4
-
-    rng = np.random.default_rng([seed, index])  # independent stream per clip: clips are reproducible one by one
-    actions = random_actions(num_actions_for_frames(frames), rng)
+def render_random_flight(seed: int, index: int, frames: int, height: int, width: int, speed: float = 1.0,
+                         tilt_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Flight ``index`` of the dataset of ``seed``: frames ``(N, H, W, 3)`` uint8, camera-to-world ``(N, 4, 4)``,
+    the actions flown ``(T, 2, 8)`` and the scene's prompt. An independent random stream per clip, so clips are
+    reproducible one by one."""
+    rng = np.random.default_rng([seed, index])
+    actions = random_actions(num_actions_for_frames(frames), rng, speed=speed)
     scene_seed = int(rng.integers(2 ** 31))
     start = DroneState(heading_deg=float(rng.uniform(-180.0, 180.0)), tilt_deg=tilt_deg)  # varied sun direction
     poses, flown = fly(actions, start)
     scene = make_scene(scene_seed, clear_xz=poses[:, [0, 2], 3])  # the scene keeps the flight path clear
     video, poses, flown = render_flight(flown, start, scene, height, width)
+    return video, poses, flown, scene.prompt
+
+
+def make_clip(out: Path, index: int, frames: int, height: int, width: int, fps: float, seed: int,
+              tilt_deg: float = 0.0) -> dict:
+    """Render and write clip ``index`` of the dataset of ``seed``; returns its CSV row."""
+    from training.video_io import write_mp4
+
+    video, poses, flown, prompt = render_random_flight(seed, index, frames, height, width, tilt_deg=tilt_deg)
     name = f"clip_{index:05d}"
     write_mp4(out / "videos" / f"{name}.mp4", video, fps)
     (out / "poses").mkdir(parents=True, exist_ok=True)
     np.savez(out / "poses" / f"{name}.npz", extrinsic=poses.astype(np.float32),
              intrinsic=intrinsics(height, width).astype(np.float32))
     action = np.round(flown, 6).tolist()
-    return {"video": f"videos/{name}.mp4", "prompt": scene.prompt, "action": json.dumps(action, separators=(",", ":"))}
+    return {"video": f"videos/{name}.mp4", "prompt": prompt, "action": json.dumps(action, separators=(",", ":"))}
 
 
 def make_dataset(out, clips: int, frames: int = 81, height: int = 480, width: int = 832, fps: float = 24.0,

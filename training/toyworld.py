@@ -36,29 +36,22 @@ STATE_FILE = os.path.join("checkpoints", "toyworld_state.pt")
 DATA_FILE = "toyworld_data.npz"
 DEFAULT_PROMPT = "a drone flies over a green meadow with tall pillars at noon"
 SERVE_SAMPLE_INDEX = 2  # the demo opens on web/samples/synthetic-3.png (a desert: the most contrast), its prompt
-SERVE_SAMPLE = f"synthetic-{SERVE_SAMPLE_INDEX + 1}"  # written by ``training.toyworld_eval --write_samples``
+SERVE_SAMPLE = f"synthetic-{SERVE_SAMPLE_INDEX + 1}"  # written by ``training.toyworld_samples``
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
 def render_clips(seed: int, start: int, count: int, frames: int, height: int, width: int, progress: bool = True,
                  speed: float = 1.0):
-    """Clips ``start..start+count`` of the synthetic flights of ``seed`` (as ``training.synthetic.make_clip``,
-    without mp4): frames uint8 (count, F, H, W, 3), flown actions (count, T, 2, 8), prompts."""
+    """Clips ``start..start+count`` of the synthetic flights of ``seed`` (``training.synthetic.render_random_flight``,
+    as the dataset's clips, without mp4): frames uint8 (count, F, H, W, 3), flown actions (count, T, 2, 8), prompts."""
     from tqdm import tqdm
-    from training.synthetic import DroneState, fly, random_actions, render_flight
-    from training.synthetic_scene import make_scene
+    from training.synthetic import render_random_flight
     videos, actions, prompts = [], [], []
     for index in tqdm(range(start, start + count), desc="render", unit="clip", disable=not progress):
-        rng = np.random.default_rng([seed, index])
-        commanded = random_actions(num_actions_for_frames(frames), rng, speed=speed)
-        scene_seed = int(rng.integers(2 ** 31))
-        begin = DroneState(heading_deg=float(rng.uniform(-180.0, 180.0)))
-        poses, flown = fly(commanded, begin)
-        scene = make_scene(scene_seed, clear_xz=poses[:, [0, 2], 3])
-        video, _, flown = render_flight(flown, begin, scene, height, width)
+        video, _, flown, prompt = render_random_flight(seed, index, frames, height, width, speed=speed)
         videos.append(video)
         actions.append(flown.astype(np.float32))
-        prompts.append(scene.prompt)
+        prompts.append(prompt)
     return np.stack(videos), np.stack(actions), prompts
 
 
@@ -299,7 +292,7 @@ class ToyRun:
         from models.artifacts import ArtifactConfig, save_action_artifacts
         from models.tiny import save_small_world
         from training.action_stats import compute_action_stats
-        from training.toyworld_eval import sample_scene
+        from training.toyworld_samples import sample_scene
         a = self.a
         recipe = {k: v for k, v in vars(a).items() if k not in ("out", "progress", "export_only")}
         save_small_world(self.out, self.pipe, self.config, extra={"recipe": recipe, "report": report})

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from models.action_format import (ACTION_NAMES, MAGNITUDE_SCALE, check_split_actions, constant_actions,
-                                  merge_actions, num_actions_for_frames, num_frames_for_actions, parse_actions,
-                                  split_actions)
+from models.action_format import (ACTION_NAMES, DEFAULT_FULL_SCALE, MAGNITUDE_SCALE, check_split_actions,
+                                  constant_actions, full_scale_from_stats, merge_actions, num_actions_for_frames,
+                                  num_frames_for_actions, parse_actions, split_actions)
 
 
 def test_names_and_scale_follow_the_seed():
@@ -86,3 +86,13 @@ def test_seed_form_checks():
 def test_constant_actions_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown action"):
         constant_actions(2, {"Up": 1.0})
+
+
+def test_full_scale_from_action_stats():
+    stats = {"num_intervals": 10, "actions": {name: {"count": 0, "p90": None} for name in ACTION_NAMES}}
+    stats["actions"]["Forward"] = {"count": 5, "p90": 0.0123, "p95": 0.02}
+    stats["actions"]["Yaw Right"] = {"count": 5, "p90": 1.7}
+    scale, source = full_scale_from_stats(stats)
+    assert scale[0] == 0.0123 and scale[5] == 1.7 and scale[1] == DEFAULT_FULL_SCALE[1]
+    assert source[0].startswith("action_stats") and source[1] == "default"
+    assert full_scale_from_stats(None) == (DEFAULT_FULL_SCALE, ["default"] * 8)

@@ -1,10 +1,9 @@
-"""server.inputs: samples -> (k, 2, 8) raw actions, full scale from action_stats, action specs."""
+"""server.inputs: samples -> (k, 2, 8) raw actions, action specs."""
 import numpy as np
 import pytest
 
-from models.action_format import ACTION_NAMES, parse_actions
-from server.inputs import (DEFAULT_FULL_SCALE, STALE_AFTER_S, InputTimeline, full_scale_from_stats,
-                           parse_action_spec)
+from models.action_format import DEFAULT_FULL_SCALE, parse_actions
+from server.inputs import STALE_AFTER_S, InputTimeline, parse_action_spec
 
 FPS = 16
 INTERVAL = 4 / FPS  # 0.25 s
@@ -85,16 +84,6 @@ def test_time_going_backwards_is_rejected():
     timeline.add(0, 1000.0, one_hot(), one_hot())
     with pytest.raises(ValueError, match="^t:"):
         timeline.add(1, 999.0, one_hot(), one_hot())
-
-
-def test_full_scale_from_action_stats():
-    stats = {"num_intervals": 10, "actions": {name: {"count": 0, "p90": None} for name in ACTION_NAMES}}
-    stats["actions"]["Forward"] = {"count": 5, "p90": 0.0123, "p95": 0.02}
-    stats["actions"]["Yaw Right"] = {"count": 5, "p90": 1.7}
-    scale, source = full_scale_from_stats(stats)
-    assert scale[0] == 0.0123 and scale[5] == 1.7 and scale[1] == DEFAULT_FULL_SCALE[1]
-    assert source[0].startswith("action_stats") and source[1] == "default"
-    assert full_scale_from_stats(None) == (DEFAULT_FULL_SCALE, ["default"] * 8)
 
 
 def test_action_spec():

@@ -7,7 +7,7 @@ import pytest
 
 from server import generate as generate_cli
 from server.gradio_app import spec_to_table, table_to_actions
-from server.inputs import DEFAULT_FULL_SCALE
+from models.action_format import DEFAULT_FULL_SCALE
 
 
 def forward(steps):

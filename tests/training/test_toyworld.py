@@ -108,7 +108,7 @@ def test_committed_toy_world_loads_and_generates():
 def test_committed_toy_world_follows_opposite_actions():
     """The shipped world steers: from the same held-out rendered first frames, optical flow on its chunks reads
     yaw left vs yaw right and pitch up vs pitch down in opposite directions (magnitudes: what a held key sends)."""
-    from training.eval_suite import rendered_first_frames, suite_actions, suite_magnitudes
+    from training.eval_suite import generate_clip, rendered_first_frames, suite_actions, suite_magnitudes
     from training.flow_actions import FlowSettings, estimate_motion
     hints = json.load(open(os.path.join(TOY, "serve.json")))
     pipe = load_small_world(TOY)
@@ -119,11 +119,8 @@ def test_committed_toy_world_follows_opposite_actions():
     def motion(flight, axis):
         values = []
         for _, first, prompt in rendered_first_frames(SCENES, h, w, seed=0):
-            video = pipe(prompt=prompt, input_image=Image.fromarray(first), height=h, width=w, num_frames=f,
-                         num_inference_steps=hints["steps"], seed=0, cfg_scale=1.0,
-                         actions=suite_actions(flight, steps, magnitudes), output_type="floatpoint", tiled=False,
-                         progress_bar_cmd=lambda it: it)  # (1, 3, F, H, W) in [-1, 1]
-            frames = ((video[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+            frames = generate_clip(pipe, first, prompt, suite_actions(flight, steps, magnitudes), f, hints["steps"],
+                                   seed=0, cfg_scale=1.0)  # (F, H, W, 3) uint8
             values.append(float(estimate_motion(frames, FlowSettings(stride=1))[axis].mean()))
         return np.mean(values)
 
