@@ -115,6 +115,10 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
     assert "exactly one of --preset tiny, --world DIR or --model_dir" in capsys.readouterr().err
     assert main(["--generate", "--preset", "tiny", "--flights", "loop", "--out", str(tmp_path / "o")]) == 2
     assert "unknown flight 'loop'" in capsys.readouterr().err
+    assert main(["--generate", "--preset", "tiny", "--flights", "hover", "--shuffled", "--out", str(tmp_path / "o")]) == 2
+    assert "--shuffled needs at least 2 --flights" in capsys.readouterr().err
+    assert main(["--generate", "--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "has no world_config.json" in capsys.readouterr().err
 
 
 def test_suite_flights():

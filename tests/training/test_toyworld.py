@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -126,6 +127,22 @@ def test_committed_toy_world_follows_opposite_actions():
 
     assert motion("yaw_left", "yaw") < -YAW_MIN < YAW_MIN < motion("yaw_right", "yaw")  # degrees per interval
     assert motion("pitch_down", "pitch") < -PITCH_MIN < PITCH_MIN < motion("pitch_up", "pitch")
+
+
+def test_samples_are_the_committed_first_frames(tmp_path, capsys):
+    from training import toyworld_samples
+    assert toyworld_samples.main(["--world", TOY, "--out", str(tmp_path)]) == 0
+    for index in (1, 2, 3):  # the committed web/samples are exactly what the command writes
+        written = np.asarray(Image.open(tmp_path / f"synthetic-{index}.png"))
+        assert np.array_equal(written, np.asarray(Image.open(os.path.join(REPO, "web", "samples",
+                                                                           f"synthetic-{index}.png"))))
+    hints = json.load(open(os.path.join(TOY, "serve.json")))
+    assert f"{hints['sample']}.png: {hints['prompt']}" in capsys.readouterr().out  # serve.json's prompt is its own
+    with pytest.raises(SystemExit) as exit_:
+        toyworld_samples.main(["--world", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "--world:" in error and "serve.json not found" in error
 
 
 def test_server_registers_the_toy_world():
