@@ -166,6 +166,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", default=None, help="comma-separated HxWxFRAMES")
     parser.add_argument("--preset_runs", type=int, default=2, help="runs of the real-time preset (best is kept)")
     parser.add_argument("--time_limit", type=float, default=None, help="seconds; later sizes are skipped")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT blocks and the controller (as `python -m server --compile`); "
+                             "the warm-up chunk pays the compilation")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     from server.settings import PRESETS
@@ -181,13 +184,17 @@ def main(argv=None) -> dict:
     if device.type == "cpu":  # 480x832 takes minutes on 2 cores: the preset's steps and chunk at the first size
         preset_size = sizes[-1][:2] + (preset["chunk_frames"],)
     pipe = build_tiny_pipeline(device, dtype) if small else build_full_pipeline(device, dtype, args.layers)
+    if args.compile:
+        pipe.compile_for_inference()
     tiled = not small  # the real world decodes tiled (server.worlds); at 480x832 that is one tile
     results = {"device": device_name(device), "preset": "tiny" if small else f"full size, {args.layers} layers",
                "dtype": str(dtype), "fps": FPS, "text_encoder": "tiny T5" if small else
-               "not built: random (1, 512, 4096) prompt embeddings", "tiled_decode": tiled,
+               "not built: random (1, 512, 4096) prompt embeddings", "tiled_decode": tiled, "compiled": args.compile,
                "prompt_encode_ms": prompt_encode_ms(pipe, sync), "runs": [], "derived": []}
     print(f"{results['device']}: {results['preset']}", flush=True)
-    run_chunk(pipe, sizes[0], 1, False, tiled, sync, device, handoff)  # warm-up: kernels, allocator
+    started = now(sync)
+    run_chunk(pipe, sizes[0], 1, False, tiled, sync, device, handoff)  # warm-up: kernels, allocator, compilation
+    results["warmup_s"] = round(now(sync) - started, 2)
 
     rt = {"steps": preset["steps"], "cfg": preset["cfg_scale"] != 1.0}
     runs = [run_chunk(pipe, preset_size, rt["steps"], rt["cfg"], tiled, sync, device, handoff)

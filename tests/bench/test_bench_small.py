@@ -43,6 +43,7 @@ def test_chunk_latency_small(tmp_path):
     off, on = results["runs"]
     assert off["cfg"] is False and on["cfg"] is True and len(off["step_ms"]) == len(on["step_ms"]) == 2
     assert len(results["derived"]) == 6 and results["prompt_encode_ms"] > 0
+    assert results["compiled"] is False and results["warmup_s"] > 0
 
 
 def test_train_step_small(tmp_path):
