@@ -234,7 +234,7 @@ class ToyRun:
         a = self.a
         vae_stage = VaeStage(self.pipe.vae)
         self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
-        dit_stage = DitStage(self.pipe, self.controller)
+        dit_stage = DitStage(self.pipe, self.controller, a.cond_noise)
         plan = self.plan(vae_stage, dit_stage)
         if self.state["stage"] == "vae" and not a.export_only:
             self.run_stage("vae", vae_stage, self._vae_batch, plan["vae_steps"], a.vae_lr)
@@ -277,6 +277,7 @@ class ToyRun:
             return {}
         perm = np.roll(np.arange(n), 1)
         true, shuffled = [], []
+        dit_stage.cond_noise = 0.0  # measured from clean first frames, as the evaluation suite generates
         with torch.random.fork_rng(devices=[]):
             for r in range(repeats):
                 context = torch.cat([self.contexts[str(p)] for p in self.data["held_prompts"]])
@@ -315,11 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--frames", type=int, default=9, help="4k+1 frames per clip")
+    p.add_argument("--frames", type=int, default=5, help="4k+1 frames per clip")
     p.add_argument("--speed", type=float, default=5.0,
                    help="multiplies the synthetic flights' translation and rotation ranges")
-    p.add_argument("--clips", type=int, default=640)
-    p.add_argument("--holdout", type=int, default=16)
+    p.add_argument("--clips", type=int, default=1280)
+    p.add_argument("--holdout", type=int, default=32)
     p.add_argument("--vae_dim", type=int, default=8)
     p.add_argument("--dim", type=int, default=192, help="DiT width (head_dim // 3 must be even)")
     p.add_argument("--heads", type=int, default=4)
@@ -333,9 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_batch", type=int, default=2)
     p.add_argument("--vae_frames", type=int, default=5, help="frames per VAE training window (1+4k)")
     p.add_argument("--batch", type=int, default=16, help="DiT batch")
+    p.add_argument("--cond_noise", type=float, default=0.0,
+                   help="max std of the noise added to the first frame's latent in DiT training (0 = clean)")
     p.add_argument("--vae_lr", type=float, default=1e-3)
     p.add_argument("--dit_lr", type=float, default=1e-3)
-    p.add_argument("--decoder_steps", type=int, default=700, help="decoder-only fine-tuning steps after the DiT")
+    p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
     p.add_argument("--save_steps", type=int, default=100)
     p.add_argument("--serve_steps", type=int, default=4, help="denoising steps the server uses (serve.json)")

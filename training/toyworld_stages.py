@@ -6,7 +6,8 @@ driven by the training package's loop (``training.trainer.Trainer``) with its wa
               latents near zero mean / unit std per channel (what the flow-matching stage expects), and the
               decoder sees slightly noised latents (robust to imperfect denoising).
     DitStage  the TI2V ``WanModel`` + action controller with diffsynth's ``FlowMatchSFTLoss`` through the pipeline's
-              ``model_fn`` (fused first frame kept clean and excluded from the loss, per-token timestep).
+              ``model_fn`` (fused first frame excluded from the loss, per-token timestep); ``cond_noise`` > 0 adds
+              N(0, U(0, cond_noise)^2) to that first frame's latent, so the model does not trust it pixel for pixel.
     DecoderStage  the VAE decoder alone, after the DiT: sharper frames, same latent space.
 """
 from __future__ import annotations
@@ -84,9 +85,9 @@ class DecoderStage(VaeStage):
 class DitStage(torch.nn.Module):
     """Flow-matching loss of the DiT + controller on cached latents; ``batch`` = (latents, context, binary, magn)."""
 
-    def __init__(self, pipe, controller):
+    def __init__(self, pipe, controller, cond_noise: float = 0.0):
         super().__init__()
-        self.pipe = pipe
+        self.pipe, self.cond_noise = pipe, cond_noise
         self.dit, self.controller = pipe.dit, controller
         pipe.action_controller = controller
         self.dit.train().requires_grad_(True)
@@ -97,8 +98,12 @@ class DitStage(torch.nn.Module):
         latents, context, binary, magnitude = batch
         if not self.pipe.scheduler.training:
             self.pipe.scheduler.set_timesteps(1000, training=True)
+        first = latents[:, :, :1].clone()  # (B, 48, 1, h, w)
+        if self.cond_noise > 0:  # an autoregressive flight starts each chunk from a blurry generated frame
+            sigma = self.cond_noise * torch.rand(len(first), 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
+            first = first + sigma * torch.randn_like(first)
         return FlowMatchSFTLoss(
-            self.pipe, input_latents=latents, first_frame_latents=latents[:, :, :1].clone(), context=context,
+            self.pipe, input_latents=latents, first_frame_latents=first, context=context,
             action_binary=binary, action_magnitude=magnitude, fuse_vae_embedding_in_latents=True,
             max_timestep_boundary=1.0, min_timestep_boundary=0.0)
 

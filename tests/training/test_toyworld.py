@@ -81,6 +81,15 @@ def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_worl
             assert torch.equal(first[name][key], second[name][key]), (name, key)
 
 
+def test_the_defaults_are_the_committed_worlds_recipe():
+    """`python -m training.toyworld --out DIR` trains what worlds/toy/ was trained with (step counts aside: those
+    follow --minutes when not given)."""
+    recipe = json.load(open(os.path.join(TOY, "world_config.json")))["recipe"]
+    defaults = vars(toyworld.build_parser().parse_args(["--out", "somewhere"]))
+    sized = {"minutes", "vae_steps", "dit_steps", "decoder_steps", "save_steps", "threads"}
+    assert {k: defaults[k] for k in recipe if k not in sized} == {k: v for k, v in recipe.items() if k not in sized}
+
+
 def test_decoder_stage_trains_the_decoder_only():
     from models.tiny import SmallWorldConfig, build_world_modules
     from training.toyworld_stages import DecoderStage
@@ -94,6 +103,24 @@ def test_decoder_stage_trains_the_decoder_only():
     after = vae.model.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"decoder", "conv2"}  # encoder + conv1 untouched: the DiT's latent space is kept
+
+
+def test_cond_noise_perturbs_only_the_first_frame_and_zero_keeps_it_clean(monkeypatch):
+    """--cond_noise: the fused first frame's latent gets noise of std <= cond_noise; 0 is the clean stage."""
+    from models.tiny import build_tiny_controller, build_tiny_pipeline
+    from training import toyworld_stages
+    seen = []
+    monkeypatch.setattr(toyworld_stages, "FlowMatchSFTLoss",
+                        lambda pipe, **inputs: seen.append(inputs) or torch.zeros(()))
+    pipe = build_tiny_pipeline()
+    latents = torch.randn(4, 48, 2, 4, 4)  # (B, C, f, h, w)
+    for cond_noise in (0.0, 0.5):
+        toyworld_stages.DitStage(pipe, build_tiny_controller(), cond_noise)((latents, None, None, None))
+    clean, noisy = seen
+    assert torch.equal(clean["first_frame_latents"], latents[:, :, :1])
+    assert torch.equal(noisy["input_latents"], latents)  # the frames to generate stay the data
+    deviation = (noisy["first_frame_latents"] - latents[:, :, :1]).flatten(1).std(1)  # (B,): each clip's sigma
+    assert (deviation > 0).all() and (deviation < 0.5 * 1.2).all()
 
 
 def test_committed_toy_world_loads_and_generates():
