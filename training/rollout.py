@@ -64,9 +64,10 @@ def measure(pipe, hints: dict, chunks: int, scenes: int, seed: int = 0, flights=
             lasts = rollout(pipe, first, prompt, suite_actions(flight, total_steps, magnitudes), f,
                             hints.get("steps", 4), seed, hints.get("cfg_scale", 1.0))
             distances.append([palette_distance(frame, first) for frame in lasts])
-            psnrs.append([psnr(frame, first) for frame in lasts])
+            if flight == "hover":  # only hovering should keep the first frame's picture
+                psnrs.append([psnr(frame, first) for frame in lasts])
         entry = {"palette_distance": np.mean(distances, axis=0).round(4).tolist()}
-        if flight == "hover":
+        if psnrs:
             entry["psnr_db"] = np.mean(psnrs, axis=0).round(2).tolist()
         result["flights"][flight] = entry
     finals = [entry["palette_distance"][-1] for entry in result["flights"].values()]

@@ -277,15 +277,16 @@ class ToyRun:
             return {}
         perm = np.roll(np.arange(n), 1)
         true, shuffled = [], []
-        dit_stage.cond_noise = 0.0  # measured from clean first frames, as the evaluation suite generates
+        cond_noise, dit_stage.cond_noise = dit_stage.cond_noise, 0.0  # clean first frames, as the suite generates
+        context = torch.cat([self.contexts[str(p)] for p in self.data["held_prompts"]])
+        binary, magnitude = split_actions(torch.from_numpy(self.data["held_actions"]))
         with torch.random.fork_rng(devices=[]):
             for r in range(repeats):
-                context = torch.cat([self.contexts[str(p)] for p in self.data["held_prompts"]])
-                binary, magnitude = split_actions(torch.from_numpy(self.data["held_actions"]))
                 torch.manual_seed(1000 + r)
                 true.append(float(dit_stage((held_latents, context, binary, magnitude))))
                 torch.manual_seed(1000 + r)
                 shuffled.append(float(dit_stage((held_latents, context, binary[perm], magnitude[perm]))))
+        dit_stage.cond_noise = cond_noise
         return {"heldout_fm_loss_true_actions": float(np.mean(true)),
                 "heldout_fm_loss_shuffled_actions": float(np.mean(shuffled))}
 

@@ -8,7 +8,6 @@ in the world's ``serve.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
@@ -29,11 +28,10 @@ def main(argv=None) -> int:
     p.add_argument("--world", required=True, help="world folder (its serve.json gives the resolution)")
     p.add_argument("--out", required=True, help="output folder, e.g. web/samples")
     a = p.parse_args(argv)
-    path = os.path.join(a.world, "serve.json")
-    if not os.path.isfile(path):
-        p.error(f"--world: {path} not found")
-    with open(path) as f:
-        hints = json.load(f)
+    from training.eval_suite import world_hints
+    hints = world_hints(a.world)
+    if not hints:
+        p.error(f"--world: {os.path.join(a.world, 'serve.json')} not found")
     os.makedirs(a.out, exist_ok=True)
     for index in range(SAMPLES):
         first, prompt = sample_scene(index, hints["height"], hints["width"])
