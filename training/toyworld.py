@@ -353,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.cond_noise < 0:
+        parser.error(f"--cond_noise must be >= 0 (a noise std), got {a.cond_noise}")
     if a.threads:
         torch.set_num_threads(a.threads)
     num_actions_for_frames(a.frames)

@@ -58,3 +58,10 @@ def test_a_folder_without_serve_json_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rollout.main(["--world", str(tmp_path)])
     assert "serve.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--chunks", "--scenes"])
+def test_zero_chunks_or_scenes_are_refused_by_name(flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rollout.main(["--world", os.path.join(REPO, "worlds", "toy"), flag, "0"])
+    assert exit_.value.code == 2 and "--chunks and --scenes must be at least 1" in capsys.readouterr().err

@@ -123,6 +123,13 @@ def test_cond_noise_perturbs_only_the_first_frame_and_zero_keeps_it_clean(monkey
     assert (deviation > 0).all() and (deviation < 0.5 * 1.2).all()
 
 
+def test_a_negative_cond_noise_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        toyworld.main(_tiny_recipe(str(tmp_path), "--cond_noise", "-0.1"))
+    assert exit_.value.code == 2 and "--cond_noise must be >= 0" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))  # refused before any work
+
+
 def test_committed_toy_world_loads_and_generates():
     hints = json.load(open(os.path.join(TOY, "serve.json")))
     pipe = load_small_world(TOY)
