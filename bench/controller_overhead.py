@@ -50,12 +50,15 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT blocks and each controller as `python -m server --compile` does")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
     from models.action_format import num_actions_for_frames
     from models.controller import INJECTION_TYPES, WanActionController
     from models.model_fn import model_fn_wan_action
+    from models.pipeline import compile_dit_and_controller
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -65,6 +68,8 @@ def main():
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     dit = build_dit(layers, device, dtype)
+    if args.compile:
+        compile_dit_and_controller(dit)
     steps = num_actions_for_frames(frames)
     latents = torch.randn(1, 48, steps + 1, height // 16, width // 16, device=device, dtype=dtype)
     context = torch.randn(1, 64 if device.type == "cpu" else 512, 4096, device=device, dtype=dtype)
@@ -81,11 +86,13 @@ def main():
 
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "layers": layers, "tokens": tokens, "frames": frames, "height": height, "width": width,
-               "dtype": str(dtype), "repeats": repeats}
+               "dtype": str(dtype), "repeats": repeats, "compiled": args.compile}
     overhead, baselines = {}, []
     for injection_type in INJECTION_TYPES:
         controller = WanActionController(hidden_size=3072, num_heads=24, num_layers=layers,
                                          injection_type=injection_type).to(device, dtype).eval()
+        if args.compile:
+            compile_dit_and_controller(None, controller)  # the blocks are compiled already
         base, with_controller = paired_times(step, lambda: step(controller), repeats, sync)
         baselines.append(base)
         ratio = with_controller / base

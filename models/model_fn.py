@@ -73,10 +73,39 @@ def _check_inputs(dit, latents, action_binary, action_magnitude, kwargs):
                          f"latent frames, which need {steps} (one per latent frame after the first)")
 
 
+def _expand_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if tensor.shape[0] not in (1, batch):
+        raise ValueError(f"{name}: batch {tensor.shape[0]} does not match the video batch {batch}")
+    return tensor.expand(batch, *tensor.shape[1:])
+
+
+def model_fn_action_guided(action_guidance: float, latents, context, action_binary, action_magnitude, **kwargs):
+    """Action guidance: ``hover + g * (commanded - hover)``, both predictions in one batched forward. Hovering
+    (all actions off) is an action every training flight mix contains, so it serves as the unconditional branch
+    of classifier-free guidance without training a null action; g > 1 amplifies what the actions change."""
+    batch = max(latents.shape[0], context.shape[0])  # cfg_merge: one latent, two prompts
+    binary = _expand_batch(action_binary, batch, "actions")  # (B, T, A)
+    magnitude = _expand_batch(action_magnitude, batch, "actions")  # (B, T, A)
+    both = model_fn_wan_action(
+        latents=torch.cat([_expand_batch(latents, batch, "latents")] * 2),  # (2B, C, F, H, W)
+        context=torch.cat([_expand_batch(context, batch, "context")] * 2),  # (2B, S_text, D_text)
+        action_binary=torch.cat([binary, torch.zeros_like(binary)]),  # (2B, T, A): commanded, then hover
+        action_magnitude=torch.cat([magnitude, torch.zeros_like(magnitude)]), **kwargs)  # (2B, C, F, H, W)
+    commanded, hover = both.chunk(2)  # (B, C, F, H, W) each
+    return hover + action_guidance * (commanded - hover)  # (B, C, F, H, W)
+
+
 def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None, context=None,
                         action_binary=None, action_magnitude=None, fuse_vae_embedding_in_latents: bool = False,
                         use_gradient_checkpointing: bool = False, use_gradient_checkpointing_offload: bool = False,
-                        **kwargs):
+                        action_guidance: float = 1.0, **kwargs):
+    if action_binary is not None and action_guidance != 1.0:
+        return model_fn_action_guided(
+            action_guidance, latents, context, action_binary, action_magnitude, dit=dit,
+            action_controller=action_controller, timestep=timestep,
+            fuse_vae_embedding_in_latents=fuse_vae_embedding_in_latents,
+            use_gradient_checkpointing=use_gradient_checkpointing,
+            use_gradient_checkpointing_offload=use_gradient_checkpointing_offload, **kwargs)
     if action_binary is None:
         return model_fn_wan_video(
             dit=dit, latents=latents, timestep=timestep, context=context,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import math
 import os
 from collections import OrderedDict
 from typing import Iterator, Optional, Sequence
@@ -47,6 +48,13 @@ class CachedPromptEmbedder(WanVideoUnit_PromptEmbedder):
             while len(cache) > size:
                 cache.popitem(last=False)
         return result
+
+
+def check_action_guidance(value) -> float:
+    """``action_guidance`` must be a finite number >= 1 (1 = off); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"action_guidance must be a number >= 1 (1 = off), got {value!r}")
+    return float(value)
 
 
 def find_missing_model_files(model_dir: str) -> list[str]:
@@ -173,15 +181,22 @@ class WanActionPipeline(WanVideoPipeline):
                 raise ValueError(f"{name} must be a positive multiple of {factor}, got {value}")
 
     @torch.no_grad()
-    def __call__(self, *args, actions=None, action_binary=None, action_magnitude=None, **kwargs):
+    def __call__(self, *args, actions=None, action_binary=None, action_magnitude=None, action_guidance=1.0,
+                 **kwargs):
+        """The stock call plus actions; ``action_guidance`` g > 1 generates ``hover + g * (commanded - hover)``
+        (one batched DiT forward of twice the batch per step; 1 = off)."""
         height, width = kwargs.get("height", 480), kwargs.get("width", 832)
         num_frames = kwargs.get("num_frames", 81)
         self.check_shape(height, width, num_frames)
+        check_action_guidance(action_guidance)
         binary, magnitude = self.resolve_actions(num_frames, actions, action_binary, action_magnitude)
         if binary is None:
+            if action_guidance != 1.0:
+                raise ValueError("action_guidance needs actions (actions= or action_binary=/action_magnitude=)")
             return super().__call__(*args, **kwargs)
         stock_model_fn = self.model_fn
-        self.model_fn = functools.partial(stock_model_fn, action_binary=binary, action_magnitude=magnitude)
+        self.model_fn = functools.partial(stock_model_fn, action_binary=binary, action_magnitude=magnitude,
+                                          action_guidance=float(action_guidance))
         try:
             return super().__call__(*args, **kwargs)
         finally:
@@ -206,13 +221,17 @@ class WanActionPipeline(WanVideoPipeline):
     def compile_for_inference(self, mode: str = "default", dynamic: Optional[bool] = None) -> "WanActionPipeline":
         """torch.compile each DiT block and the controller's injection methods, in place. Compilation happens on
         the first call of each shape: warm up before serving (``server.engine.warm_up``)."""
-        for block in self.dit.blocks:
-            block.compile(mode=mode, dynamic=dynamic)  # blocks share one graph: parameters are graph inputs
-        controller = self.action_controller
-        if controller is not None:
-            # Instance attributes shadow the methods model_fn calls; block_idx becomes a dynamic int after one
-            # recompile, so 30 blocks do not exhaust the recompile limit.
-            for name in ("apply_action", "add_to_tmod"):
-                setattr(controller, name, torch.compile(getattr(controller, name), mode=mode, dynamic=dynamic))
+        compile_dit_and_controller(self.dit, self.action_controller, mode=mode, dynamic=dynamic)
         self.compiled = True
         return self
+
+
+def compile_dit_and_controller(dit=None, controller=None, mode: str = "default", dynamic: Optional[bool] = None) -> None:
+    """torch.compile each DiT block and the controller's injection methods, in place (also used by the bench)."""
+    for block in (dit.blocks if dit is not None else ()):
+        block.compile(mode=mode, dynamic=dynamic)  # blocks share one graph: parameters are graph inputs
+    if controller is not None:
+        # Instance attributes shadow the methods model_fn calls; block_idx becomes a dynamic int after one
+        # recompile, so 30 blocks do not exhaust the recompile limit.
+        for name in ("apply_action", "add_to_tmod"):
+            setattr(controller, name, torch.compile(getattr(controller, name), mode=mode, dynamic=dynamic))

@@ -314,6 +314,8 @@ def parse_args(argv):
     gen.add_argument("--flights", nargs="+", help="suite flights to run (default: all of training.eval_suite.SUITE)")
     gen.add_argument("--steps", type=int, help="denoising steps (default 2 tiny, 30)")
     gen.add_argument("--cfg_scale", type=float, help="default 1.0 tiny, 5.0")
+    gen.add_argument("--action_guidance", type=float,
+                     help="hover + g * (commanded - hover) per step (default: the world's serve.json, else 1 = off)")
     gen.add_argument("--device", help="default cuda when available")
     gen.add_argument("--torch_dtype", choices=["bfloat16", "float16", "float32"], help="default float32 tiny, bf16")
     gen.add_argument("--fps", type=float, default=24.0, help="fps of the saved generated clips")

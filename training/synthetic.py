@@ -140,23 +140,26 @@ def fly(actions, start: DroneState | None = None) -> tuple[np.ndarray, np.ndarra
 
 
 def random_actions(num_steps: int, rng: np.random.Generator, max_pitch_deg: float = MAX_PITCH_DEG,
-                   start_pitch_deg: float = 0.0, speed: float = 1.0) -> np.ndarray:
+                   start_pitch_deg: float = 0.0, speed: float = 1.0, move_speed: float | None = None) -> np.ndarray:
     """A random (T,2,8) flight: segments of 1..MAX_SEGMENT intervals of hovers, single actions and combos.
     ``speed`` multiplies TRANSLATION_RANGE and ROTATION_RANGE (the toy world flies faster than Sekai so that
-    motion is visible at 128x128; see docs/toyworld.md).
+    motion is visible at 128x128; see docs/toyworld.md); ``move_speed``, when given, multiplies
+    TRANSLATION_RANGE instead (translations then scale apart from turns).
 
     A pitch that would leave +-max_pitch_deg is reversed for the rest of its segment instead of shrunk, so every
     flown magnitude stays in ROTATION_RANGE (a tiny clipped pitch would be invisible to a converter).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if not (np.isfinite(speed) and 0 < speed <= 10):
-        raise ValueError(f"speed must be in (0, 10], got {speed}")
+    for name, value in (("speed", speed), ("move_speed", speed if move_speed is None else move_speed)):
+        if not (np.isfinite(value) and 0 < value <= 10):
+            raise ValueError(f"{name} must be in (0, 10], got {value}")
     actions = np.zeros((num_steps, 2, NUM_ACTIONS), dtype=np.float64)
     kinds, weights = zip(*SEGMENTS)
     step, pitch = 0, float(start_pitch_deg)
     while step < num_steps:
-        magnitudes = _segment(rng, kinds[rng.choice(len(kinds), p=np.asarray(weights) / sum(weights))], speed)
+        kind = kinds[rng.choice(len(kinds), p=np.asarray(weights) / sum(weights))]
+        magnitudes = _segment(rng, kind, speed, speed if move_speed is None else move_speed)
         for _ in range(int(rng.integers(1, MAX_SEGMENT + 1))):
             if step == num_steps:
                 break
@@ -173,13 +176,14 @@ def random_actions(num_steps: int, rng: np.random.Generator, max_pitch_deg: floa
     return actions
 
 
-def _segment(rng: np.random.Generator, kind: str, speed: float = 1.0) -> dict[str, float]:
-    """Magnitudes {action name: value} of one segment kind, ranges scaled by ``speed``."""
+def _segment(rng: np.random.Generator, kind: str, speed: float = 1.0, move_speed: float = 1.0) -> dict[str, float]:
+    """Magnitudes {action name: value} of one segment kind: turns scaled by ``speed``, translations by
+    ``move_speed``."""
     def pick(*names):
         return names[rng.integers(len(names))]
 
     def move():
-        return speed * float(rng.uniform(*TRANSLATION_RANGE))
+        return move_speed * float(rng.uniform(*TRANSLATION_RANGE))
 
     def turn():
         return speed * float(rng.uniform(*ROTATION_RANGE))
@@ -191,7 +195,7 @@ def _segment(rng: np.random.Generator, kind: str, speed: float = 1.0) -> dict[st
         return {name: move() if name in TRANSLATIONS else turn()}
     if kind == "diagonal":
         first = move()
-        second = float(np.clip(first * rng.uniform(0.75, 1.33), *(speed * np.asarray(TRANSLATION_RANGE))))
+        second = float(np.clip(first * rng.uniform(0.75, 1.33), *(move_speed * np.asarray(TRANSLATION_RANGE))))
         return {pick("Forward", "Back"): first, pick("Left", "Right"): second}
     names = {"forward+yaw": ("Forward", "yaw"), "forward+pitch": ("Forward", "pitch"), "move+yaw": ("move", "yaw"),
              "yaw+pitch": ("yaw", "pitch"), "forward+yaw+pitch": ("Forward", "yaw", "pitch")}[kind]
@@ -240,12 +244,12 @@ def _check_size(height: int, width: int) -> None:
 
 
 def render_random_flight(seed: int, index: int, frames: int, height: int, width: int, speed: float = 1.0,
-                         tilt_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+                         tilt_deg: float = 0.0, move_speed: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Flight ``index`` of the dataset of ``seed``: frames ``(N, H, W, 3)`` uint8, camera-to-world ``(N, 4, 4)``,
     the actions flown ``(T, 2, 8)`` and the scene's prompt. An independent random stream per clip, so clips are
     reproducible one by one."""
     rng = np.random.default_rng([seed, index])
-    actions = random_actions(num_actions_for_frames(frames), rng, speed=speed)
+    actions = random_actions(num_actions_for_frames(frames), rng, speed=speed, move_speed=move_speed)
     scene_seed = int(rng.integers(2 ** 31))
     start = DroneState(heading_deg=float(rng.uniform(-180.0, 180.0)), tilt_deg=tilt_deg)  # varied sun direction
     poses, flown = fly(actions, start)

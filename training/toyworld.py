@@ -41,14 +41,15 @@ SERVE_SAMPLE = f"synthetic-{SERVE_SAMPLE_INDEX + 1}"  # written by ``training.to
 
 # ---- data ----------------------------------------------------------------------------------------------------
 def render_clips(seed: int, start: int, count: int, frames: int, height: int, width: int, progress: bool = True,
-                 speed: float = 1.0):
+                 speed: float = 1.0, move_speed: float | None = None):
     """Clips ``start..start+count`` of the synthetic flights of ``seed`` (``training.synthetic.render_random_flight``,
     as the dataset's clips, without mp4): frames uint8 (count, F, H, W, 3), flown actions (count, T, 2, 8), prompts."""
     from tqdm import tqdm
     from training.synthetic import render_random_flight
     videos, actions, prompts = [], [], []
     for index in tqdm(range(start, start + count), desc="render", unit="clip", disable=not progress):
-        video, _, flown, prompt = render_random_flight(seed, index, frames, height, width, speed=speed)
+        video, _, flown, prompt = render_random_flight(seed, index, frames, height, width, speed=speed,
+                                                       move_speed=move_speed)
         videos.append(video)
         actions.append(flown.astype(np.float32))
         prompts.append(prompt)
@@ -57,13 +58,14 @@ def render_clips(seed: int, start: int, count: int, frames: int, height: int, wi
 
 def load_or_render(out: str, a) -> dict:
     path = os.path.join(out, DATA_FILE)
-    key = json.dumps([a.seed, a.clips, a.holdout, a.frames, a.height, a.width, a.speed])
+    key = [a.seed, a.clips, a.holdout, a.frames, a.height, a.width, a.speed]
+    key = json.dumps(key if a.move_speed is None else key + [a.move_speed])  # the committed world's key is unchanged
     if os.path.isfile(path):
         data = np.load(path, allow_pickle=False)
         if str(data["key"]) == key:
             return {name: data[name] for name in data.files}
-    train = render_clips(a.seed, 0, a.clips, a.frames, a.height, a.width, a.progress, a.speed)
-    held = render_clips(a.seed, 10 ** 6, a.holdout, a.frames, a.height, a.width, a.progress, a.speed)
+    train = render_clips(a.seed, 0, a.clips, a.frames, a.height, a.width, a.progress, a.speed, a.move_speed)
+    held = render_clips(a.seed, 10 ** 6, a.holdout, a.frames, a.height, a.width, a.progress, a.speed, a.move_speed)
     data = {"frames": train[0], "actions": train[1], "prompts": np.array(train[2]), "held_frames": held[0],
             "held_actions": held[1], "held_prompts": np.array(held[2]), "key": np.array(key)}
     tmp = path + ".tmp.npz"
@@ -232,7 +234,7 @@ class ToyRun:
     def run(self) -> dict:
         from .toyworld_stages import DecoderStage, DitStage, VaeStage, encode_clips, reconstruction_psnr
         a = self.a
-        vae_stage = VaeStage(self.pipe.vae)
+        vae_stage = VaeStage(self.pipe.vae, a.vae_motion_weight)
         self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         dit_stage = DitStage(self.pipe, self.controller, a.cond_noise)
         plan = self.plan(vae_stage, dit_stage)
@@ -251,7 +253,7 @@ class ToyRun:
             self.save_state()
         if self.state["stage"] == "decoder" and not a.export_only:
             if plan["decoder_steps"]:
-                self.run_stage("decoder", DecoderStage(self.pipe.vae), lambda s: self._vae_batch(s, stage=4),
+                self.run_stage("decoder", DecoderStage(self.pipe.vae, a.vae_motion_weight), lambda s: self._vae_batch(s, stage=4),
                                plan["decoder_steps"], a.decoder_lr)
                 self.pipe.vae.model.eval().requires_grad_(False)
             self.state.update(stage="done", step=plan["dit_steps"])
@@ -320,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=5, help="4k+1 frames per clip")
     p.add_argument("--speed", type=float, default=5.0,
                    help="multiplies the synthetic flights' translation and rotation ranges")
+    p.add_argument("--move_speed", type=float, default=None,
+                   help="multiplies the translation ranges instead of --speed (default: --speed)")
     p.add_argument("--clips", type=int, default=1280)
     p.add_argument("--holdout", type=int, default=32)
     p.add_argument("--vae_dim", type=int, default=8)
@@ -338,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cond_noise", type=float, default=0.0,
                    help="max std of the noise added to the first frame's latent in DiT training (0 = clean)")
     p.add_argument("--vae_lr", type=float, default=1e-3)
+    p.add_argument("--vae_motion_weight", type=float, default=0.0,
+                   help="weight of the L1 loss on frame-to-frame differences (VAE and decoder stages)")
     p.add_argument("--dit_lr", type=float, default=1e-3)
     p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
@@ -357,6 +363,8 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     if a.cond_noise < 0:
         parser.error(f"--cond_noise must be >= 0 (a noise std), got {a.cond_noise}")
+    if a.vae_motion_weight < 0:
+        parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
     if a.threads:
         torch.set_num_threads(a.threads)
     num_actions_for_frames(a.frames)

@@ -47,11 +47,21 @@ class StepBatches:
         return batch
 
 
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, motion_weight: float = 0.0) -> torch.Tensor:
+    """MSE + 0.5 L1 on (B, 3, F, H, W) videos, plus ``motion_weight`` x L1 on their frame-to-frame differences:
+    a decoder that makes one blurry average of a latent frame's 4 frames loses the motion the evaluation reads."""
+    loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+    if motion_weight > 0 and x.shape[2] > 1:
+        loss = loss + motion_weight * F.l1_loss(recon.diff(dim=2), x.diff(dim=2))  # (B, 3, F-1, H, W) each
+    return loss
+
+
 class VaeStage(torch.nn.Module):
-    def __init__(self, vae):
+    def __init__(self, vae, motion_weight: float = 0.0):
         super().__init__()
         self.vae = vae  # the WanVideoVAE38 wrapper: .model is trained, .scale normalises
         self.model = vae.model
+        self.motion_weight = motion_weight
         self.model.train().requires_grad_(True)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,15 +72,15 @@ class VaeStage(torch.nn.Module):
         recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)
         moments = z.transpose(0, 1).flatten(1)  # (48, B*f*h*w)
         reg = moments.mean(1).pow(2).mean() + (moments.std(1) - 1.0).pow(2).mean()
-        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + MOMENT_WEIGHT * reg
+        return reconstruction_loss(recon, x, self.motion_weight) + MOMENT_WEIGHT * reg
 
 
 class DecoderStage(VaeStage):
     """The VAE decoder alone (``conv2`` + ``decoder``) fine-tuned for reconstruction after the DiT stage: the
     encoder, hence the latent space the DiT learned, stays as it was, so only the picture gets sharper."""
 
-    def __init__(self, vae):
-        super().__init__(vae)
+    def __init__(self, vae, motion_weight: float = 0.0):
+        super().__init__(vae, motion_weight)
         self.model.requires_grad_(False)
         for part in (self.model.conv2, self.model.decoder):
             part.requires_grad_(True)
@@ -79,7 +89,7 @@ class DecoderStage(VaeStage):
         with torch.no_grad():
             z = self.encode(x)  # (B, 48, f, h, w)
         recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)  # (B, 3, F, H, W)
-        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+        return reconstruction_loss(recon, x, self.motion_weight)
 
 
 class DitStage(torch.nn.Module):
