@@ -45,6 +45,7 @@ class Settings:
     fps: Optional[int] = None
     steps: Optional[int] = None
     cfg_scale: Optional[float] = None
+    action_guidance: Optional[float] = None  # >= 1: amplify what the actions change (1 = off)
     max_steps: int = 50
     preset: Optional[str] = None  # a name in PRESETS: fills the generation fields above that are left at None
     # speed

@@ -1,6 +1,7 @@
 """server.worlds: a small-world folder's serve.json (size, chunk, banner line, first frame) and its checks."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ def world_folder(tmp_path):
     save_action_artifacts(str(tmp_path), controller, ArtifactConfig(action_controller_config={}, base_model_id="t",
                                                                      action_stats=stats))
     hints = {"height": 32, "width": 64, "chunk_frames": 5, "fps": 12, "steps": 1, "prompt": "a drone over sand",
-             "sample": "sand-dunes", "weights": "test world line", "unknown_field": 1}
+             "sample": "sand-dunes", "weights": "test world line", "action_guidance": 2.0, "unknown_field": 1}
     (tmp_path / "serve.json").write_text(json.dumps(hints))
     return tmp_path
 
@@ -35,6 +36,33 @@ def test_folder_world_takes_its_serve_hints(world_folder):
     assert summary["sample"] == "sand-dunes" and summary["weights"] == "test world line"
     assert summary["prompt"] == "a drone over sand" and summary["random_weights"] is False
     assert summary["full_scale"][0] == pytest.approx(0.07)  # a held Forward key sends the stats' p90
+    assert summary["action_guidance"] == 2.0
+
+
+def test_generator_passes_the_worlds_action_guidance_with_actions_only(world_folder):
+    from PIL import Image
+
+    from server.generators import GenRequest, PipelineGenerator
+    threads = torch.get_num_threads()
+    try:
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1, action_guidance=3.0))
+    finally:
+        torch.set_num_threads(threads)
+    generator = PipelineGenerator(world)
+    request = GenRequest(prompt="p", image=Image.new("RGB", (64, 32)), actions=np.zeros((1, 2, 8)), num_frames=5,
+                         steps=1, seed=0, cfg_scale=1.0)
+    assert generator._pipe_kwargs(request)["action_guidance"] == 3.0  # the setting overrides serve.json's 2.0
+    request.actions = None
+    assert generator._pipe_kwargs(request)["action_guidance"] == 1.0
+
+
+def test_a_bad_action_guidance_is_refused_by_name(world_folder):
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="action_guidance must be a number >= 1"):
+            load_world(Settings(world=str(world_folder), gradio=False, threads=1, action_guidance=0.5))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_folder_world_naming_a_missing_sample_is_refused(world_folder):

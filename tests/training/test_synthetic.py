@@ -120,6 +120,20 @@ def test_speed_scales_the_magnitude_ranges_and_keeps_the_mix():
             random_actions(4, np.random.default_rng(0), speed=bad)
 
 
+def test_move_speed_scales_only_the_translations():
+    base = np.concatenate([random_actions(20, np.random.default_rng([4, k]), speed=5.0) for k in range(20)])
+    moved = np.concatenate([random_actions(20, np.random.default_rng([4, k]), speed=5.0, move_speed=10.0)
+                            for k in range(20)])
+    translations = [ACTION_NAMES.index(n) for n in ("Forward", "Back", "Left", "Right")]
+    turns = [i for i in range(len(ACTION_NAMES)) if i not in translations]
+    assert np.array_equal(moved[:, 0], base[:, 0])  # the same flights: which keys are held is unchanged
+    assert np.array_equal(moved[:, 1, turns], base[:, 1, turns])
+    assert np.allclose(moved[:, 1, translations], 2.0 * base[:, 1, translations])
+    assert base[:, 1, translations].max() > 0
+    with pytest.raises(ValueError, match="move_speed"):
+        random_actions(4, np.random.default_rng(0), speed=5.0, move_speed=0.0)
+
+
 def test_clamp_pitch_stops_at_the_limit():
     flown = clamp_pitch(actions_of(*[{"Pitch Up": 2.0}] * 20))
     assert np.isclose(flown[:, 1, I["Pitch Up"]].sum(), MAX_PITCH_DEG)

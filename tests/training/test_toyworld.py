@@ -123,11 +123,26 @@ def test_cond_noise_perturbs_only_the_first_frame_and_zero_keeps_it_clean(monkey
     assert (deviation > 0).all() and (deviation < 0.5 * 1.2).all()
 
 
-def test_a_negative_cond_noise_is_refused_by_name(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--cond_noise", "--vae_motion_weight"])
+def test_a_negative_weight_is_refused_by_name(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as exit_:
-        toyworld.main(_tiny_recipe(str(tmp_path), "--cond_noise", "-0.1"))
-    assert exit_.value.code == 2 and "--cond_noise must be >= 0" in capsys.readouterr().err
+        toyworld.main(_tiny_recipe(str(tmp_path), option, "-0.1"))
+    assert exit_.value.code == 2 and f"{option} must be >= 0" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))  # refused before any work
+
+
+def test_motion_loss_penalises_a_static_reconstruction_and_not_a_moving_one():
+    """--vae_motion_weight: a decoder that blurs a latent frame's 4 frames into one still picture pays for the
+    lost frame-to-frame change; a reconstruction off by a constant (same motion) pays only the pixel loss."""
+    from training.toyworld_stages import reconstruction_loss
+    x = torch.rand(2, 3, 5, 16, 16) * 2 - 1  # (B, 3, F, H, W)
+    static = x[:, :, :1].expand_as(x).clone()  # every frame = the first
+    shifted = x + 0.1
+    assert reconstruction_loss(x, x, 2.0) == 0
+    pixel_only = reconstruction_loss(static, x, 0.0)
+    motion = torch.nn.functional.l1_loss(static.diff(dim=2), x.diff(dim=2))
+    assert torch.isclose(reconstruction_loss(static, x, 2.0), pixel_only + 2.0 * motion)
+    assert torch.isclose(reconstruction_loss(shifted, x, 2.0), reconstruction_loss(shifted, x, 0.0))
 
 
 def test_committed_toy_world_loads_and_generates():
