@@ -297,6 +297,8 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="--synthetic flights / --generate noise and scenes")
     parser.add_argument("--num_frames", type=int, help="frames per clip (4k+1; default 33 synthetic, 17 tiny, 81)")
     parser.add_argument("--speed", type=float, default=1.0, help="--synthetic: scale of the flights' magnitudes")
+    parser.add_argument("--through_vae", metavar="WORLD",
+                        help="--synthetic: also score the flights encoded and decoded by this small world's VAE")
     parser.add_argument("--height", type=int, help="default 96 synthetic, 64 tiny, 480")
     parser.add_argument("--width", type=int, help="default 96 synthetic, 64 tiny, 832")
     gen = parser.add_argument_group("--generate")
@@ -347,6 +349,8 @@ def entry_labels(args, defaults: list[str]) -> list[str]:
 def build_entries(args, settings) -> tuple[list[dict], list[str]]:
     """(entries, notes) of the chosen input mode."""
     limit = (lambda clips: clips[:args.max_clips]) if args.max_clips else (lambda clips: clips)
+    if args.through_vae and args.synthetic is None:
+        raise ValueError("--through_vae needs --synthetic N")
     if args.csv:
         labels = entry_labels(args, [Path(f).stem for f in args.csv])
         return [evaluate_clips(limit(load_csv(f, args.base_path)), settings, label, f"csv: {f}", progress=True)
@@ -363,8 +367,14 @@ def build_entries(args, settings) -> tuple[list[dict], list[str]]:
         num_actions_for_frames_checked(frames)
         clips = synthetic_flights(args.synthetic, args.seed, frames, args.height or 96, args.width or 96, progress=True,
                                   speed=args.speed)
-        return [evaluate_clips(clips, settings, entry_labels(args, ["synthetic"])[0],
-                               f"training.synthetic flights, seed {args.seed}", progress=True)], []
+        entries = [evaluate_clips(clips, settings, entry_labels(args, ["synthetic"])[0],
+                                  f"training.synthetic flights, seed {args.seed}", progress=True)]
+        if args.through_vae:  # what the world's VAE keeps of the motion: its generated suite's ceiling
+            from training.vae_roundtrip import roundtrip_clips
+            entries.append(evaluate_clips(roundtrip_clips(clips, args.through_vae, progress=True), settings,
+                                          "through VAE", f"the same flights through {args.through_vae}'s VAE",
+                                          progress=True))
+        return entries, []
     from training.eval_suite import generate_entries
     return generate_entries(args, settings)
 

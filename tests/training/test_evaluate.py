@@ -119,6 +119,25 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
     assert "--shuffled needs at least 2 --flights" in capsys.readouterr().err
     assert main(["--generate", "--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "has no world_config.json" in capsys.readouterr().err
+    assert main(["--csv", str(tmp_path / "x.csv"), "--through_vae", "worlds/toy", "--out", str(tmp_path / "o")]) == 2
+    assert "--through_vae needs --synthetic N" in capsys.readouterr().err
+
+
+def test_through_vae_scores_the_same_flights_after_the_worlds_vae(tmp_path):
+    """--synthetic N --through_vae DIR: a second entry, the same flights encoded and decoded by the world's VAE
+    (the ceiling of what a world with that VAE can show); the round trip keeps shapes and changes pixels."""
+    from training.vae_roundtrip import load_world_vae, roundtrip
+    out = tmp_path / "ceiling"
+    assert main(["--synthetic", "2", "--num_frames", "5", "--height", "128", "--width", "128", "--speed", "5",
+                 "--flow_stride", "1", "--through_vae", "worlds/toy", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [entry["label"] for entry in report["entries"]] == ["synthetic", "through VAE"]
+    assert [entry["metrics"]["intervals"] for entry in report["entries"]] == [2, 2]
+    clip = synthetic_flights(1, seed=0, frames=5, height=128, width=128, speed=5)[0]["frames"]
+    back = roundtrip(load_world_vae("worlds/toy"), clip)
+    assert back.shape == clip.shape and back.dtype == np.uint8
+    error = np.abs(back.astype(float) - clip).mean()
+    assert 1 < error < 40  # a lossy but faithful picture (the toy VAE: ~22 dB)
 
 
 def test_suite_flights():
