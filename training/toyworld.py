@@ -305,7 +305,8 @@ class ToyRun:
             action_stats=compute_action_stats(list(self.data["actions"])), training={"recipe": recipe}))
         write_json_atomic(os.path.join(self.out, "serve.json"), {
             "height": a.height, "width": a.width, "chunk_frames": a.frames, "fps": a.serve_fps, "steps": a.serve_steps,
-            "cfg_scale": 1.0, "prompt": sample_scene(SERVE_SAMPLE_INDEX, a.height, a.width)[1],
+            "cfg_scale": 1.0, "action_guidance": a.serve_guidance,
+            "prompt": sample_scene(SERVE_SAMPLE_INDEX, a.height, a.width)[1],
             "sample": SERVE_SAMPLE, "autoregressive": True,  # trained on chunk-length clips only
             "weights": f"toy world, the Wan2.2-TI2V architecture trained from scratch on synthetic flights "
                        f"({a.height}x{a.width}, {a.frames}-frame chunks; docs/toyworld.md)"})
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cond_noise", type=float, default=0.0,
                    help="max std of the noise added to the first frame's latent in DiT training (0 = clean)")
     p.add_argument("--vae_lr", type=float, default=1e-3)
-    p.add_argument("--vae_motion_weight", type=float, default=0.0,
+    p.add_argument("--vae_motion_weight", type=float, default=1.0,
                    help="weight of the L1 loss on frame-to-frame differences (VAE and decoder stages)")
     p.add_argument("--dit_lr", type=float, default=1e-3)
     p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
@@ -350,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_steps", type=int, default=100)
     p.add_argument("--serve_steps", type=int, default=4, help="denoising steps the server uses (serve.json)")
     p.add_argument("--serve_fps", type=int, default=8, help="playback fps the server uses (serve.json)")
+    p.add_argument("--serve_guidance", type=float, default=3.0,
+                   help="action guidance the server uses (serve.json; >= 1, 1 = off; see models.pipeline)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--no_progress", dest="progress", action="store_false")
     p.add_argument("--export_only", action="store_true",
@@ -363,6 +366,8 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     if a.cond_noise < 0:
         parser.error(f"--cond_noise must be >= 0 (a noise std), got {a.cond_noise}")
+    if not a.serve_guidance >= 1:  # NaN too
+        parser.error(f"--serve_guidance must be >= 1 (1 = off), got {a.serve_guidance}")
     if a.vae_motion_weight < 0:
         parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
     if a.threads:
