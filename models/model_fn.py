@@ -79,10 +79,25 @@ def _expand_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     return tensor.expand(batch, *tensor.shape[1:])
 
 
-def model_fn_action_guided(action_guidance: float, latents, context, action_binary, action_magnitude, **kwargs):
+def rescale_guided(guided: torch.Tensor, commanded: torch.Tensor, rescale: float,
+                   skip_first_frame: bool) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, "Common diffusion noise schedules and sample steps are flawed"): blend by
+    ``rescale`` towards the guided prediction scaled to the commanded one's standard deviation. Unscaled, g > 1
+    inflates each step's contrast, which an autoregressive flight compounds into over-saturated stripes. The fused
+    first frame (TI2V) is the clean image, its prediction discarded, so it does not count."""
+    frames = slice(1, None) if skip_first_frame and guided.shape[2] > 1 else slice(None)
+    dims = (1, 2, 3, 4)
+    std_commanded = commanded[:, :, frames].std(dim=dims, keepdim=True)  # (B, 1, 1, 1, 1)
+    std_guided = guided[:, :, frames].std(dim=dims, keepdim=True).clamp_min(1e-12)  # (B, 1, 1, 1, 1)
+    return rescale * guided * (std_commanded / std_guided) + (1 - rescale) * guided  # (B, C, F, H, W)
+
+
+def model_fn_action_guided(action_guidance: float, latents, context, action_binary, action_magnitude,
+                           action_guidance_rescale: float = 0.0, **kwargs):
     """Action guidance: ``hover + g * (commanded - hover)``, both predictions in one batched forward. Hovering
     (all actions off) is an action every training flight mix contains, so it serves as the unconditional branch
-    of classifier-free guidance without training a null action; g > 1 amplifies what the actions change."""
+    of classifier-free guidance without training a null action; g > 1 amplifies what the actions change.
+    ``action_guidance_rescale`` in [0, 1] then pulls the result's contrast back (``rescale_guided``; 0 = off)."""
     batch = max(latents.shape[0], context.shape[0])  # cfg_merge: one latent, two prompts
     binary = _expand_batch(action_binary, batch, "actions")  # (B, T, A)
     magnitude = _expand_batch(action_magnitude, batch, "actions")  # (B, T, A)
@@ -92,16 +107,21 @@ def model_fn_action_guided(action_guidance: float, latents, context, action_bina
         action_binary=torch.cat([binary, torch.zeros_like(binary)]),  # (2B, T, A): commanded, then hover
         action_magnitude=torch.cat([magnitude, torch.zeros_like(magnitude)]), **kwargs)  # (2B, C, F, H, W)
     commanded, hover = both.chunk(2)  # (B, C, F, H, W) each
-    return hover + action_guidance * (commanded - hover)  # (B, C, F, H, W)
+    guided = hover + action_guidance * (commanded - hover)  # (B, C, F, H, W)
+    if action_guidance_rescale == 0.0:
+        return guided
+    return rescale_guided(guided, commanded, action_guidance_rescale,
+                          skip_first_frame=kwargs.get("fuse_vae_embedding_in_latents", False))
 
 
 def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None, context=None,
                         action_binary=None, action_magnitude=None, fuse_vae_embedding_in_latents: bool = False,
                         use_gradient_checkpointing: bool = False, use_gradient_checkpointing_offload: bool = False,
-                        action_guidance: float = 1.0, **kwargs):
+                        action_guidance: float = 1.0, action_guidance_rescale: float = 0.0, **kwargs):
     if action_binary is not None and action_guidance != 1.0:
         return model_fn_action_guided(
-            action_guidance, latents, context, action_binary, action_magnitude, dit=dit,
+            action_guidance, latents, context, action_binary, action_magnitude,
+            action_guidance_rescale=action_guidance_rescale, dit=dit,
             action_controller=action_controller, timestep=timestep,
             fuse_vae_embedding_in_latents=fuse_vae_embedding_in_latents,
             use_gradient_checkpointing=use_gradient_checkpointing,

@@ -57,6 +57,13 @@ def check_action_guidance(value) -> float:
     return float(value)
 
 
+def check_action_guidance_rescale(value) -> float:
+    """``action_guidance_rescale`` must be a number in [0, 1] (0 = off); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails too
+        raise ValueError(f"action_guidance_rescale must be a number in [0, 1] (0 = off), got {value!r}")
+    return float(value)
+
+
 def find_missing_model_files(model_dir: str) -> list[str]:
     missing = []
     for role, pattern in MODEL_DIR_LAYOUT.items():
@@ -182,13 +189,15 @@ class WanActionPipeline(WanVideoPipeline):
 
     @torch.no_grad()
     def __call__(self, *args, actions=None, action_binary=None, action_magnitude=None, action_guidance=1.0,
-                 **kwargs):
+                 action_guidance_rescale=0.0, **kwargs):
         """The stock call plus actions; ``action_guidance`` g > 1 generates ``hover + g * (commanded - hover)``
-        (one batched DiT forward of twice the batch per step; 1 = off)."""
+        (one batched DiT forward of twice the batch per step; 1 = off); ``action_guidance_rescale`` in [0, 1]
+        pulls the guided prediction back to the commanded one's standard deviation (0 = off)."""
         height, width = kwargs.get("height", 480), kwargs.get("width", 832)
         num_frames = kwargs.get("num_frames", 81)
         self.check_shape(height, width, num_frames)
         check_action_guidance(action_guidance)
+        check_action_guidance_rescale(action_guidance_rescale)
         binary, magnitude = self.resolve_actions(num_frames, actions, action_binary, action_magnitude)
         if binary is None:
             if action_guidance != 1.0:
@@ -196,7 +205,8 @@ class WanActionPipeline(WanVideoPipeline):
             return super().__call__(*args, **kwargs)
         stock_model_fn = self.model_fn
         self.model_fn = functools.partial(stock_model_fn, action_binary=binary, action_magnitude=magnitude,
-                                          action_guidance=float(action_guidance))
+                                          action_guidance=float(action_guidance),
+                                          action_guidance_rescale=float(action_guidance_rescale))
         try:
             return super().__call__(*args, **kwargs)
         finally:

@@ -17,7 +17,7 @@ import time
 from .settings import Settings
 
 WORLD_OPTIONS = ("world", "model_dir", "artifacts", "device", "dtype", "world_seed", "threads", "height", "width",
-                 "fps", "steps", "cfg_scale", "action_guidance", "web_dir")
+                 "fps", "steps", "cfg_scale", "action_guidance", "action_guidance_rescale", "web_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:

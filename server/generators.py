@@ -72,7 +72,9 @@ class PipelineGenerator(Generator):
         return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, input_image=request.image,
                     actions=actions, height=world.height, width=world.width, num_frames=request.num_frames,
                     num_inference_steps=request.steps, seed=request.seed, cfg_scale=request.cfg_scale,
-                    action_guidance=world.action_guidance if actions is not None else 1.0, tiled=world.tiled,
+                    action_guidance=world.action_guidance if actions is not None else 1.0,
+                    action_guidance_rescale=world.action_guidance_rescale if actions is not None else 0.0,
+                    tiled=world.tiled,
                     output_type="floatpoint", progress_bar_cmd=steps)
 
     def generate(self, request: GenRequest, progress=None) -> np.ndarray:

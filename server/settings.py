@@ -46,6 +46,7 @@ class Settings:
     steps: Optional[int] = None
     cfg_scale: Optional[float] = None
     action_guidance: Optional[float] = None  # >= 1: amplify what the actions change (1 = off)
+    action_guidance_rescale: Optional[float] = None  # 0..1: keep guided steps' contrast (0 = off)
     max_steps: int = 50
     preset: Optional[str] = None  # a name in PRESETS: fills the generation fields above that are left at None
     # speed
@@ -86,6 +87,12 @@ class Settings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.action_guidance is not None or self.action_guidance_rescale is not None:
+            from models.pipeline import check_action_guidance, check_action_guidance_rescale  # the rules live there
+            if self.action_guidance is not None:
+                check_action_guidance(self.action_guidance)
+            if self.action_guidance_rescale is not None:
+                check_action_guidance_rescale(self.action_guidance_rescale)
         if self.token == "":
             self.token = None
         if self.preset is not None:

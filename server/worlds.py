@@ -23,8 +23,8 @@ from .settings import Settings
 
 log = logging.getLogger("wanfly.worlds")
 SERVE_HINTS = "serve.json"
-HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "action_guidance", "prompt", "sample",
-               "weights", "autoregressive")
+HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "action_guidance",
+               "action_guidance_rescale", "prompt", "sample", "weights", "autoregressive")
 
 
 @dataclass
@@ -40,6 +40,7 @@ class World:
     steps: int
     cfg_scale: float
     action_guidance: float = 1.0  # hover + g * (commanded - hover) per step (models.pipeline); 1 = off
+    action_guidance_rescale: float = 0.0  # pull the guided step back to the commanded one's std; 0 = off
     prompt: str = "a drone flies over green hills under a blue sky"
     sample: Optional[str] = None  # the bundled first frame the UI offers first (None = the first sample)
     autoregressive: bool = False  # trained on chunk-length clips: longer jobs are made chunk by chunk, as flights
@@ -181,14 +182,15 @@ def load_world(settings: Settings) -> World:
     if not world.controller:
         world.weights += " (no action controller: input does not steer)"
     overrides = {name: getattr(settings, name) for name in ("height", "width", "chunk_frames", "fps", "steps",
-                                                            "cfg_scale", "action_guidance") if getattr(settings, name) is not None}
+                                                            "cfg_scale", "action_guidance", "action_guidance_rescale")
+                 if getattr(settings, name) is not None}
     world = replace(world, **overrides)
     world.full_scale, world.full_scale_source = full_scale_from_stats(getattr(pipe, "action_stats", None))
     check_world(world, settings)
     pipe.prompt_cache_size = max(getattr(pipe, "prompt_cache_size", 8), 2 * (settings.max_sessions + settings.max_waiting) + 4)
-    log.info("world %s: %s, %dx%d, chunk %d frames at %d fps, %d steps, cfg %.1f, action guidance %.1f on %s",
-             world.name, world.weights, world.width, world.height, world.chunk_frames, world.fps, world.steps,
-             world.cfg_scale, world.action_guidance, device)
+    log.info("world %s: %s, %dx%d, chunk %d frames at %d fps, %d steps, cfg %.1f, action guidance %.1f "
+             "(rescale %.2f) on %s", world.name, world.weights, world.width, world.height, world.chunk_frames,
+             world.fps, world.steps, world.cfg_scale, world.action_guidance, world.action_guidance_rescale, device)
     return world
 
 
@@ -202,8 +204,9 @@ def check_world(world: World, settings: Settings) -> None:
         raise ValueError(f"fps must be in 1..120, got {world.fps}")
     if not 1 <= world.steps <= settings.max_steps:
         raise ValueError(f"steps must be in 1..{settings.max_steps}, got {world.steps}")
-    from models.pipeline import check_action_guidance
+    from models.pipeline import check_action_guidance, check_action_guidance_rescale
     check_action_guidance(world.action_guidance)
+    check_action_guidance_rescale(world.action_guidance_rescale)
     if world.sample is not None:
         from .images import list_samples
         samples = list_samples(settings.web_dir)
@@ -218,7 +221,7 @@ def world_summary(world: Optional[World]) -> dict:
     return {"name": world.name, "weights": world.weights, "random_weights": world.random_weights,
             "controller": world.controller, "height": world.height, "width": world.width, "fps": world.fps,
             "chunk_frames": world.chunk_frames, "steps": world.steps, "cfg_scale": world.cfg_scale,
-            "action_guidance": world.action_guidance,
+            "action_guidance": world.action_guidance, "action_guidance_rescale": world.action_guidance_rescale,
             "prompt": world.prompt, "sample": world.sample, "autoregressive": world.autoregressive,
             "full_scale": list(world.full_scale),
             "full_scale_source": world.full_scale_source, "max_frames": world.max_frames}

@@ -318,6 +318,9 @@ def parse_args(argv):
     gen.add_argument("--cfg_scale", type=float, help="default 1.0 tiny, 5.0")
     gen.add_argument("--action_guidance", type=float,
                      help="hover + g * (commanded - hover) per step (default: the world's serve.json, else 1 = off)")
+    gen.add_argument("--action_guidance_rescale", type=float,
+                     help="0..1: pull each guided step back to the commanded prediction's std "
+                          "(default: the world's serve.json, else 0 = off)")
     gen.add_argument("--device", help="default cuda when available")
     gen.add_argument("--torch_dtype", choices=["bfloat16", "float16", "float32"], help="default float32 tiny, bf16")
     gen.add_argument("--fps", type=float, default=24.0, help="fps of the saved generated clips")

@@ -38,14 +38,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rollout(pipe, first: np.ndarray, prompt: str, actions: np.ndarray, chunk_frames: int, steps: int, seed: int,
-            cfg_scale: float = 1.0, action_guidance: float = 1.0) -> list[np.ndarray]:
+            cfg_scale: float = 1.0, action_guidance: float = 1.0,
+            action_guidance_rescale: float = 0.0) -> list[np.ndarray]:
     """The last frame (H, W, 3) uint8 of each chunk of a flight; ``actions`` (chunks * chunk_steps, 2, 8)."""
     from training.eval_suite import generate_clip
     chunk_steps = num_actions_for_frames(chunk_frames)
     image, lasts = first, []
     for number, start in enumerate(range(0, len(actions), chunk_steps)):
         frames = generate_clip(pipe, image, prompt, actions[start:start + chunk_steps], chunk_frames, steps,
-                               seed + number, cfg_scale, action_guidance=action_guidance)  # (F, H, W, 3)
+                               seed + number, cfg_scale, action_guidance=action_guidance,
+                               action_guidance_rescale=action_guidance_rescale)  # (F, H, W, 3)
         image = frames[-1]
         lasts.append(image)
     return lasts
@@ -63,7 +65,7 @@ def measure(pipe, hints: dict, chunks: int, scenes: int, seed: int = 0, flights=
         for _, first, prompt in rendered_first_frames(scenes, h, w, seed=seed):
             lasts = rollout(pipe, first, prompt, suite_actions(flight, total_steps, magnitudes), f,
                             hints.get("steps", 4), seed, hints.get("cfg_scale", 1.0),
-                            hints.get("action_guidance", 1.0))
+                            hints.get("action_guidance", 1.0), hints.get("action_guidance_rescale", 0.0))
             distances.append([palette_distance(frame, first) for frame in lasts])
             if flight == "hover":  # only hovering should keep the first frame's picture
                 psnrs.append([psnr(frame, first) for frame in lasts])

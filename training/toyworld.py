@@ -305,7 +305,7 @@ class ToyRun:
             action_stats=compute_action_stats(list(self.data["actions"])), training={"recipe": recipe}))
         write_json_atomic(os.path.join(self.out, "serve.json"), {
             "height": a.height, "width": a.width, "chunk_frames": a.frames, "fps": a.serve_fps, "steps": a.serve_steps,
-            "cfg_scale": 1.0, "action_guidance": a.serve_guidance,
+            "cfg_scale": 1.0, "action_guidance": a.serve_guidance, "action_guidance_rescale": a.serve_guidance_rescale,
             "prompt": sample_scene(SERVE_SAMPLE_INDEX, a.height, a.width)[1],
             "sample": SERVE_SAMPLE, "autoregressive": True,  # trained on chunk-length clips only
             "weights": f"toy world, the Wan2.2-TI2V architecture trained from scratch on synthetic flights "
@@ -353,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve_fps", type=int, default=8, help="playback fps the server uses (serve.json)")
     p.add_argument("--serve_guidance", type=float, default=3.0,
                    help="action guidance the server uses (serve.json; >= 1, 1 = off; see models.pipeline)")
+    p.add_argument("--serve_guidance_rescale", type=float, default=0.7,
+                   help="action guidance rescale the server uses (serve.json; 0..1, 0 = off; see models.model_fn)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--no_progress", dest="progress", action="store_false")
     p.add_argument("--export_only", action="store_true",
@@ -368,6 +370,8 @@ def main(argv=None) -> int:
         parser.error(f"--cond_noise must be >= 0 (a noise std), got {a.cond_noise}")
     if not a.serve_guidance >= 1:  # NaN too
         parser.error(f"--serve_guidance must be >= 1 (1 = off), got {a.serve_guidance}")
+    if not 0 <= a.serve_guidance_rescale <= 1:  # NaN too
+        parser.error(f"--serve_guidance_rescale must be in [0, 1] (0 = off), got {a.serve_guidance_rescale}")
     if a.vae_motion_weight < 0:
         parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
     if a.threads:

@@ -57,7 +57,9 @@ async function init() {
   setInterval(sendInput, 1000 / config.bindings.input_hz);
   setInterval(() => send({ type: "ping" }), 15000);
   setInterval(updateStats, 250);
-  setStatus(`ready: ${world.name}, ${world.width}x${world.height}, ${world.fps} fps`);
+  // Guidance changes what a key does (hover + g x the key's effect), so a world that uses it says so.
+  const guidance = world.action_guidance !== 1 ? `, action guidance ${world.action_guidance}` : "";
+  setStatus(`ready: ${world.name}, ${world.width}x${world.height}, ${world.fps} fps${guidance}`);
 }
 
 function showPreview() {

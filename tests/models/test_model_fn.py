@@ -1,4 +1,4 @@
-"""model_fn_wan_action's action guidance, called directly and through the pipeline (tiny preset, CPU)."""
+"""model_fn_wan_action's action guidance (and its rescale), called directly and through the pipeline (tiny preset, CPU)."""
 import math
 
 import pytest
@@ -60,3 +60,36 @@ def test_guidance_without_actions_is_refused(pipe_with, gen_kwargs):
     pipe = pipe_with(build_tiny_controller(0))
     with pytest.raises(ValueError, match="action_guidance needs actions"):
         pipe(action_guidance=2.0, **gen_kwargs)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rescale_pulls_each_clip_back_to_the_commanded_std(pipe_with, batch):
+    pipe = pipe_with(build_tiny_controller(0, injection_type="adaln_tmod", initial_scale=1.0))
+    latents, context, binary, magnitude = _inputs(batch=batch)
+    commanded = _call(pipe, latents, context, binary, magnitude)  # (B, C, F, h, w)
+    guided = _call(pipe, latents, context, binary, magnitude, action_guidance=3.0)
+    assert torch.equal(_call(pipe, latents, context, binary, magnitude, action_guidance=3.0,
+                             action_guidance_rescale=0.0), guided)
+    full = _call(pipe, latents, context, binary, magnitude, action_guidance=3.0, action_guidance_rescale=1.0)
+    generated = (slice(None), slice(None), slice(1, None))  # frame 0 is the fused clean image: not counted
+    for b in range(batch):
+        assert torch.allclose(full[b][generated[1:]].std(), commanded[b][generated[1:]].std(), rtol=1e-4)
+    assert (full - guided).abs().max() > 1e-5  # guidance moved the std, so the rescale moves the prediction
+    half = _call(pipe, latents, context, binary, magnitude, action_guidance=3.0, action_guidance_rescale=0.5)
+    assert torch.allclose(half, 0.5 * (full + guided), atol=1e-5)  # a linear blend of the two
+
+
+def test_rescale_through_the_pipeline(pipe_with, gen_kwargs):
+    pipe = pipe_with(build_tiny_controller(0, injection_type="adaln_tmod", initial_scale=1.0))
+    guided = pipe(actions=ACTIONS, action_guidance=2.5, **gen_kwargs)
+    assert torch.equal(pipe(actions=ACTIONS, action_guidance=2.5, action_guidance_rescale=0, **gen_kwargs), guided)
+    rescaled = pipe(actions=ACTIONS, action_guidance=2.5, action_guidance_rescale=0.7, **gen_kwargs)
+    assert torch.equal(rescaled[:, :, 0], guided[:, :, 0])
+    assert (rescaled[:, :, 1:] - guided[:, :, 1:]).abs().max() > 1e-5  # small: random weights barely guide
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, math.nan, True, "0.5"])
+def test_bad_rescale_is_refused_by_name(pipe_with, gen_kwargs, value):
+    pipe = pipe_with(build_tiny_controller(0))
+    with pytest.raises(ValueError, match="action_guidance_rescale must be a number in"):
+        pipe(actions=ACTIONS, action_guidance=2.0, action_guidance_rescale=value, **gen_kwargs)

@@ -119,3 +119,12 @@ def test_settings_from_env_and_cli():
     assert settings.allowed_origins == ["http://a", "http://b"]
     with pytest.raises(SystemExit):
         Settings.from_args(["--max_sessions", "0"], env={})
+
+
+@pytest.mark.parametrize("option, value, message", [("--action_guidance", "0.5", "action_guidance must be a number >= 1"),
+                                                    ("--action_guidance_rescale", "2", "action_guidance_rescale must")])
+def test_bad_guidance_options_stop_the_command_line_before_any_work(capsys, option, value, message):
+    from server.settings import Settings
+    with pytest.raises(SystemExit) as exit_:
+        Settings.from_args([option, value], env={})
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

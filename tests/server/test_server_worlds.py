@@ -20,7 +20,8 @@ def world_folder(tmp_path):
     save_action_artifacts(str(tmp_path), controller, ArtifactConfig(action_controller_config={}, base_model_id="t",
                                                                      action_stats=stats))
     hints = {"height": 32, "width": 64, "chunk_frames": 5, "fps": 12, "steps": 1, "prompt": "a drone over sand",
-             "sample": "sand-dunes", "weights": "test world line", "action_guidance": 2.0, "unknown_field": 1}
+             "sample": "sand-dunes", "weights": "test world line", "action_guidance": 2.0,
+             "action_guidance_rescale": 0.5, "unknown_field": 1}
     (tmp_path / "serve.json").write_text(json.dumps(hints))
     return tmp_path
 
@@ -36,7 +37,7 @@ def test_folder_world_takes_its_serve_hints(world_folder):
     assert summary["sample"] == "sand-dunes" and summary["weights"] == "test world line"
     assert summary["prompt"] == "a drone over sand" and summary["random_weights"] is False
     assert summary["full_scale"][0] == pytest.approx(0.07)  # a held Forward key sends the stats' p90
-    assert summary["action_guidance"] == 2.0
+    assert (summary["action_guidance"], summary["action_guidance_rescale"]) == (2.0, 0.5)
 
 
 def test_generator_passes_the_worlds_action_guidance_with_actions_only(world_folder):
@@ -45,22 +46,28 @@ def test_generator_passes_the_worlds_action_guidance_with_actions_only(world_fol
     from server.generators import GenRequest, PipelineGenerator
     threads = torch.get_num_threads()
     try:
-        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1, action_guidance=3.0))
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1, action_guidance=3.0,
+                                    action_guidance_rescale=0.0))
     finally:
         torch.set_num_threads(threads)
     generator = PipelineGenerator(world)
     request = GenRequest(prompt="p", image=Image.new("RGB", (64, 32)), actions=np.zeros((1, 2, 8)), num_frames=5,
                          steps=1, seed=0, cfg_scale=1.0)
-    assert generator._pipe_kwargs(request)["action_guidance"] == 3.0  # the setting overrides serve.json's 2.0
+    kwargs = generator._pipe_kwargs(request)
+    assert (kwargs["action_guidance"], kwargs["action_guidance_rescale"]) == (3.0, 0.0)  # settings override 2.0, 0.5
     request.actions = None
-    assert generator._pipe_kwargs(request)["action_guidance"] == 1.0
+    kwargs = generator._pipe_kwargs(request)
+    assert (kwargs["action_guidance"], kwargs["action_guidance_rescale"]) == (1.0, 0.0)
 
 
-def test_a_bad_action_guidance_is_refused_by_name(world_folder):
+@pytest.mark.parametrize("field, value, message", [("action_guidance", 0.5, "action_guidance must be a number >= 1"),
+                                                   ("action_guidance_rescale", 1.5,
+                                                    "action_guidance_rescale must be a number in")])
+def test_a_bad_action_guidance_is_refused_by_name(world_folder, field, value, message):
     threads = torch.get_num_threads()
     try:
-        with pytest.raises(ValueError, match="action_guidance must be a number >= 1"):
-            load_world(Settings(world=str(world_folder), gradio=False, threads=1, action_guidance=0.5))
+        with pytest.raises(ValueError, match=message):
+            load_world(Settings(world=str(world_folder), gradio=False, threads=1, **{field: value}))
     finally:
         torch.set_num_threads(threads)
 
@@ -74,3 +81,26 @@ def test_folder_world_naming_a_missing_sample_is_refused(world_folder):
             load_world(Settings(world=str(world_folder), gradio=False, threads=1))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_world_that_cannot_load_is_reported_by_readyz_without_a_traceback(world_folder, caplog):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    hints = json.loads((world_folder / "serve.json").read_text())
+    (world_folder / "serve.json").write_text(json.dumps({**hints, "action_guidance_rescale": 3}))
+    threads = torch.get_num_threads()
+    try:
+        with TestClient(create_app(Settings(world=str(world_folder), gradio=False, threads=1))) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").json()["error"] is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            response = client.get("/readyz")
+    finally:
+        torch.set_num_threads(threads)
+    assert response.status_code == 503
+    assert "action_guidance_rescale must be a number in [0, 1]" in response.json()["error"]
+    failures = [r for r in caplog.records if "loading the world failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is None  # one line naming the field, no stack trace

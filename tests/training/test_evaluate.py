@@ -172,12 +172,26 @@ def test_generate_tiny_preset_end_to_end(tmp_path):
     assert [c["actions"].shape for c in clips] == [(2, 2, 8)] * 3
 
 
-def test_generate_a_world_folder_with_both_baselines(tmp_path):
-    """--world takes the size, chunk length and steps from serve.json and the suite magnitudes from the world's
-    action_stats; --shuffled and --with_random add the two baselines side by side."""
+def _spy_on_guidance(monkeypatch):
+    from training import eval_suite
+    seen, generate_clip = [], eval_suite.generate_clip
+
+    def spy(*args, **kwargs):
+        seen.append(args[9:11])  # (action_guidance, action_guidance_rescale), passed positionally by generate_suite
+        return generate_clip(*args, **kwargs)
+    monkeypatch.setattr(eval_suite, "generate_clip", spy)
+    return seen
+
+
+def test_generate_a_world_folder_with_both_baselines(tmp_path, monkeypatch):
+    """--world takes the size, chunk length, steps and guidance from serve.json and the suite magnitudes from the
+    world's action_stats; --shuffled and --with_random add the two baselines side by side."""
     out = tmp_path / "toy"
+    seen = _spy_on_guidance(monkeypatch)
     assert main(["--generate", "--world", "worlds/toy", "--steps", "1", "--scenes", "1", "--flights", "forward",
                  "yaw_left", "--shuffled", "--with_random", "--out", str(out)]) == 0
+    serve = json.loads(open("worlds/toy/serve.json").read())
+    assert set(seen) == {(serve["action_guidance"], serve["action_guidance_rescale"])}
     report = json.loads((out / "report.json").read_text())
     labels = [entry["label"] for entry in report["entries"]]
     assert labels == ["toy", "toy shuffled actions", "tiny-random"]
@@ -185,8 +199,14 @@ def test_generate_a_world_folder_with_both_baselines(tmp_path):
     p90 = stats["action_stats"]["actions"]["Forward"]["p90"]
     fed = json.loads((out / "generated" / "toy shuffled actions" / "scene0__forward.json").read_text())
     assert fed["actions"][0][1][0] == pytest.approx(p90, abs=1e-6)  # scored against the commanded flight
-    serve = json.loads(open("worlds/toy/serve.json").read())
     from training.video_io import read_video
     video = read_video(out / "generated" / "toy" / "scene0__forward.mp4")
     assert video.shape[:3] == (serve["chunk_frames"], serve["height"], serve["width"])
     assert any("suite magnitudes" in note for note in report["notes"])
+
+
+def test_guidance_options_override_the_worlds(tmp_path, monkeypatch):
+    seen = _spy_on_guidance(monkeypatch)
+    assert main(["--generate", "--world", "worlds/toy", "--steps", "1", "--scenes", "1", "--flights", "forward",
+                 "--action_guidance", "2", "--action_guidance_rescale", "0", "--out", str(tmp_path / "o")]) == 0
+    assert seen == [(2.0, 0.0)]  # 0 turns the world's rescale off rather than falling back to it

@@ -54,6 +54,7 @@ def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_worl
     assert (hints["height"], hints["width"], hints["chunk_frames"]) == (32, 32, 5)
     assert hints["sample"] == toyworld.SERVE_SAMPLE and "32x32" in hints["weights"]
     assert hints["action_guidance"] == toyworld.build_parser().get_default("serve_guidance")
+    assert hints["action_guidance_rescale"] == toyworld.build_parser().get_default("serve_guidance_rescale")
     data = np.load(os.path.join(whole, toyworld.DATA_FILE))
     magnitudes = data["actions"][:, :, 1]  # (clips, T, 8); --speed 4 scales the ranges' low ends too
     assert magnitudes[:, :, :4][magnitudes[:, :, :4] > 0].min(initial=1.0) >= 4 * 0.005 - 1e-6
@@ -128,7 +129,9 @@ def test_cond_noise_perturbs_only_the_first_frame_and_zero_keeps_it_clean(monkey
 @pytest.mark.parametrize("option, value, message", [("--cond_noise", "-0.1", "--cond_noise must be >= 0"),
                                                     ("--vae_motion_weight", "-0.1", "--vae_motion_weight must be >= 0"),
                                                     ("--serve_guidance", "0.5", "--serve_guidance must be >= 1"),
-                                                    ("--serve_guidance", "nan", "--serve_guidance must be >= 1")])
+                                                    ("--serve_guidance", "nan", "--serve_guidance must be >= 1"),
+                                                    ("--serve_guidance_rescale", "1.5", "must be in [0, 1]"),
+                                                    ("--serve_guidance_rescale", "nan", "must be in [0, 1]")])
 def test_a_bad_option_is_refused_by_name(tmp_path, capsys, option, value, message):
     with pytest.raises(SystemExit) as exit_:
         toyworld.main(_tiny_recipe(str(tmp_path), option, value))
@@ -175,7 +178,8 @@ def test_committed_toy_world_follows_opposite_actions():
         values = []
         for _, first, prompt in rendered_first_frames(SCENES, h, w, seed=0):
             frames = generate_clip(pipe, first, prompt, suite_actions(flight, steps, magnitudes), f, hints["steps"],
-                                   seed=0, cfg_scale=1.0, action_guidance=hints.get("action_guidance", 1.0))
+                                   seed=0, cfg_scale=1.0, action_guidance=hints.get("action_guidance", 1.0),
+                                   action_guidance_rescale=hints.get("action_guidance_rescale", 0.0))
             values.append(float(estimate_motion(frames, FlowSettings(stride=1))[axis].mean()))
         return np.mean(values)
 

@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
     log = tmp_path_factory.mktemp("web") / "server.log"
-    with server_process("--gradio", "0", log_path=log) as url:
+    with server_process("--gradio", "0", "--action_guidance", "2", log_path=log) as url:  # flights run guided
         yield url
 
 
