@@ -46,9 +46,10 @@ def load_actions(value: str, full_scale):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     world_args = [f"--{k}={getattr(args, k)}" for k in WORLD_OPTIONS if getattr(args, k) is not None]
-    settings = Settings.from_args(world_args + ["--gradio=0"])
+    settings = Settings.from_args(world_args + ["--gradio=0"], error=parser.error)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
     from models.action_format import num_frames_for_actions
 

@@ -102,6 +102,10 @@ def test_cli_generate(tmp_path, capsys, random_world):
         generate_cli.load_actions(str(actions_file), DEFAULT_FULL_SCALE)
     assert generate_cli.main(["--prompt", "x", "--actions", "fly:3", "--out", str(out)]) == 2
     assert "unknown action 'fly'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        generate_cli.main(["--prompt", "x", "--actions", "forward:1", "--out", str(out), "--action_guidance", "0"])
+    assert exit_.value.code == 2
+    assert "python -m server.generate: error: action_guidance must be" in capsys.readouterr().err  # named by this CLI
 
 
 def test_gradio_timeline_and_mount(make_client):
