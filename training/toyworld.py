@@ -203,9 +203,12 @@ class ToyRun:
                 scheduler.load_state_dict(self.resume_from["scheduler"])
             restore_rng_state(self.resume_from["rng"])
         loop_state = LoopState(step=start, samples=start)
+        earlier = self.state["times"].get(name, 0.0) if start else 0.0  # time spent before an interruption
+        began = time.perf_counter()
 
         def save(step):
             self.state.update(stage=name, step=step)
+            self.state["times"][name] = earlier + time.perf_counter() - began  # so a resumed report counts it
             self.state["losses"][name] = self.state["losses"][name][:start] + loop_state.losses
             self.save_state(optimizer, scheduler)
 
@@ -217,9 +220,8 @@ class ToyRun:
                                 save_steps=self.a.save_steps, progress_bar=self.a.progress)
         trainer = Trainer(self.accelerator, module, optimizer, scheduler, StepBatches(make_batch, start), settings,
                           loop_state, LoopCallbacks(on_log=log, on_save=save))
-        began = time.perf_counter()
         trainer.run()
-        self.state["times"][name] = self.state["times"].get(name, 0.0) + time.perf_counter() - began
+        self.state["times"][name] = earlier + time.perf_counter() - began
         self.state["losses"][name] = self.state["losses"][name][:start] + loop_state.losses
         self.resume_from = None
 

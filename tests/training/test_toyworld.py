@@ -75,7 +75,10 @@ def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_worl
     monkeypatch.setattr(toyworld_stages.DitStage, "forward", forward)
     state = torch.load(os.path.join(broken, toyworld.STATE_FILE), weights_only=False)["state"]
     assert (state["stage"], state["step"]) == ("dit", 1)
+    assert state["times"]["dit"] > 0  # the time before the interruption is kept ...
     assert toyworld.main(_tiny_recipe(broken)) == 0  # the same command resumes
+    resumed = json.load(open(os.path.join(broken, "toyworld_report.json")))["times_s"]
+    assert resumed["dit"] > state["times"]["dit"]  # ... and counted in the resumed run's report
     first, second = _weights(whole), _weights(broken)
     for name in first:
         assert first[name].keys() == second[name].keys()
