@@ -83,7 +83,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "flight"), help="output folder")
     parser.add_argument("--world", default="toy", help="server --world (toy, random or a folder)")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between canvas captures")
-    parser.add_argument("--threads", type=int, default=2, help="server torch threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="server torch threads (1: what python -m server uses on 2 cores, all but one; the browser "
+                             "gets the other)")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
