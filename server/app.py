@@ -67,11 +67,11 @@ class AppState:
     def load(self) -> None:
         try:
             self.attach(load_world(self.settings))
-        except (ValueError, FileNotFoundError) as error:  # a bad world folder or setting: its message says which
-            log.error("loading the world failed: %s", error)
-            self.load_error = f"{type(error).__name__}: {error}"
         except Exception as error:  # reported by /readyz and the log
-            log.exception("loading the world failed")
+            if isinstance(error, (ValueError, FileNotFoundError)):  # a bad world folder or setting: says which
+                log.error("loading the world failed: %s", error)
+            else:
+                log.exception("loading the world failed")
             self.load_error = f"{type(error).__name__}: {error}"
 
     def close(self) -> None:
