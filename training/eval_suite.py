@@ -311,10 +311,14 @@ def generate_entries(args, settings) -> tuple[list[dict], list[str]]:
     width = args.width or hints.get("width") or (64 if small else 832)
     steps = args.steps or hints.get("steps") or (2 if small else 30)
     cfg_scale = args.cfg_scale or hints.get("cfg_scale") or (1.0 if small else 5.0)
-    action_guidance = args.action_guidance or hints.get("action_guidance") or 1.0
+    action_guidance = args.action_guidance
+    action_guidance = hints.get("action_guidance", 1.0) if action_guidance is None else action_guidance
     rescale = args.action_guidance_rescale
     rescale = hints.get("action_guidance_rescale", 0.0) if rescale is None else rescale  # 0 is a valid override
     num_actions_for_frames_checked(frames)
+    from models.pipeline import check_action_guidance, check_action_guidance_rescale
+    check_action_guidance(action_guidance)  # before any model is built, not at the first generated clip
+    check_action_guidance_rescale(rescale)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

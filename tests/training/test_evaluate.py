@@ -99,7 +99,7 @@ def test_csv_mode(tmp_path):
     assert 0.8 <= report["accuracy"] <= 1.0  # measured 0.906 (64x64 is small for the flow)
 
 
-def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
+def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys, monkeypatch):
     folder = tmp_path / "rec"
     save_recording(folder / "a", flights[0]["frames"], flights[0]["actions"], "p", 24)
     (folder / "a.json").unlink()
@@ -121,6 +121,16 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys):
     assert "has no world_config.json" in capsys.readouterr().err
     assert main(["--csv", str(tmp_path / "x.csv"), "--through_vae", "worlds/toy", "--out", str(tmp_path / "o")]) == 2
     assert "--through_vae needs --synthetic N" in capsys.readouterr().err
+    from training import eval_suite
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a bad guidance option must be refused before a model is built")
+
+    monkeypatch.setattr(eval_suite, "build_pipeline", no_model)
+    bad_guidance = (("--action_guidance", "0"), ("--action_guidance", "0.5"), ("--action_guidance_rescale", "1.5"))
+    for option, value in bad_guidance:
+        assert main(["--generate", "--world", "worlds/toy", option, value, "--out", str(tmp_path / "o")]) == 2
+        assert f"{option[2:]} must be a number" in capsys.readouterr().err
 
 
 def test_through_vae_scores_the_same_flights_after_the_worlds_vae(tmp_path):
