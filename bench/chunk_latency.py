@@ -26,8 +26,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (NEGATIVE, PROMPT, Deadline, build_full_pipeline, build_tiny_pipeline, device_name,  # noqa: E402
-                          now, parse_size, peak_memory, syncer, write_json)
+from bench.common import (  # noqa: E402
+    NEGATIVE,
+    PROMPT,
+    Deadline,
+    build_full_pipeline,
+    build_tiny_pipeline,
+    device_name,
+    now,
+    parse_size,
+    peak_memory,
+    syncer,
+    write_json,
+)
 
 FPS = 24
 STEP_GRID = (2, 4, 8)

@@ -55,6 +55,7 @@ def build_full_pipeline(device: torch.device, dtype, layers: int = 30, injection
     """The full-size architecture, random weights, built directly on ``device``; controller attached."""
     from diffsynth.models.wan_video_dit import WanModel
     from diffsynth.models.wan_video_vae import WanVideoVAE38
+
     from models.controller import WanActionController
     from models.pipeline import WanActionPipeline
     torch.manual_seed(0)
@@ -74,7 +75,8 @@ def build_full_pipeline(device: torch.device, dtype, layers: int = 30, injection
 
 def build_tiny_pipeline(device: torch.device, dtype):
     """The tiny random preset (models.tiny) with its controller: real T5, real (narrow) VAE."""
-    from models.tiny import build_tiny_controller, build_tiny_pipeline as tiny
+    from models.tiny import build_tiny_controller
+    from models.tiny import build_tiny_pipeline as tiny
     pipe = tiny(seed=0, device=str(device), torch_dtype=dtype)
     pipe.set_action_controller(build_tiny_controller(seed=0))
     return pipe

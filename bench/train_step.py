@@ -20,8 +20,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (PROMPT, build_full_pipeline, build_tiny_pipeline, device_name, now, parse_size,  # noqa: E402
-                          peak_memory, syncer, write_json)
+from bench.common import (  # noqa: E402
+    PROMPT,
+    build_full_pipeline,
+    build_tiny_pipeline,
+    device_name,
+    now,
+    parse_size,
+    peak_memory,
+    syncer,
+    write_json,
+)
 
 
 def clip(height: int, width: int, frames: int) -> list:

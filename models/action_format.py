@@ -58,7 +58,8 @@ def _as_tensor(actions, name: str) -> torch.Tensor:
     try:
         return torch.as_tensor(actions, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{name}: expected a numeric (T, 2, 8) array, got {type(actions).__name__} ({error})") from None
+        raise ValueError(f"{name}: expected a numeric (T, 2, 8) array, got {type(actions).__name__} "
+                         f"({error})") from None
 
 
 def parse_actions(actions, name: str = "actions") -> torch.Tensor:
@@ -111,18 +112,21 @@ def check_split_actions(action_binary, action_magnitude) -> tuple[torch.Tensor, 
     if action_binary is None:
         raise ValueError("action_binary is required when action_magnitude is given")
     binary = _as_tensor(action_binary, "action_binary")
-    magnitude = torch.zeros_like(binary) if action_magnitude is None else _as_tensor(action_magnitude, "action_magnitude")
+    magnitude = torch.zeros_like(binary) if action_magnitude is None else \
+        _as_tensor(action_magnitude, "action_magnitude")
     if binary.dim() == 2:
         binary = binary.unsqueeze(0)
     if magnitude.dim() == 2:
         magnitude = magnitude.unsqueeze(0)
     for name, value in (("action_binary", binary), ("action_magnitude", magnitude)):
         if value.dim() != 3 or value.shape[-1] != NUM_ACTIONS or value.shape[1] == 0:
-            raise ValueError(f"{name}: expected shape (T, {NUM_ACTIONS}) or (B, T, {NUM_ACTIONS}), got {tuple(value.shape)}")
+            raise ValueError(f"{name}: expected shape (T, {NUM_ACTIONS}) or (B, T, {NUM_ACTIONS}), "
+                             f"got {tuple(value.shape)}")
         if not torch.isfinite(value).all():
             raise ValueError(f"{name}: contains NaN or Inf")
     if binary.shape != magnitude.shape:
-        raise ValueError(f"action_binary {tuple(binary.shape)} and action_magnitude {tuple(magnitude.shape)} differ in shape")
+        raise ValueError(f"action_binary {tuple(binary.shape)} and action_magnitude {tuple(magnitude.shape)} "
+                         "differ in shape")
     if not ((binary == 0) | (binary == 1)).all():
         raise ValueError("action_binary: flags must be 0 or 1")
     if (magnitude < 0).any():

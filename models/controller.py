@@ -67,7 +67,8 @@ class ActionControllerConfig:
 
     def __post_init__(self):
         if self.injection_type not in INJECTION_TYPES:
-            raise ValueError(f"injection_type: unknown {self.injection_type!r}; expected one of {list(INJECTION_TYPES)}")
+            raise ValueError(f"injection_type: unknown {self.injection_type!r}; "
+                             f"expected one of {list(INJECTION_TYPES)}")
         for name in ("action_dim", "hidden_size", "num_heads", "num_latent_frames", "num_layers", "action_window",
                      "window_head_dim"):
             value = getattr(self, name)

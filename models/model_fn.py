@@ -9,11 +9,10 @@ so a zero-scale controller gives bit-identical output; with no controller or no 
 from __future__ import annotations
 
 import torch
-from einops import rearrange
-
 from diffsynth.core import gradient_checkpoint_forward
 from diffsynth.models.wan_video_dit import sinusoidal_embedding_1d
 from diffsynth.pipelines.wan_video import model_fn_wan_video
+from einops import rearrange
 
 # Stock inputs this path does not implement: passing any of them with actions is an error, not a silent drop.
 _UNSUPPORTED_WITH_ACTIONS = (

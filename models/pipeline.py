@@ -15,7 +15,6 @@ from collections import OrderedDict
 from typing import Iterator, Optional, Sequence
 
 import torch
-
 from diffsynth.core import ModelConfig
 from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptEmbedder
 
@@ -236,7 +235,8 @@ class WanActionPipeline(WanVideoPipeline):
         return self
 
 
-def compile_dit_and_controller(dit=None, controller=None, mode: str = "default", dynamic: Optional[bool] = None) -> None:
+def compile_dit_and_controller(dit=None, controller=None, mode: str = "default",
+                               dynamic: Optional[bool] = None) -> None:
     """torch.compile each DiT block and the controller's injection methods, in place (also used by the bench)."""
     for block in (dit.blocks if dit is not None else ()):
         block.compile(mode=mode, dynamic=dynamic)  # blocks share one graph: parameters are graph inputs

@@ -62,9 +62,9 @@ class SmallWorldConfig:
 
 def build_word_tokenizer(words, seq_len: int):
     """A diffsynth HuggingfaceTokenizer over a word-level vocabulary (<pad>=0, </s>=1, <unk>=2), built in memory."""
+    from diffsynth.models.wan_video_text_encoder import HuggingfaceTokenizer
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-    from diffsynth.models.wan_video_text_encoder import HuggingfaceTokenizer
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for word in words:
@@ -153,6 +153,7 @@ def save_small_world(folder: str, pipe: WanActionPipeline, config: SmallWorldCon
     another), so a small world loads through the same artifact code as real weights."""
     import json
     import os
+
     from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
     modules = {"dit": pipe.dit, "vae": pipe.vae.model, "text_encoder": pipe.text_encoder}
@@ -167,7 +168,9 @@ def load_small_world(folder: str, device="cpu", torch_dtype=torch.float32) -> Wa
     """Rebuild a small world from its folder; attach its action artifacts when the folder holds them."""
     import json
     import os
+
     from safetensors.torch import load_file
+
     from .artifacts import CONFIG_NAME
     path = os.path.join(folder, WORLD_CONFIG_NAME)
     if not os.path.isfile(path):

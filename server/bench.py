@@ -79,8 +79,10 @@ def run(url: str, sessions: int, seconds: float, token: str | None) -> dict:
         "chunks": len(gen) + sessions,
         "frames_per_s_per_session": [round(r["frames"] / r["seconds"], 2) for r in results],
         "first_frame_s": [r["first_frame_s"] for r in results],
-        "server_stalls": delta.get("wanfly_stalls_total", 0), "frames_dropped": delta.get("wanfly_frames_dropped_total", 0),
-        "server_ms_per_frame": {"jpeg": round(jpeg_ms, 4), "send": round(send_ms, 4), "total": round(jpeg_ms + send_ms, 4),
+        "server_stalls": delta.get("wanfly_stalls_total", 0),
+        "frames_dropped": delta.get("wanfly_frames_dropped_total", 0),
+        "server_ms_per_frame": {"jpeg": round(jpeg_ms, 4), "send": round(send_ms, 4),
+                                "total": round(jpeg_ms + send_ms, 4),
                                 "budget": round(1000 / fps, 2)},
     }
 
@@ -90,7 +92,8 @@ def jpeg_sizes(quality: int = 85) -> dict:
     out = {}
     rng = np.random.default_rng(0)
     for width, height in ((64, 64), (128, 128), (832, 480)):
-        smooth = np.kron(rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+        blocks = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+        smooth = np.kron(blocks, np.ones((16, 16, 1), np.uint8))
         times = []
         for _ in range(50):
             started = time.perf_counter()

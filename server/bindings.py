@@ -42,8 +42,10 @@ INPUT_HZ = 25
 def check_bindings() -> None:
     """Every binding names a real action, and every action is reachable from the keyboard and the gamepad."""
     bound_keys = set(KEYBOARD.values())
-    bound_pad = {stick[axis][side] for stick in GAMEPAD_STICKS for axis in ("x", "y") for side in ("negative", "positive")}
-    for where, names in (("KEYBOARD", bound_keys), ("GAMEPAD_STICKS", bound_pad), ("KEYBOARD_MAGNITUDE", set(KEYBOARD_MAGNITUDE))):
+    bound_pad = {stick[axis][side] for stick in GAMEPAD_STICKS for axis in ("x", "y")
+                 for side in ("negative", "positive")}
+    for where, names in (("KEYBOARD", bound_keys), ("GAMEPAD_STICKS", bound_pad),
+                         ("KEYBOARD_MAGNITUDE", set(KEYBOARD_MAGNITUDE))):
         unknown = names - set(ACTION_NAMES)
         if unknown:
             raise ValueError(f"{where}: unknown action(s) {sorted(unknown)}; expected names from {list(ACTION_NAMES)}")
@@ -58,7 +60,8 @@ def bindings_config() -> dict:
     """The JSON the browser uses: keys by code, the gamepad sticks, dead zone, keyboard magnitudes, report rate."""
     check_bindings()
     return {
-        "keyboard": [{"code": code, "action": name, "index": ACTION_NAMES.index(name)} for code, name in KEYBOARD.items()],
+        "keyboard": [{"code": code, "action": name, "index": ACTION_NAMES.index(name)}
+                     for code, name in KEYBOARD.items()],
         "keyboard_magnitude": [KEYBOARD_MAGNITUDE[name] for name in ACTION_NAMES],
         "gamepad": {"sticks": GAMEPAD_STICKS, "dead_zone": GAMEPAD_DEAD_ZONE,
                     "action_index": {name: i for i, name in enumerate(ACTION_NAMES)}},

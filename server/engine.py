@@ -33,7 +33,7 @@ from PIL import Image
 
 from models.action_format import num_actions_for_frames
 
-from .generators import GenRequest, Generator
+from .generators import Generator, GenRequest
 from .images import encode_jpeg, frame_message
 from .inputs import InputTimeline
 from .metrics import Metrics

@@ -26,8 +26,14 @@ from typing import Sequence
 
 import numpy as np
 
-from models.action_format import (ACTION_NAMES, DEFAULT_FULL_SCALE, FRAMES_PER_LATENT, NUM_ACTIONS,
-                                  OPPOSITE_PAIRS, constant_actions)
+from models.action_format import (
+    ACTION_NAMES,
+    DEFAULT_FULL_SCALE,
+    FRAMES_PER_LATENT,
+    NUM_ACTIONS,
+    OPPOSITE_PAIRS,
+    constant_actions,
+)
 
 HOLD_FRACTION = 0.5
 STALE_AFTER_S = 1.0

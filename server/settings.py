@@ -31,7 +31,7 @@ class Settings:
     # where and what to serve
     host: str = "127.0.0.1"
     port: int = 8000
-    world: str = "auto"  # "auto" (toy if shipped, else random), "random" (tiny random preset), "toy", a name or a folder
+    world: str = "auto"  # "auto" (toy if shipped, else random), "random" (tiny preset), "toy", a name or a folder
     model_dir: Optional[str] = None  # original Wan2.2-TI2V-5B folder (overrides --world)
     artifacts: Optional[str] = None  # training output folder (action_train_config.json, controller, LoRA)
     device: str = "auto"  # auto = cuda when available for real weights, else cpu

@@ -33,7 +33,8 @@ def server_process(*args: str, timeout: float = 90.0, threads: int = 1, log_path
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}" + (f"; see {log_path}" if log_path else ""))
+                where = f"; see {log_path}" if log_path else ""
+                raise RuntimeError(f"server exited with {process.returncode}{where}")
             try:
                 with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
                     if response.status == 200:

@@ -187,7 +187,8 @@ def load_world(settings: Settings) -> World:
     world = replace(world, **overrides)
     world.full_scale, world.full_scale_source = full_scale_from_stats(getattr(pipe, "action_stats", None))
     check_world(world, settings)
-    pipe.prompt_cache_size = max(getattr(pipe, "prompt_cache_size", 8), 2 * (settings.max_sessions + settings.max_waiting) + 4)
+    pipe.prompt_cache_size = max(getattr(pipe, "prompt_cache_size", 8),
+                                 2 * (settings.max_sessions + settings.max_waiting) + 4)
     log.info("world %s: %s, %dx%d, chunk %d frames at %d fps, %d steps, cfg %.1f, action guidance %.1f "
              "(rescale %.2f) on %s", world.name, world.weights, world.width, world.height, world.chunk_frames,
              world.fps, world.steps, world.cfg_scale, world.action_guidance, world.action_guidance_rescale, device)

@@ -24,7 +24,8 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save as save_safetensors_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
 
 STATE_NAME = "trainer_state.json"
 TRAINABLE_NAME = "trainable.safetensors"

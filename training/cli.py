@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from models.action_format import num_actions_for_frames
-from models.controller import ACTION_CONTROLLER_CONFIGS, INJECTION_TYPES, ActionControllerConfig, \
-    resolve_controller_config
+from models.controller import (
+    ACTION_CONTROLLER_CONFIGS,
+    INJECTION_TYPES,
+    ActionControllerConfig,
+    resolve_controller_config,
+)
 
 DEFAULT_OUTPUT = "./models/train/Wan2.2-TI2V-5B_action_controller"
 TRAINABLE_CHOICES = ("action_controller",)

@@ -27,8 +27,7 @@ import numpy as np
 
 from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, OPPOSITE_PAIRS, parse_actions
 from training.eval_suite import load_csv, load_recordings, read_boundary_frames
-from training.flow_actions import AXES, AXIS_ACTIONS, FlowSettings, boundary_motion, estimate_motion, \
-    motion_to_actions
+from training.flow_actions import AXES, AXIS_ACTIONS, FlowSettings, boundary_motion, estimate_motion, motion_to_actions
 
 CONFUSION_LABELS = ACTION_NAMES + ("none",)
 CHANCE_ACCURACY = 0.5  # the headline of a video that ignores its actions (balanced accuracy), in expectation
@@ -384,6 +383,7 @@ def build_entries(args, settings) -> tuple[list[dict], list[str]]:
 
 def main(argv=None) -> int:
     import dataclasses
+
     from training.eval_report import write_report
 
     args = parse_args(argv)

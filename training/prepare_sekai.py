@@ -10,7 +10,8 @@ s + round(r i), r = source fps / fps, and windows start every ``--stride`` sourc
 no overlap). Actions come from ``training.pose_actions`` (units of ``models.action_format``); the translation
 threshold uses the median displacement of the whole video at spacing 4r, the heading frame's up is estimated from
 the whole video.
-Outputs in --out: videos/{stem}_{start:06d}.mp4 (start = first source frame), metadata.csv (video, prompt, action), metadata.json (conventions incl.
+Outputs in --out: videos/{stem}_{start:06d}.mp4 (start = first source frame), metadata.csv (video, prompt, action),
+metadata.json (conventions incl.
 ``heading_frame``: use the same at inference), report.json + summary.md (every video and window, accepted or
 rejected with a reason), action_stats.json + action_hist.png.
 Rejection codes: missing_pose_file, bad_pose_file, nan_poses, poses_out_of_range, unreadable_video,
@@ -27,8 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, ROTATION_UNIT, TRANSLATION_UNIT, \
-    num_actions_for_frames
+from models.action_format import (
+    ACTION_NAMES,
+    FRAMES_PER_LATENT,
+    ROTATION_UNIT,
+    TRANSLATION_UNIT,
+    num_actions_for_frames,
+)
 from training import pose_actions as pa
 from training.captions import clean_caption
 

@@ -30,8 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, ROTATION_UNIT, TRANSLATION_UNIT, \
-    num_actions_for_frames
+from models.action_format import (
+    ACTION_NAMES,
+    FRAMES_PER_LATENT,
+    NUM_ACTIONS,
+    ROTATION_UNIT,
+    TRANSLATION_UNIT,
+    num_actions_for_frames,
+)
 from training.synthetic_scene import Scene, intrinsics, make_scene, render_frame
 
 ALTITUDE = 0.03  # drone height above the ground in world units
@@ -244,7 +250,8 @@ def _check_size(height: int, width: int) -> None:
 
 
 def render_random_flight(seed: int, index: int, frames: int, height: int, width: int, speed: float = 1.0,
-                         tilt_deg: float = 0.0, move_speed: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+                         tilt_deg: float = 0.0, move_speed: float | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Flight ``index`` of the dataset of ``seed``: frames ``(N, H, W, 3)`` uint8, camera-to-world ``(N, 4, 4)``,
     the actions flown ``(T, 2, 8)`` and the scene's prompt. An independent random stream per clip, so clips are
     reproducible one by one."""

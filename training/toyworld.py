@@ -3,7 +3,7 @@
 A small model of the real Wan2.2-TI2V architecture trained from scratch on the project's synthetic flights
 (``training.synthetic``), small enough for 2 CPU cores and to ship in ``worlds/toy/``:
     0. render ``--clips`` random flights (+ ``--holdout`` held-out ones) at HxW, ``--frames`` frames (cached in DIR)
-    1. train the ``VideoVAE38_`` (width ``--vae_dim``, z_dim 48) for reconstruction        (``toyworld_stages.VaeStage``)
+    1. train the ``VideoVAE38_`` (width ``--vae_dim``, z_dim 48) for reconstruction       (``toyworld_stages.VaeStage``)
     2. encode the clips, then train the TI2V ``WanModel`` + action controller with the flow-matching loss through
        ``pipe.model_fn`` (``toyworld_stages.DitStage``); the tiny text encoder (vocabulary = base words + the
        synthetic prompts' words) is built deterministically from the seed and kept frozen
@@ -45,6 +45,7 @@ def render_clips(seed: int, start: int, count: int, frames: int, height: int, wi
     """Clips ``start..start+count`` of the synthetic flights of ``seed`` (``training.synthetic.render_random_flight``,
     as the dataset's clips, without mp4): frames uint8 (count, F, H, W, 3), flown actions (count, T, 2, 8), prompts."""
     from tqdm import tqdm
+
     from training.synthetic import render_random_flight
     videos, actions, prompts = [], [], []
     for index in tqdm(range(start, start + count), desc="render", unit="clip", disable=not progress):
@@ -255,7 +256,8 @@ class ToyRun:
             self.save_state()
         if self.state["stage"] == "decoder" and not a.export_only:
             if plan["decoder_steps"]:
-                self.run_stage("decoder", DecoderStage(self.pipe.vae, a.vae_motion_weight), lambda s: self._vae_batch(s, stage=4),
+                self.run_stage("decoder", DecoderStage(self.pipe.vae, a.vae_motion_weight),
+                               lambda s: self._vae_batch(s, stage=4),
                                plan["decoder_steps"], a.decoder_lr)
                 self.pipe.vae.model.eval().requires_grad_(False)
             self.state.update(stage="done", step=plan["dit_steps"])

@@ -41,11 +41,11 @@ def action_signal(module, samples: list, timesteps: int = 8, seed: int = 0) -> d
 
 def evaluate_run(c, timesteps: int, at_init: bool = False) -> dict:
     """Build the base model of ``c``, attach the run's artifacts (or the initial controller) and measure."""
+    from models.action_format import num_actions_for_frames
+
     from .cli import controller_config, metadata_path
     from .data import ActionVideoDataset, read_metadata, validate_rows
-    from .trainer_model import ActionTrainingModule, build_controller, build_pipeline, resolve_dtype, \
-        strip_for_cache
-    from models.action_format import num_actions_for_frames
+    from .trainer_model import ActionTrainingModule, build_controller, build_pipeline, resolve_dtype, strip_for_cache
 
     pipe, _ = build_pipeline(c, "cuda" if torch.cuda.is_available() else "cpu", resolve_dtype(c))
     if at_init:

@@ -33,6 +33,7 @@ def load_rows(c: TrainConfig, accelerator):
     from accelerate.utils import broadcast_object_list
 
     from models.action_format import num_actions_for_frames
+
     from .data import read_metadata, validate_rows
 
     payload = [None]

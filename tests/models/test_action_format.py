@@ -3,9 +3,19 @@ import json
 import pytest
 import torch
 
-from models.action_format import (ACTION_NAMES, DEFAULT_FULL_SCALE, MAGNITUDE_SCALE, check_split_actions,
-                                  constant_actions, full_scale_from_stats, merge_actions, num_actions_for_frames,
-                                  num_frames_for_actions, parse_actions, split_actions)
+from models.action_format import (
+    ACTION_NAMES,
+    DEFAULT_FULL_SCALE,
+    MAGNITUDE_SCALE,
+    check_split_actions,
+    constant_actions,
+    full_scale_from_stats,
+    merge_actions,
+    num_actions_for_frames,
+    num_frames_for_actions,
+    parse_actions,
+    split_actions,
+)
 
 
 def test_names_and_scale_follow_the_seed():

@@ -2,11 +2,16 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from models.action_format import MAGNITUDE_SCALE, constant_actions
-from models.artifacts import (CONFIG_NAME, CONTROLLER_NAME, LORA_NAME, ArtifactConfig, load_controller,
-                              save_action_artifacts)
+from models.artifacts import (
+    CONFIG_NAME,
+    CONTROLLER_NAME,
+    LORA_NAME,
+    ArtifactConfig,
+    load_controller,
+    save_action_artifacts,
+)
 from models.lora import fuse_lora
 from models.tiny import build_tiny_controller, build_tiny_pipeline
 
@@ -63,7 +68,8 @@ def test_lora_is_fused_when_configured(tmp_path, gen_kwargs):
     expected.set_action_controller(controller)
     pipe.load_action_artifacts(str(tmp_path))
     assert torch.equal(pipe(actions=ACTIONS, **gen_kwargs), expected(actions=ACTIONS, **gen_kwargs))
-    assert not torch.equal(pipe.dit.blocks[0].self_attn.q.weight, build_tiny_pipeline(0).dit.blocks[0].self_attn.q.weight)
+    fresh = build_tiny_pipeline(0)
+    assert not torch.equal(pipe.dit.blocks[0].self_attn.q.weight, fresh.dit.blocks[0].self_attn.q.weight)
 
 
 def test_fused_lora_equals_peft_forward():

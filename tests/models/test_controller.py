@@ -5,8 +5,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.controller import (ACTION_CONTROLLER_CONFIGS, INJECTION_TYPES, ActionControllerConfig, WanActionController,
-                               WanRMSNorm, resolve_controller_config)
+from models.controller import (
+    ACTION_CONTROLLER_CONFIGS,
+    INJECTION_TYPES,
+    ActionControllerConfig,
+    WanActionController,
+    WanRMSNorm,
+    resolve_controller_config,
+)
 
 B, T, H_GRID, W_GRID, C, HEADS = 2, 3, 2, 3, 64, 2
 FRAMES, N = T + 1, H_GRID * W_GRID
@@ -108,7 +114,8 @@ def test_adaln_delta_is_per_frame_and_zero_for_frame_zero():
     assert out.shape == (B, FRAMES * N, 6, C)
     assert torch.equal(out[:, :N], t_mod[:, :N].expand(B, -1, -1, -1))
     delta = (out - t_mod).view(B, FRAMES, N, 6, C)
-    assert torch.allclose(delta[:, 1:], delta[:, 1:, :1].expand_as(delta[:, 1:]), atol=1e-6)  # same for every token of a frame
+    # the same for every token of a frame
+    assert torch.allclose(delta[:, 1:], delta[:, 1:, :1].expand_as(delta[:, 1:]), atol=1e-6)
     expected = ctrl.action_tmod(emb) * ctrl.output_scale[0]  # (B, T, 6, C)
     assert torch.allclose(delta[:, 1:, 0], expected, atol=1e-6)
     global_t_mod = torch.randn(1, 6, C)  # text-to-video: one t_mod for all tokens

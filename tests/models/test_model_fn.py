@@ -1,4 +1,4 @@
-"""model_fn_wan_action's action guidance (and its rescale), called directly and through the pipeline (tiny preset, CPU)."""
+"""model_fn_wan_action's action guidance (and its rescale), directly and through the pipeline (tiny preset, CPU)."""
 import math
 
 import pytest

@@ -5,8 +5,14 @@ import torch
 
 from models.action_format import constant_actions
 from models.artifacts import ArtifactConfig, save_action_artifacts
-from models.tiny import (WORLD_CONFIG_NAME, SmallWorldConfig, build_tiny_controller, build_tiny_pipeline,
-                         load_small_world, save_small_world)
+from models.tiny import (
+    WORLD_CONFIG_NAME,
+    SmallWorldConfig,
+    build_tiny_controller,
+    build_tiny_pipeline,
+    load_small_world,
+    save_small_world,
+)
 
 
 def test_tiny_preset_is_the_ti2v_architecture_and_deterministic_per_seed():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from server.engine import Engine, Flight
-from server.generators import GenRequest, Generator
+from server.generators import Generator, GenRequest
 from server.inputs import InputTimeline
 from server.settings import Settings
 

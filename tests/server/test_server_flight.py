@@ -77,7 +77,8 @@ def test_flight_with_held_keys(make_client, input_pump):
         for actions in forward:
             np.testing.assert_allclose(actions, np.stack([expected({FORWARD: full[FORWARD]})] * 2))
         for actions in both:  # two actions at once: forward + yaw
-            np.testing.assert_allclose(actions, np.stack([expected({FORWARD: full[FORWARD], YAW_LEFT: full[YAW_LEFT]})] * 2))
+            held = expected({FORWARD: full[FORWARD], YAW_LEFT: full[YAW_LEFT]})
+            np.testing.assert_allclose(actions, np.stack([held] * 2))
         assert full[FORWARD] == pytest.approx(0.01) and full[YAW_LEFT] == pytest.approx(1.0)  # documented defaults
 
         ws.send_json({"type": "stop"})

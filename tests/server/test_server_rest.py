@@ -5,9 +5,9 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from models.action_format import DEFAULT_FULL_SCALE
 from server import generate as generate_cli
 from server.gradio_app import spec_to_table, table_to_actions
-from models.action_format import DEFAULT_FULL_SCALE
 
 
 def forward(steps):

@@ -141,7 +141,8 @@ def test_a_client_that_never_reads_does_not_stall_the_others(base):
 def test_oversized_and_malformed_messages(base):
     async def main():
         async with open_ws(base) as ws:
-            for payload, code in (("not json", "bad_json"), ('{"type": "ping", "pad": "' + "x" * 20000 + '"}', "oversized"),
+            for payload, code in (("not json", "bad_json"),
+                                  ('{"type": "ping", "pad": "' + "x" * 20000 + '"}', "oversized"),
                                   (json.dumps({"type": "input", "seq": 0, "t": 0, "flags": [0] * 8, "mags": [0] * 8}),
                                    "not_started"), (b"\x01\x02", "bad_message")):
                 await ws.send(payload)

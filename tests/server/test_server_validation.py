@@ -56,7 +56,8 @@ def test_bad_input_during_a_flight(make_client, png_url):
         assert ready["type"] == "ready" and ready["steps"] == 1
         good = {"type": "input", "seq": 1, "t": 1000.0, "flags": ZEROS, "mags": ZEROS}
         cases = [
-            ('{"type": "input", "seq": 2, "t": 1, "flags": [0,0,0,0,0,0,0,0], "mags": [NaN,0,0,0,0,0,0,0]}', "bad_json"),
+            ('{"type": "input", "seq": 2, "t": 1, "flags": [0,0,0,0,0,0,0,0], "mags": [NaN,0,0,0,0,0,0,0]}',
+             "bad_json"),
             ({**good, "flags": [0] * 7}, "bad_field"),
             ({**good, "flags": [2] + [0] * 7}, "bad_field"),
             ({**good, "flags": [True] + [0] * 7}, "bad_field"),
@@ -107,7 +108,8 @@ def test_config_health_and_docs(make_client):
     assert client.get(f"/samples/{config['samples'][0]}.png").headers["content-type"] == "image/png"
     metrics = client.get("/metrics").text
     for name in ("wanfly_sessions_active", "wanfly_sessions_queued", "wanfly_chunk_seconds_count",
-                 "wanfly_frames_sent_total", "wanfly_frames_dropped_total", "wanfly_stalls_total", "wanfly_errors_total"):
+                 "wanfly_frames_sent_total", "wanfly_frames_dropped_total", "wanfly_stalls_total",
+                 "wanfly_errors_total"):
         assert name in metrics
 
 
@@ -121,8 +123,9 @@ def test_settings_from_env_and_cli():
         Settings.from_args(["--max_sessions", "0"], env={})
 
 
-@pytest.mark.parametrize("option, value, message", [("--action_guidance", "0.5", "action_guidance must be a number >= 1"),
-                                                    ("--action_guidance_rescale", "2", "action_guidance_rescale must")])
+@pytest.mark.parametrize("option, value, message", [
+    ("--action_guidance", "0.5", "action_guidance must be a number >= 1"),
+    ("--action_guidance_rescale", "2", "action_guidance_rescale must")])
 def test_bad_guidance_options_stop_the_command_line_before_any_work(capsys, option, value, message):
     from server.settings import Settings
     with pytest.raises(SystemExit) as exit_:

@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 
 from models.action_format import ACTION_NAMES, constant_actions
-from training.eval_suite import SUITE, SUITE_MOVE, SUITE_TURN, load_recordings, read_recording, save_recording, \
-    suite_actions, suite_magnitudes, synthetic_flights
+from training.eval_suite import (
+    SUITE,
+    SUITE_MOVE,
+    SUITE_TURN,
+    load_recordings,
+    read_recording,
+    save_recording,
+    suite_actions,
+    suite_magnitudes,
+    synthetic_flights,
+)
 from training.evaluate import active_flags, entry_labels, main, score_intervals
 from training.synthetic import make_dataset
 
@@ -115,7 +124,8 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys, monkeypatc
     assert "exactly one of --preset tiny, --world DIR or --model_dir" in capsys.readouterr().err
     assert main(["--generate", "--preset", "tiny", "--flights", "loop", "--out", str(tmp_path / "o")]) == 2
     assert "unknown flight 'loop'" in capsys.readouterr().err
-    assert main(["--generate", "--preset", "tiny", "--flights", "hover", "--shuffled", "--out", str(tmp_path / "o")]) == 2
+    argv = ["--generate", "--preset", "tiny", "--flights", "hover", "--shuffled", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
     assert "--shuffled needs at least 2 --flights" in capsys.readouterr().err
     assert main(["--generate", "--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "has no world_config.json" in capsys.readouterr().err

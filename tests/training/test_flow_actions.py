@@ -5,12 +5,19 @@ import pytest
 from models.action_format import ACTION_NAMES, constant_actions
 from training.eval_suite import synthetic_flights
 from training.evaluate import evaluate_clips, score_video
-from training.flow_actions import FlowSettings, as_frames, estimate_actions, estimate_motion, fibonacci_hemisphere, \
-    fit_motion, rotation_basis
+from training.flow_actions import (
+    FlowSettings,
+    as_frames,
+    estimate_actions,
+    estimate_motion,
+    fibonacci_hemisphere,
+    fit_motion,
+    rotation_basis,
+)
 from training.synthetic import DroneState, fly, render_flight
 from training.synthetic_scene import make_scene
 
-I = {name: i for i, name in enumerate(ACTION_NAMES)}
+IDX = {name: i for i, name in enumerate(ACTION_NAMES)}
 
 
 def flight(*steps, seed=11, size=96, heading=40.0):
@@ -72,8 +79,8 @@ def test_forward_flight_reversed_reads_back():
     assert all(names(forward, t) == {"Forward"} for t in range(4)), forward[:, 0]
     backward = estimate_actions(frames[::-1])
     assert all(names(backward, t) == {"Back"} for t in range(4)), backward[:, 0]
-    assert 0.006 < forward[:, 1, I["Forward"]].mean() < 0.024  # calibrated scale: commanded 0.012
-    assert 0.006 < backward[:, 1, I["Back"]].mean() < 0.024
+    assert 0.006 < forward[:, 1, IDX["Forward"]].mean() < 0.024  # calibrated scale: commanded 0.012
+    assert 0.006 < backward[:, 1, IDX["Back"]].mean() < 0.024
 
 
 def test_mirrored_video_swaps_left_right_and_yaw():

@@ -15,7 +15,7 @@ from training.prepare_sekai import Settings, check_window, main, plan_video
 from training.synthetic import DroneState, fly, random_actions, render_flight
 from training.video_io import probe_video, write_mp4
 
-I = {name: i for i, name in enumerate(ACTION_NAMES)}
+IDX = {name: i for i, name in enumerate(ACTION_NAMES)}
 MIRROR = [0, 1, 3, 2, 5, 4, 6, 7]  # Left <-> Right, Yaw Left <-> Yaw Right
 
 
@@ -52,11 +52,11 @@ def test_tilted_camera_needs_the_heading_frame():
     actions[5:] = constant_actions(5, {"Forward": 0.01}).numpy()
     poses, _ = fly(actions, DroneState(tilt_deg=45.0))
     level = poses_to_actions(poses, heading_frame=True)
-    assert np.allclose(level[:5, 1, I["Yaw Right"]], 2.0, rtol=1e-6)
-    assert np.allclose(level[5:, 1, I["Forward"]], 0.01, rtol=1e-6)
+    assert np.allclose(level[:5, 1, IDX["Yaw Right"]], 2.0, rtol=1e-6)
+    assert np.allclose(level[5:, 1, IDX["Forward"]], 0.01, rtol=1e-6)
     camera = poses_to_actions(poses, heading_frame=False)
-    assert np.allclose(camera[:5, 1, I["Yaw Right"]], 2.0 * np.cos(np.radians(45.0)), rtol=0.02)  # 1.41, not 2
-    assert np.allclose(camera[5:, 1, I["Forward"]], 0.01 * np.cos(np.radians(45.0)), rtol=0.02)
+    assert np.allclose(camera[:5, 1, IDX["Yaw Right"]], 2.0 * np.cos(np.radians(45.0)), rtol=0.02)  # 1.41, not 2
+    assert np.allclose(camera[5:, 1, IDX["Forward"]], 0.01 * np.cos(np.radians(45.0)), rtol=0.02)
     assert estimate_up(poses)[1] == "x_axes"
 
 
@@ -65,7 +65,7 @@ def test_up_estimate_without_yaw_uses_the_path_only_when_plausible():
     tilted, _ = fly(forward, DroneState(tilt_deg=40.0))
     up, source, _ = estimate_up(tilted)
     assert source == "x_axes+path" and np.allclose(up, [0, -1, 0], atol=1e-9)  # y is down
-    assert np.allclose(poses_to_actions(tilted, heading_frame=True)[:, 1, I["Forward"]], 0.01)
+    assert np.allclose(poses_to_actions(tilted, heading_frame=True)[:, 1, IDX["Forward"]], 0.01)
     climb = np.tile(np.eye(4), (41, 1, 1))
     climb[:, 1, 3] = -np.linspace(0.0, 0.1, 41)  # a level camera rising looks like a nadir camera flying on
     assert estimate_up(climb)[1] == "camera_y"
@@ -151,8 +151,8 @@ def test_caption_cleaning_removes_camera_motion():
 
 def test_action_stats_numbers(tmp_path):
     clips = np.zeros((2, 5, 2, 8))
-    clips[:, :, :, I["Forward"]] = [1.0, 0.01]
-    clips[0, :2, :, I["Yaw Left"]] = [[1.0, 1.0], [1.0, 3.0]]
+    clips[:, :, :, IDX["Forward"]] = [1.0, 0.01]
+    clips[0, :2, :, IDX["Yaw Left"]] = [[1.0, 1.0], [1.0, 3.0]]
     stats = compute_action_stats(clips)
     assert (stats["num_clips"], stats["num_intervals"]) == (2, 10)
     forward, yaw = stats["actions"]["Forward"], stats["actions"]["Yaw Left"]
@@ -210,8 +210,8 @@ def test_cli_converts_good_clips_and_reports_every_bad_one(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["prompt"] == "Over a checkered field."
     raw = parse_actions(rows[0]["action"])[0].numpy()  # (4, 2, 8)
     # 30 -> 24 fps: one clip interval spans 5 source frames, so 0.01 per 4 source frames reads as 0.0125.
-    assert np.array_equal(raw[:, 0], np.tile(np.eye(8)[I["Forward"]], (4, 1)))
-    assert np.allclose(raw[:, 1, I["Forward"]], 0.0125, rtol=0.01)
+    assert np.array_equal(raw[:, 0], np.tile(np.eye(8)[IDX["Forward"]], (4, 1)))
+    assert np.allclose(raw[:, 1, IDX["Forward"]], 0.0125, rtol=0.01)
     info = probe_video(out / rows[0]["video"])
     assert (info["frames"], info["fps"], info["width"]) == (17, 24.0, 64)
     assert json.loads((out / "metadata.json").read_text())["heading_frame"] is False

@@ -9,12 +9,24 @@ import pytest
 from models.action_format import ACTION_NAMES, constant_actions, parse_actions
 from training.action_stats import compute_action_stats
 from training.captions import clean_caption
-from training.synthetic import (DroneState, MAX_PITCH_DEG, ROTATION_RANGE, TRANSLATION_RANGE, clamp_pitch, fly,
-                                main, make_clip, make_dataset, random_actions, render_clip, render_flight)
+from training.synthetic import (
+    MAX_PITCH_DEG,
+    ROTATION_RANGE,
+    TRANSLATION_RANGE,
+    DroneState,
+    clamp_pitch,
+    fly,
+    main,
+    make_clip,
+    make_dataset,
+    random_actions,
+    render_clip,
+    render_flight,
+)
 from training.synthetic_scene import make_scene
 from training.video_io import probe_video, read_video
 
-I = {name: i for i, name in enumerate(ACTION_NAMES)}
+IDX = {name: i for i, name in enumerate(ACTION_NAMES)}
 
 
 def actions_of(*steps):
@@ -95,14 +107,14 @@ def test_random_actions_cover_every_action_and_keep_pitch_bounded():
     active = stacked[:, 0] > 0
     assert active.any(axis=0).all()  # both directions of every action
     assert (~active.any(axis=1)).mean() > 0.03  # hovers
-    assert (active[:, I["Forward"]] & (active[:, I["Yaw Left"]] | active[:, I["Yaw Right"]])).sum() > 20
-    assert (active[:, I["Forward"]] & (active[:, I["Pitch Up"]] | active[:, I["Pitch Down"]])).sum() > 10
+    assert (active[:, IDX["Forward"]] & (active[:, IDX["Yaw Left"]] | active[:, IDX["Yaw Right"]])).sum() > 20
+    assert (active[:, IDX["Forward"]] & (active[:, IDX["Pitch Up"]] | active[:, IDX["Pitch Down"]])).sum() > 10
     assert np.array_equal(active, stacked[:, 1] > 0)
     magnitude = stacked[:, 1]
     assert TRANSLATION_RANGE[0] <= magnitude[:, :4][active[:, :4]].min() <= magnitude[:, :4].max() <= 0.015
     assert ROTATION_RANGE[0] <= magnitude[:, 4:][active[:, 4:]].min() <= magnitude[:, 4:].max() <= 2.0
     for clip in clips:
-        pitch = np.cumsum(clip[:, 1, I["Pitch Up"]] - clip[:, 1, I["Pitch Down"]])
+        pitch = np.cumsum(clip[:, 1, IDX["Pitch Up"]] - clip[:, 1, IDX["Pitch Down"]])
         assert np.abs(pitch).max() <= 6.0 + 1e-9
         assert np.array_equal(clamp_pitch(clip, max_pitch_deg=6.0), clip)  # already within bounds: flown as given
 
@@ -136,8 +148,8 @@ def test_move_speed_scales_only_the_translations():
 
 def test_clamp_pitch_stops_at_the_limit():
     flown = clamp_pitch(actions_of(*[{"Pitch Up": 2.0}] * 20))
-    assert np.isclose(flown[:, 1, I["Pitch Up"]].sum(), MAX_PITCH_DEG)
-    assert flown[:15, 0, I["Pitch Up"]].all() and not flown[15:, 0].any()
+    assert np.isclose(flown[:, 1, IDX["Pitch Up"]].sum(), MAX_PITCH_DEG)
+    assert flown[:15, 0, IDX["Pitch Up"]].all() and not flown[15:, 0].any()
     poses, _ = fly(flown)
     assert np.isclose(DroneState.from_c2w(poses[-1]).pitch_deg, MAX_PITCH_DEG)
 

@@ -52,8 +52,8 @@ def test_short_run_writes_the_layout_and_generates(flights, tmp_path, gen_kwargs
     trained = load_file(out / "action_controller.safetensors")
     last = load_file(out / "checkpoints" / "step-000000003" / ckpt.TRAINABLE_NAME)
     assert trained.keys() == last.keys() and all(torch.equal(trained[k], last[k]) for k in trained)
-    from training.trainer_model import build_controller
     from models.controller import resolve_controller_config
+    from training.trainer_model import build_controller
     initial = build_controller(resolve_controller_config("tiny"), seed=0).state_dict()
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)
 
@@ -67,6 +67,7 @@ def test_short_run_writes_the_layout_and_generates(flights, tmp_path, gen_kwargs
 def test_lora_run_loads_for_inference_and_merges_to_base_plus_lora(flights, tmp_path):
     from diffsynth.diffusion.training_module import DiffusionTrainingModule
     from diffsynth.pipelines.wan_video import model_fn_wan_video
+
     from training.merge_lora import merge_lora_state
 
     out = tmp_path / "lora_run"
