@@ -36,14 +36,6 @@ from .config_io import config_from_dict
 logger = logging.getLogger(__name__)
 
 INJECTION_TYPES = ("cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual")
-# Parameter-name prefixes each injection type owns (besides the shared embedding, positions and scales).
-_BRANCH_PREFIXES = {
-    "cross_attn_frame": ("v_proj.", "o_proj."),
-    "cross_attn_window": ("q_proj.", "k_proj.", "v_proj.", "o_proj.", "q_norm.", "k_norm.", "rel_pos_bias"),
-    "adaln_tmod": ("action_to_tmod.",),
-    "add_residual": ("action_to_residual.",),
-}
-_SHARED_PREFIXES = ("action_embed.", "temporal_pos_embed", "output_scale")
 # Every key the seed's all-branches controller can hold.
 _SEED_PREFIXES = ("q_proj.", "k_proj.", "v_proj.", "o_proj.", "q_norm.", "k_norm.", "action_to_tmod.",
                   "action_to_residual.")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import math
 import os
 from collections import OrderedDict
 from typing import Iterator, Optional, Sequence
@@ -19,16 +18,11 @@ from diffsynth.core import ModelConfig
 from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptEmbedder
 
 from .action_format import MAGNITUDE_SCALE, check_scale, check_split_actions, num_actions_for_frames, split_actions
+from .artifacts import apply_artifacts
+from .model_dir import MODEL_DIR_LAYOUT, check_model_dir
 from .model_fn import model_fn_wan_action
+from .options import check_action_guidance, check_action_guidance_rescale
 from .streaming import capture_latents, stream_decode
-
-# The original Wan2.2-TI2V-5B folder layout that from_model_dir expects.
-MODEL_DIR_LAYOUT = {
-    "dit": "diffusion_pytorch_model*.safetensors",
-    "text_encoder": "models_t5_umt5-xxl-enc-bf16.pth",
-    "vae": "Wan2.2_VAE.pth",
-    "tokenizer": "google/umt5-xxl/",
-}
 
 
 class CachedPromptEmbedder(WanVideoUnit_PromptEmbedder):
@@ -47,43 +41,6 @@ class CachedPromptEmbedder(WanVideoUnit_PromptEmbedder):
             while len(cache) > size:
                 cache.popitem(last=False)
         return result
-
-
-def check_action_guidance(value) -> float:
-    """``action_guidance`` must be a finite number >= 1 (1 = off); returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-        raise ValueError(f"action_guidance must be a number >= 1 (1 = off), got {value!r}")
-    return float(value)
-
-
-def check_action_guidance_rescale(value) -> float:
-    """``action_guidance_rescale`` must be a number in [0, 1] (0 = off); returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails too
-        raise ValueError(f"action_guidance_rescale must be a number in [0, 1] (0 = off), got {value!r}")
-    return float(value)
-
-
-def find_missing_model_files(model_dir: str) -> list[str]:
-    missing = []
-    for role, pattern in MODEL_DIR_LAYOUT.items():
-        if pattern.endswith("/"):
-            if not os.path.isdir(os.path.join(model_dir, pattern)):
-                missing.append(pattern)
-        elif not glob.glob(os.path.join(model_dir, pattern)):
-            missing.append(pattern)
-    return missing
-
-
-def check_model_dir(model_dir: str) -> None:
-    """Raise FileNotFoundError listing every missing file of an original Wan2.2-TI2V-5B folder."""
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model_dir {model_dir!r} is not a folder")
-    missing = find_missing_model_files(model_dir)
-    if missing:
-        layout = "\n".join(f"  {pattern}    ({role})" for role, pattern in MODEL_DIR_LAYOUT.items())
-        raise FileNotFoundError(
-            f"model_dir {model_dir!r} is missing: {', '.join(missing)}.\n"
-            f"Expected the original Wan2.2-TI2V-5B layout:\n{layout}")
 
 
 class WanActionPipeline(WanVideoPipeline):
@@ -151,7 +108,6 @@ class WanActionPipeline(WanVideoPipeline):
     def load_action_artifacts(self, folder: str) -> "WanActionPipeline":
         """Rebuild the controller from ``action_train_config.json``, load its weights strictly, apply the LoRA
         if one is configured, and adopt the saved magnitude scale."""
-        from .artifacts import apply_artifacts
         apply_artifacts(self, folder)
         return self
 
@@ -229,7 +185,7 @@ class WanActionPipeline(WanVideoPipeline):
 
     def compile_for_inference(self, mode: str = "default", dynamic: Optional[bool] = None) -> "WanActionPipeline":
         """torch.compile each DiT block and the controller's injection methods, in place. Compilation happens on
-        the first call of each shape: warm up before serving (``server.engine.warm_up``)."""
+        the first call of each shape: warm up before serving (``server.generators.warm_up``)."""
         compile_dit_and_controller(self.dit, self.action_controller, mode=mode, dynamic=dynamic)
         self.compiled = True
         return self

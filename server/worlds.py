@@ -1,30 +1,33 @@
 """Worlds: what the server generates with. ``load_world(settings)`` -> ``World`` (a pipeline plus serving defaults).
 
     --world random                 the tiny random-weight preset (``models.tiny``) on CPU: the UI says so plainly
-    --world <name>                 a world registered in ``WORLD_FACTORIES`` (``register_world``), e.g. "toy" later
-    --world <folder>               a small world folder, loaded by ``models.tiny.load_small_world(folder, ...)``;
-                                   an optional ``serve.json`` there gives serving defaults (height, width, fps, ...)
+    --world <name>                 a world registered in ``WORLD_FACTORIES`` (``register_world``), e.g. "toy"
+    --world <folder>               a small world folder (``models.small_world``); its ``serve.json``
+                                   (``models.serve_config``) gives the serving defaults (height, width, fps, ...)
     --model_dir <Wan2.2-TI2V-5B>   the real model (``WanActionPipeline.from_model_dir``), overrides --world
     --artifacts <folder>           a training output folder applied to the pipeline (controller, LoRA, action_stats)
 
-Settings fields that are not None (``--height``, ``--fps``, ...) override the world's defaults.
+Pipelines come from ``models.loading.build_pipeline``. Settings fields that are not None (``--height``, ``--fps``,
+...) override the world's defaults.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from models.action_format import FRAMES_PER_LATENT, full_scale_from_stats, num_actions_for_frames
+from models.artifacts import CONFIG_NAME
+from models.loading import build_pipeline
+from models.model_dir import check_model_dir
+from models.options import check_action_guidance, check_action_guidance_rescale
+from models.serve_config import DEFAULT_PROMPT, SERVE_CONFIG_NAME, ServeConfig, load_serve_config
 
+from .images import list_samples
 from .settings import Settings
 
 log = logging.getLogger("wanfly.worlds")
-SERVE_HINTS = "serve.json"
-HINT_FIELDS = ("height", "width", "chunk_frames", "fps", "steps", "cfg_scale", "action_guidance",
-               "action_guidance_rescale", "prompt", "sample", "weights", "autoregressive")
 
 
 @dataclass
@@ -39,9 +42,9 @@ class World:
     fps: int
     steps: int
     cfg_scale: float
-    action_guidance: float = 1.0  # hover + g * (commanded - hover) per step (models.pipeline); 1 = off
+    action_guidance: float = 1.0  # hover + g * (commanded - hover) per step (models.model_fn); 1 = off
     action_guidance_rescale: float = 0.0  # pull the guided step back to the commanded one's std; 0 = off
-    prompt: str = "a drone flies over green hills under a blue sky"
+    prompt: str = DEFAULT_PROMPT
     sample: Optional[str] = None  # the bundled first frame the UI offers first (None = the first sample)
     autoregressive: bool = False  # trained on chunk-length clips: longer jobs are made chunk by chunk, as flights
     tiled: bool = False
@@ -84,43 +87,32 @@ def resolve_device(settings: Settings) -> tuple[str, object]:
 
 def check_world_args(settings: Settings) -> None:
     """Fail fast (before starting a server) on paths and names that cannot load."""
-    from models.pipeline import check_model_dir
     settings = with_world_resolved(settings)
     if settings.model_dir:
         check_model_dir(settings.model_dir)
     elif settings.world != "random" and settings.world not in WORLD_FACTORIES and not os.path.isdir(settings.world):
         raise ValueError(f"world: {settings.world!r} is neither 'random', a registered world "
                          f"({sorted(WORLD_FACTORIES)}) nor a folder")
-    if settings.artifacts and not os.path.isfile(os.path.join(settings.artifacts, "action_train_config.json")):
-        raise ValueError(f"artifacts: {settings.artifacts!r} has no action_train_config.json")
+    if settings.artifacts and not os.path.isfile(os.path.join(settings.artifacts, CONFIG_NAME)):
+        raise ValueError(f"artifacts: {settings.artifacts!r} has no {CONFIG_NAME}")
 
 
 def _random_world(settings: Settings, device: str, dtype) -> World:
-    from models.tiny import build_tiny_controller, build_tiny_pipeline
-    pipe = build_tiny_pipeline(seed=settings.world_seed, device=device, torch_dtype=dtype)
-    pipe.set_action_controller(build_tiny_controller(seed=settings.world_seed))
+    pipe = build_pipeline(preset="tiny", seed=settings.world_seed, device=device, torch_dtype=dtype)
     return World(pipe=pipe, name="random", random_weights=True, height=64, width=64, chunk_frames=9, fps=16, steps=2,
                  cfg_scale=1.0, device=device,
                  weights="RANDOM weights (tiny preset, untrained): the video is noise-like, not a learned world")
 
 
-def _folder_world(settings: Settings, device: str, dtype) -> World:
-    import models.tiny as tiny
-    folder = settings.world
-    loader = getattr(tiny, "load_small_world", None)
-    if loader is None:
-        raise ValueError(f"world: {folder!r} is a folder, but models.tiny has no load_small_world(folder, device, "
-                         "torch_dtype) to load small-world weights with")
-    pipe = loader(folder, device=device, torch_dtype=dtype)
-    hints = {}
-    hints_path = os.path.join(folder, SERVE_HINTS)
-    if os.path.isfile(hints_path):
-        with open(hints_path) as f:
-            hints = {k: v for k, v in json.load(f).items() if k in HINT_FIELDS}
-    world = World(pipe=pipe, name=os.path.basename(os.path.normpath(folder)), random_weights=False, height=128,
-                  width=128, chunk_frames=9, fps=16, steps=4, cfg_scale=1.0, device=device,
-                  weights=f"small world {os.path.basename(os.path.normpath(folder))} (trained, low resolution)")
-    return replace(world, **hints)
+def _folder_world(folder: str, device: str, dtype) -> World:
+    serve = load_serve_config(folder) or ServeConfig()  # read first: a bad serve.json fails before the weights load
+    pipe = build_pipeline(world=folder, device=device, torch_dtype=dtype)
+    name = os.path.basename(os.path.normpath(folder))
+    return World(pipe=pipe, name=name, random_weights=False, height=serve.height, width=serve.width,
+                 chunk_frames=serve.chunk_frames, fps=serve.fps, steps=serve.steps, cfg_scale=serve.cfg_scale,
+                 action_guidance=serve.action_guidance, action_guidance_rescale=serve.action_guidance_rescale,
+                 prompt=serve.prompt, sample=serve.sample, autoregressive=serve.autoregressive, device=device,
+                 weights=serve.weights or f"small world {name} (trained, low resolution)")
 
 
 # The toy world committed in the repository (``python -m training.toyworld``, docs/toyworld.md).
@@ -130,9 +122,7 @@ TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(
 
 
 def _toy_world(settings: Settings, device: str, dtype) -> World:
-    from types import SimpleNamespace
-    world = _folder_world(SimpleNamespace(world=TOY_WORLD_DIR), device, dtype)
-    return replace(world, name="toy")  # its banner line and first frame come from worlds/toy/serve.json
+    return replace(_folder_world(TOY_WORLD_DIR, device, dtype), name="toy")  # banner and sample: its serve.json
 
 
 if os.path.isfile(os.path.join(TOY_WORLD_DIR, "world_config.json")):
@@ -150,10 +140,20 @@ def default_world() -> str:
 
 
 def _real_world(settings: Settings, device: str, dtype) -> World:
-    from models.pipeline import WanActionPipeline
-    pipe = WanActionPipeline.from_model_dir(settings.model_dir, device=device, torch_dtype=dtype)
+    pipe = build_pipeline(model_dir=settings.model_dir, device=device, torch_dtype=dtype)
     return World(pipe=pipe, name="Wan2.2-TI2V-5B", random_weights=False, height=480, width=832, chunk_frames=17,
                  fps=24, steps=10, cfg_scale=5.0, tiled=True, device=device, weights="Wan2.2-TI2V-5B")
+
+
+def _base_world(settings: Settings, device: str, dtype) -> World:
+    if settings.model_dir:
+        return _real_world(settings, device, dtype)
+    if settings.world == "random":
+        return _random_world(settings, device, dtype)
+    if settings.world in WORLD_FACTORIES:
+        return WORLD_FACTORIES[settings.world](settings, device, dtype)
+    check_world_args(settings)  # names what is wrong with --world
+    return _folder_world(settings.world, device, dtype)
 
 
 def load_world(settings: Settings) -> World:
@@ -164,17 +164,7 @@ def load_world(settings: Settings) -> World:
     threads = settings.threads or (max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else 0)
     if threads:  # on CPU leave a core to the event loop and JPEG encoding (and avoid OpenMP oversubscription)
         torch.set_num_threads(threads)
-    if settings.model_dir:
-        world = _real_world(settings, device, dtype)
-    elif settings.world == "random":
-        world = _random_world(settings, device, dtype)
-    elif settings.world in WORLD_FACTORIES:
-        world = WORLD_FACTORIES[settings.world](settings, device, dtype)
-    elif os.path.isdir(settings.world):
-        world = _folder_world(settings, device, dtype)
-    else:
-        check_world_args(settings)
-        raise AssertionError("unreachable")
+    world = _base_world(settings, device, dtype)
     pipe = world.pipe
     if settings.artifacts:
         pipe.load_action_artifacts(settings.artifacts)
@@ -205,15 +195,13 @@ def check_world(world: World, settings: Settings) -> None:
         raise ValueError(f"fps must be in 1..120, got {world.fps}")
     if not 1 <= world.steps <= settings.max_steps:
         raise ValueError(f"steps must be in 1..{settings.max_steps}, got {world.steps}")
-    from models.pipeline import check_action_guidance, check_action_guidance_rescale
     check_action_guidance(world.action_guidance)
     check_action_guidance_rescale(world.action_guidance_rescale)
     if world.sample is not None:
-        from .images import list_samples
         samples = list_samples(settings.web_dir)
         if world.sample not in samples:
-            raise ValueError(f"sample: the world's {SERVE_HINTS} names {world.sample!r}, which is not a bundled "
-                             f"sample ({samples})")
+            raise ValueError(f"sample: the world's {SERVE_CONFIG_NAME} names {world.sample!r}, which is not a "
+                             f"bundled sample ({samples})")
 
 
 def world_summary(world: Optional[World]) -> dict:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from .cli import ConfigError, TrainConfig, parse_config, validate
-from .data import DataError
+from training.data.dataset import DataError
+from training.trainer.config import ConfigError, TrainConfig, parse_config, validate
+from training.trainer.run import TrainingRun
 
 
 def run(c: TrainConfig) -> dict:
     """Train with validated flags; returns a summary (final step, per-step losses, paths)."""
-    from .trainer_run import TrainingRun
-
     return TrainingRun(c).train()
 
 

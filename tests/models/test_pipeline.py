@@ -6,8 +6,9 @@ from diffsynth.pipelines.wan_video import WanVideoPipeline
 
 from models.action_format import MAGNITUDE_SCALE, constant_actions, split_actions
 from models.controller import INJECTION_TYPES
-from models.pipeline import WanActionPipeline, check_model_dir
-from models.tiny import build_tiny_controller
+from models.model_dir import check_model_dir
+from models.pipeline import WanActionPipeline
+from models.tiny import build_tiny_controller, build_tiny_pipeline
 
 ACTIONS = constant_actions(2, {"Forward": 0.01, "Yaw Left": 1.0})  # (2, 2, 8) for 9 frames
 
@@ -174,7 +175,6 @@ SLOW = not os.environ.get("WANFLY_SLOW_TESTS")
 
 def test_compile_for_inference_wraps_blocks_and_controller():
     """Cheap: wrapping compiles nothing until the first call (a fresh pipeline, the shared one stays eager)."""
-    from models.tiny import build_tiny_pipeline
     pipe = build_tiny_pipeline(seed=0).set_action_controller(build_tiny_controller(seed=0))
     pipe.compile_for_inference()
     assert pipe.compiled and all(block._compiled_call_impl is not None for block in pipe.dit.blocks)
@@ -185,7 +185,6 @@ def test_compile_for_inference_wraps_blocks_and_controller():
 @pytest.mark.skipif(SLOW, reason="torch.compile of the tiny pipeline takes ~100 s on 2 CPU cores; "
                                  "set WANFLY_SLOW_TESTS=1 to run it")
 def test_compiled_pipeline_matches_eager(gen_kwargs):
-    from models.tiny import build_tiny_pipeline
     pipe = build_tiny_pipeline(seed=0).set_action_controller(build_tiny_controller(seed=0, initial_scale=0.5))
     kwargs = dict(gen_kwargs, actions=constant_actions(2, {"Forward": 0.01, "Yaw Left": 1.0}))
     eager = pipe.generate_latents(**kwargs)  # (1, 48, 3, 4, 4)

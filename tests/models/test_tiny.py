@@ -1,18 +1,7 @@
-import json
-
-import pytest
+"""models.tiny: the tiny random-weight preset."""
 import torch
 
-from models.action_format import constant_actions
-from models.artifacts import ArtifactConfig, save_action_artifacts
-from models.tiny import (
-    WORLD_CONFIG_NAME,
-    SmallWorldConfig,
-    build_tiny_controller,
-    build_tiny_pipeline,
-    load_small_world,
-    save_small_world,
-)
+from models.tiny import build_tiny_pipeline
 
 
 def test_tiny_preset_is_the_ti2v_architecture_and_deterministic_per_seed():
@@ -26,31 +15,3 @@ def test_tiny_preset_is_the_ti2v_architecture_and_deterministic_per_seed():
     ids, mask = a.tokenizer("A drone flies over zzz", return_mask=True)
     assert ids.shape == (1, 32) and int(mask.sum()) == 6  # 5 words + </s>
     assert ids[0, 4].item() == 2  # unknown word -> <unk>
-
-
-def test_config_rejects_rope_incompatible_heads():
-    with pytest.raises(ValueError, match="head_dim"):
-        SmallWorldConfig(dim=64, num_heads=4)  # head_dim 16
-
-
-def test_small_world_folder_round_trip(tmp_path, gen_kwargs):
-    config = SmallWorldConfig()
-    pipe = build_tiny_pipeline(seed=5)
-    controller = build_tiny_controller(5, initial_scale=0.5)
-    pipe.set_action_controller(controller)
-    actions = constant_actions(2, {"Forward": 0.01})
-    expected = pipe(actions=actions, **gen_kwargs)
-    save_small_world(str(tmp_path), pipe, config)
-    save_action_artifacts(str(tmp_path), controller, ArtifactConfig(action_controller_config={}, base_model_id="tiny"))
-    loaded = load_small_world(str(tmp_path))
-    assert torch.equal(loaded(actions=actions, **gen_kwargs), expected)
-
-    data = json.loads((tmp_path / WORLD_CONFIG_NAME).read_text())
-    data["config"]["dim"] = 96
-    data["config"]["num_heads"] = 2
-    (tmp_path / WORLD_CONFIG_NAME).write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="dit.safetensors does not match"):
-        load_small_world(str(tmp_path))
-    (tmp_path / "vae.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="vae.safetensors"):
-        load_small_world(str(tmp_path))

@@ -4,9 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.artifacts import ArtifactConfig, save_action_artifacts
-from models.tiny import SmallWorldConfig, build_tiny_controller, build_tiny_pipeline, save_small_world
+from models.small_world import SmallWorldConfig, save_small_world
+from models.tiny import build_tiny_controller, build_tiny_pipeline
+from server import worlds
+from server.generators import GenRequest, PipelineGenerator
 from server.settings import Settings
 from server.worlds import load_world, world_summary
 
@@ -21,7 +25,7 @@ def world_folder(tmp_path):
                                                                      action_stats=stats))
     hints = {"height": 32, "width": 64, "chunk_frames": 5, "fps": 12, "steps": 1, "prompt": "a drone over sand",
              "sample": "sand-dunes", "weights": "test world line", "action_guidance": 2.0,
-             "action_guidance_rescale": 0.5, "unknown_field": 1}
+             "action_guidance_rescale": 0.5}
     (tmp_path / "serve.json").write_text(json.dumps(hints))
     return tmp_path
 
@@ -41,9 +45,6 @@ def test_folder_world_takes_its_serve_hints(world_folder):
 
 
 def test_generator_passes_the_worlds_action_guidance_with_actions_only(world_folder):
-    from PIL import Image
-
-    from server.generators import GenRequest, PipelineGenerator
     threads = torch.get_num_threads()
     try:
         world = load_world(Settings(world=str(world_folder), gradio=False, threads=1, action_guidance=3.0,
@@ -104,3 +105,14 @@ def test_a_world_that_cannot_load_is_reported_by_readyz_without_a_traceback(worl
     assert "action_guidance_rescale must be a number in [0, 1]" in response.json()["error"]
     failures = [r for r in caplog.records if "loading the world failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is None  # one line naming the field, no stack trace
+
+
+def test_server_registers_the_toy_world():
+    assert "toy" in worlds.WORLD_FACTORIES and worlds.default_world() == "toy"
+
+
+def test_a_serve_json_with_an_unknown_field_is_refused_naming_it(world_folder):
+    hints = json.loads((world_folder / "serve.json").read_text())
+    (world_folder / "serve.json").write_text(json.dumps({**hints, "chunk_frame": 9}))
+    with pytest.raises(ValueError, match=r"serve.json: unknown field\(s\) \['chunk_frame'\]"):
+        load_world(Settings(world=str(world_folder), gradio=False, threads=1))

@@ -1,79 +1,32 @@
-"""training.evaluate: metrics, input formats, the CLI and its report, the comparison and the --generate suite."""
+"""python -m training.evaluate: every input mode end to end (CPU), the report files, user errors."""
 import json
 
 import numpy as np
 import pytest
 
-from models.action_format import ACTION_NAMES, constant_actions
-from training.eval_suite import (
-    SUITE,
-    SUITE_MOVE,
-    SUITE_TURN,
-    load_recordings,
-    read_recording,
-    save_recording,
-    suite_actions,
-    suite_magnitudes,
-    synthetic_flights,
-)
-from training.evaluate import active_flags, entry_labels, main, score_intervals
-from training.synthetic import make_dataset
-
-
-def actions_of(*steps):
-    return np.concatenate([constant_actions(1, step).numpy() for step in steps]).astype(np.float64)
-
-
-COMMANDED = actions_of({"Forward": 0.01}, {"Forward": 0.01}, {"Yaw Left": 1.0}, {}, {"Left": 0.01},
-                       {"Forward": 0.01, "Yaw Right": 1.0})
-ESTIMATED = actions_of({"Forward": 0.01}, {"Back": 0.01}, {"Left": 0.01}, {"Yaw Left": 1.0}, {"Left": 0.01},
-                       {"Forward": 0.01})
-
-
-def test_score_intervals_numbers():
-    m = score_intervals(ESTIMATED, COMMANDED)
-    f, left, yaw_left, yaw_right = (m["per_action"][n] for n in ("Forward", "Left", "Yaw Left", "Yaw Right"))
-    assert (f["precision"], f["recall"], f["f1"]) == (1.0, pytest.approx(2 / 3), pytest.approx(0.8))
-    assert (left["precision"], left["recall"], left["balanced_accuracy"]) == (0.5, 1.0, pytest.approx(0.9))
-    assert (yaw_left["f1"], yaw_left["balanced_accuracy"]) == (0.0, pytest.approx(0.4))
-    assert yaw_right["precision"] is None and yaw_right["recall"] == 0.0 and yaw_right["balanced_accuracy"] == 0.5
-    assert m["per_action"]["Back"]["recall"] is None and m["per_action"]["Back"]["f1"] == 0.0  # never commanded
-    assert m["accuracy"] == pytest.approx((5 / 6 + 0.9 + 0.4 + 0.5) / 4)
-    assert m["unscored_actions"] == ["Back", "Right", "Pitch Up", "Pitch Down"]
-    assert m["exact_match"] == pytest.approx(2 / 6) and m["exact_match_chance"] == pytest.approx(7 / 36)
-    assert m["kappa"] == pytest.approx((2 / 6 - 7 / 36) / (1 - 7 / 36))
-    counts, idx = np.array(m["confusion"]["counts"]), {n: i for i, n in enumerate(m["confusion"]["labels"])}
-    expected = {("Forward", "Forward"): 2, ("Forward", "Back"): 1, ("Yaw Left", "Left"): 1, ("none", "Yaw Left"): 1,
-                ("Left", "Left"): 1, ("Yaw Right", "none"): 1}
-    for (row, col), value in expected.items():
-        assert counts[idx[row], idx[col]] == value
-    assert counts.sum() == sum(expected.values())
-    rates = m["confusion_rates"]
-    assert rates["forward_back"] == pytest.approx(1 / 3) and rates["yaw_strafe"] == pytest.approx(1 / 3)
-    assert rates["left_right"] == 0.0 and rates["pitch_up_down"] is None
-    assert m["magnitude"] is None and m["intervals"] == 6
-
-
-def test_chance_and_magnitudes():
-    hover = np.zeros_like(COMMANDED)
-    assert score_intervals(hover, COMMANDED)["accuracy"] == 0.5  # ignoring the actions scores exactly chance
-    perfect = score_intervals(COMMANDED, COMMANDED)
-    assert perfect["accuracy"] == 1.0 and perfect["exact_match"] == 1.0 and perfect["kappa"] == 1.0
-    amounts = {"forward": [0.01, 0.01, 0, 0, 0, 0.01], "right": [0, 0, 0, 0, -0.01, 0], "yaw": [0, 0, -1, 0, 0, 1],
-               "pitch": [0.0] * 6}
-    motion = {k: 2 * np.array(v) for k, v in amounts.items()}  # twice the commanded amounts
-    mag = score_intervals(COMMANDED, COMMANDED, motion)["magnitude"]
-    assert mag["axes"]["forward"]["pearson"] == pytest.approx(1.0) and mag["axes"]["yaw"]["gain"] == pytest.approx(2)
-    assert mag["axes"]["pitch"]["pearson"] is None  # never commanded: undefined, not 0
-    both = actions_of({"Forward": 0.01, "Back": 0.01})
-    assert not active_flags(both).any()  # opposite actions held together cancel
-    with pytest.raises(ValueError, match="differ in shape"):
-        score_intervals(COMMANDED[:3], COMMANDED)
+from models.action_format import ACTION_NAMES
+from models.media import read_video
+from training.data.synthetic import make_dataset
+from training.evaluate import main
+from training.evaluation import suite as eval_suite
+from training.evaluation.sources import load_recordings, read_recording, synthetic_flights
+from training.evaluation.suite import save_recording
+from training.evaluation.vae_roundtrip import load_world_vae, roundtrip
 
 
 @pytest.fixture(scope="module")
 def flights():
     return synthetic_flights(3, seed=4, frames=17, height=64, width=64)  # 4 intervals each
+
+
+def _spy_on_guidance(monkeypatch):
+    seen, generate_clip = [], eval_suite.generate_clip
+
+    def spy(*args, **kwargs):
+        seen.append(args[9:11])  # (action_guidance, action_guidance_rescale), passed positionally by generate_suite
+        return generate_clip(*args, **kwargs)
+    monkeypatch.setattr(eval_suite, "generate_clip", spy)
+    return seen
 
 
 def test_recordings_and_comparison_report(tmp_path, flights):
@@ -131,12 +84,11 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys, monkeypatc
     assert "has no world_config.json" in capsys.readouterr().err
     assert main(["--csv", str(tmp_path / "x.csv"), "--through_vae", "worlds/toy", "--out", str(tmp_path / "o")]) == 2
     assert "--through_vae needs --synthetic N" in capsys.readouterr().err
-    from training import eval_suite
 
     def no_model(*args, **kwargs):
         raise AssertionError("a bad guidance option must be refused before a model is built")
 
-    monkeypatch.setattr(eval_suite, "build_pipeline", no_model)
+    monkeypatch.setattr(eval_suite, "load_controller_pipeline", no_model)
     bad_guidance = (("--action_guidance", "0"), ("--action_guidance", "0.5"), ("--action_guidance_rescale", "1.5"))
     for option, value in bad_guidance:
         assert main(["--generate", "--world", "worlds/toy", option, value, "--out", str(tmp_path / "o")]) == 2
@@ -146,7 +98,6 @@ def test_user_errors_exit_2_with_a_message(tmp_path, flights, capsys, monkeypatc
 def test_through_vae_scores_the_same_flights_after_the_worlds_vae(tmp_path):
     """--synthetic N --through_vae DIR: a second entry, the same flights encoded and decoded by the world's VAE
     (the ceiling of what a world with that VAE can show); the round trip keeps shapes and changes pixels."""
-    from training.vae_roundtrip import load_world_vae, roundtrip
     out = tmp_path / "ceiling"
     assert main(["--synthetic", "2", "--num_frames", "5", "--height", "128", "--width", "128", "--speed", "5",
                  "--flow_stride", "1", "--through_vae", "worlds/toy", "--out", str(out)]) == 0
@@ -158,21 +109,6 @@ def test_through_vae_scores_the_same_flights_after_the_worlds_vae(tmp_path):
     assert back.shape == clip.shape and back.dtype == np.uint8
     error = np.abs(back.astype(float) - clip).mean()
     assert 1 < error < 40  # a lossy but faithful picture (the toy VAE: ~22 dB)
-
-
-def test_suite_flights():
-    assert len(SUITE) == 14  # 8 single actions, 3 combos, hover, 2 alternating
-    assert suite_actions("forward+yaw_left", 2)[:, 0].sum() == 4
-    alternate = suite_actions("alternate_yaw", 4)
-    assert [ACTION_NAMES[i] for i in alternate[:, 0].argmax(1)] == ["Yaw Left", "Yaw Right"] * 2
-    assert not suite_actions("hover", 3).any()
-    stats = {"actions": {"Forward": {"p90": 0.05}, "Yaw Left": {"p90": 8.0}}}
-    magnitudes = suite_magnitudes(stats)  # what a held key sends in the server; defaults where unknown
-    assert magnitudes[0] == np.float32(0.05) and magnitudes[4] == np.float32(8.0)
-    assert magnitudes[1] == np.float32(SUITE_MOVE) and magnitudes[5] == np.float32(SUITE_TURN)
-    assert suite_actions("forward+yaw_left", 1, magnitudes)[0, 1, [0, 4]].tolist() == [magnitudes[0], 8.0]
-    args = type("Args", (), {"labels": ["base"]})()
-    assert entry_labels(args, ["x", "ctrl", "ctrl"]) == ["base", "ctrl", "ctrl-2"]  # labels name output folders
 
 
 def test_generate_tiny_preset_end_to_end(tmp_path):
@@ -192,17 +128,6 @@ def test_generate_tiny_preset_end_to_end(tmp_path):
     assert [c["actions"].shape for c in clips] == [(2, 2, 8)] * 3
 
 
-def _spy_on_guidance(monkeypatch):
-    from training import eval_suite
-    seen, generate_clip = [], eval_suite.generate_clip
-
-    def spy(*args, **kwargs):
-        seen.append(args[9:11])  # (action_guidance, action_guidance_rescale), passed positionally by generate_suite
-        return generate_clip(*args, **kwargs)
-    monkeypatch.setattr(eval_suite, "generate_clip", spy)
-    return seen
-
-
 def test_generate_a_world_folder_with_both_baselines(tmp_path, monkeypatch):
     """--world takes the size, chunk length, steps and guidance from serve.json and the suite magnitudes from the
     world's action_stats; --shuffled and --with_random add the two baselines side by side."""
@@ -219,7 +144,6 @@ def test_generate_a_world_folder_with_both_baselines(tmp_path, monkeypatch):
     p90 = stats["action_stats"]["actions"]["Forward"]["p90"]
     fed = json.loads((out / "generated" / "toy shuffled actions" / "scene0__forward.json").read_text())
     assert fed["actions"][0][1][0] == pytest.approx(p90, abs=1e-6)  # scored against the commanded flight
-    from training.video_io import read_video
     video = read_video(out / "generated" / "toy" / "scene0__forward.mp4")
     assert video.shape[:3] == (serve["chunk_frames"], serve["height"], serve["width"])
     assert any("suite magnitudes" in note for note in report["notes"])

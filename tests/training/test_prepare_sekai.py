@@ -1,22 +1,16 @@
-"""training.prepare_sekai / pose_actions / captions / action_stats: Sekai poses -> actions, checked on synthetic
-flights whose actions are known."""
+"""python -m training.prepare_sekai on a small Sekai-style folder: clips, CSV, report, user errors."""
 import csv
 import json
 import shutil
 
 import numpy as np
-import pytest
 
 from models.action_format import ACTION_NAMES, constant_actions, parse_actions
-from training.action_stats import compute_action_stats
-from training.captions import clean_caption
-from training.pose_actions import estimate_up, poses_to_actions
-from training.prepare_sekai import Settings, check_window, main, plan_video
-from training.synthetic import DroneState, fly, random_actions, render_flight
-from training.video_io import probe_video, write_mp4
+from models.media import probe_video, write_mp4
+from training.data.synthetic import DroneState, fly, random_actions, render_flight
+from training.prepare_sekai import main
 
 IDX = {name: i for i, name in enumerate(ACTION_NAMES)}
-MIRROR = [0, 1, 3, 2, 5, 4, 6, 7]  # Left <-> Right, Yaw Left <-> Yaw Right
 
 
 def flight(seed, tilt=0.0, max_pitch=30.0, steps=20):
@@ -25,140 +19,6 @@ def flight(seed, tilt=0.0, max_pitch=30.0, steps=20):
     start = DroneState(*rng.uniform(-0.3, 0.3, 2), 0.03, rng.uniform(-180, 180), 0.0, tilt)
     poses, flown = fly(random_actions(steps, rng, max_pitch_deg=max_pitch), start)
     return poses.astype(np.float32), flown
-
-
-def assert_recovered(got, flown):
-    assert np.array_equal(got[:, 0], flown[:, 0])
-    active = flown[:, 0] > 0
-    assert np.abs(got[:, 1][active] / flown[:, 1][active] - 1).max() < 0.05
-    assert not got[:, 1][~active].any()
-
-
-@pytest.mark.parametrize("heading_frame, tilt, max_pitch", [(False, 0.0, 15.0), (True, 0.0, 30.0),
-                                                            (True, 45.0, 30.0)])
-def test_recovers_commanded_actions(heading_frame, tilt, max_pitch):
-    seen = np.zeros(8, bool)
-    for seed in range(25):
-        poses, flown = flight(seed, tilt, max_pitch)
-        got = poses_to_actions(poses, heading_frame=heading_frame)
-        assert got.shape == (20, 2, 8) and got.dtype == np.float32
-        assert_recovered(got, flown)
-        seen |= flown[:, 0].any(axis=0) > 0
-    assert seen.all()
-
-
-def test_tilted_camera_needs_the_heading_frame():
-    actions = constant_actions(10, {"Yaw Right": 2.0}).numpy()
-    actions[5:] = constant_actions(5, {"Forward": 0.01}).numpy()
-    poses, _ = fly(actions, DroneState(tilt_deg=45.0))
-    level = poses_to_actions(poses, heading_frame=True)
-    assert np.allclose(level[:5, 1, IDX["Yaw Right"]], 2.0, rtol=1e-6)
-    assert np.allclose(level[5:, 1, IDX["Forward"]], 0.01, rtol=1e-6)
-    camera = poses_to_actions(poses, heading_frame=False)
-    assert np.allclose(camera[:5, 1, IDX["Yaw Right"]], 2.0 * np.cos(np.radians(45.0)), rtol=0.02)  # 1.41, not 2
-    assert np.allclose(camera[5:, 1, IDX["Forward"]], 0.01 * np.cos(np.radians(45.0)), rtol=0.02)
-    assert estimate_up(poses)[1] == "x_axes"
-
-
-def test_up_estimate_without_yaw_uses_the_path_only_when_plausible():
-    forward = constant_actions(10, {"Forward": 0.01}).numpy()
-    tilted, _ = fly(forward, DroneState(tilt_deg=40.0))
-    up, source, _ = estimate_up(tilted)
-    assert source == "x_axes+path" and np.allclose(up, [0, -1, 0], atol=1e-9)  # y is down
-    assert np.allclose(poses_to_actions(tilted, heading_frame=True)[:, 1, IDX["Forward"]], 0.01)
-    climb = np.tile(np.eye(4), (41, 1, 1))
-    climb[:, 1, 3] = -np.linspace(0.0, 0.1, 41)  # a level camera rising looks like a nadir camera flying on
-    assert estimate_up(climb)[1] == "camera_y"
-    windows, facts = plan_video(climb, 30.0, Settings(frames=17, heading_frame=True))
-    assert facts["up_source"] == "camera_y" and windows[0]["code"] == "vertical_motion"
-    hover = np.tile(np.eye(4), (41, 1, 1))
-    assert estimate_up(hover)[1] == "camera_y"
-
-
-@pytest.mark.parametrize("heading_frame", [False, True])
-def test_world_relabelling_changes_nothing(heading_frame):
-    rng = np.random.default_rng(0)
-    for seed in range(5):
-        poses, _ = flight(seed, tilt=20.0)
-        rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        rotation *= np.sign(np.linalg.det(rotation))  # proper rotation
-        world = np.eye(4)
-        world[:3, :3], world[:3, 3] = rotation, rng.uniform(-0.2, 0.2, 3)
-        moved = world @ poses.astype(np.float64)
-        assert np.array_equal(poses_to_actions(moved, heading_frame=heading_frame)[:, 0],
-                              poses_to_actions(poses, heading_frame=heading_frame)[:, 0])
-        assert np.allclose(poses_to_actions(moved, heading_frame=heading_frame),
-                           poses_to_actions(poses, heading_frame=heading_frame), atol=2e-5)
-
-
-@pytest.mark.parametrize("heading_frame", [False, True])
-def test_mirrored_trajectory_swaps_left_right_and_yaws(heading_frame):
-    normal = np.array([0.6, 0.0, 0.8])  # a vertical mirror plane through the origin, not aligned with the axes
-    mirror = np.eye(4)
-    mirror[:3, :3] -= 2 * np.outer(normal, normal)
-    camera_flip = np.diag([-1.0, 1, 1, 1])  # keeps the camera frame right-handed
-    for seed in range(5):
-        poses, _ = flight(seed, tilt=10.0)
-        mirrored = mirror @ poses.astype(np.float64) @ camera_flip
-        got = poses_to_actions(mirrored, heading_frame=heading_frame)
-        expected = poses_to_actions(poses, heading_frame=heading_frame)[:, :, MIRROR]
-        assert np.array_equal(got[:, 0], expected[:, 0])
-        assert np.allclose(got, expected, atol=2e-5)
-
-
-def test_jitter_below_thresholds_reads_as_hover():
-    rng = np.random.default_rng(0)
-    poses = np.tile(DroneState().c2w(), (81, 1, 1))
-    poses[:, :3, 3] += rng.normal(scale=2e-5, size=(81, 3))
-    angle = np.radians(rng.normal(scale=0.02, size=81))
-    poses[:, 0, 0], poses[:, 0, 2], poses[:, 2, 0], poses[:, 2, 2] = (np.cos(angle), np.sin(angle),
-                                                                      -np.sin(angle), np.cos(angle))
-    assert not poses_to_actions(poses).any()
-
-
-def test_window_checks_name_vertical_motion_roll_and_static():
-    settings = Settings(frames=17, fps=24)
-    climb = np.tile(np.eye(4), (21, 1, 1))
-    climb[:, 1, 3] = -np.linspace(0, 0.05, 21)  # y is down: rising
-    hover = np.tile(np.eye(4), (21, 1, 1))
-    roll = np.tile(np.eye(4), (21, 1, 1))
-    angle = np.radians(np.linspace(0, 10, 21))
-    roll[:, 0, 0], roll[:, 0, 1], roll[:, 1, 0], roll[:, 1, 1] = np.cos(angle), -np.sin(angle), np.sin(angle), \
-        np.cos(angle)
-    for poses, code in ((climb, "vertical_motion"), (roll, "roll"), (hover, "static")):
-        windows, _ = plan_video(poses, 30.0, settings)
-        assert [w["code"] for w in windows] == [code]
-    forward = fly(constant_actions(4, {"Forward": 0.01}).numpy())[0]
-    assert check_window({"forward": np.full(4, 0.01), "right": np.zeros(4), "down": np.zeros(4),
-                         "yaw": np.zeros(4), "pitch": np.zeros(4), "roll": np.zeros(4)},
-                        poses_to_actions(forward), 1e-3, 0.25) is None
-
-
-def test_caption_cleaning_removes_camera_motion():
-    captions = ["The camera slowly moves forward through a forest, then turns left toward a wooden bridge.",
-                "A drone flies over a river at sunset. The camera pans to the right, revealing tall buildings.",
-                "The drone is flying backward over snowy mountains while the camera tilts down to the valley.",
-                "Aerial tracking shot of a coastal town; the view rises above the rooftops.",
-                "A busy street with cars, with smooth forward movement along the road."]
-    banned = ("forward", "backward", "left", "right", "pan", "tilt", "turn", "rise", "tracking", "camera")
-    for caption in captions:
-        cleaned = clean_caption(caption)
-        assert not [word for word in banned if word in cleaned.lower()], cleaned
-    assert clean_caption(captions[0]) == "Through a forest toward a wooden bridge."
-    assert clean_caption("A drone flies over a green field with red pillars at dusk") == \
-        "A drone flies over a green field with red pillars at dusk"
-
-
-def test_action_stats_numbers(tmp_path):
-    clips = np.zeros((2, 5, 2, 8))
-    clips[:, :, :, IDX["Forward"]] = [1.0, 0.01]
-    clips[0, :2, :, IDX["Yaw Left"]] = [[1.0, 1.0], [1.0, 3.0]]
-    stats = compute_action_stats(clips)
-    assert (stats["num_clips"], stats["num_intervals"]) == (2, 10)
-    forward, yaw = stats["actions"]["Forward"], stats["actions"]["Yaw Left"]
-    assert forward["count"] == 10 and forward["fraction_active"] == 1.0 and np.isclose(forward["mean"], 0.01)
-    assert yaw["count"] == 2 and yaw["fraction_active"] == 0.2 and yaw["mean"] == 2.0 and yaw["std"] == 1.0
-    assert yaw["p50"] == 2.0 and stats["actions"]["Back"]["mean"] is None
 
 
 def make_sekai(root, frames=41, fps=30):

@@ -1,4 +1,4 @@
-"""training.train end to end on the tiny preset: layout, inference loading, LoRA + merge, flag errors, --help."""
+"""python -m training.train end to end on the tiny preset: layout, inference, LoRA + merge, flag errors, --help."""
 import csv
 import json
 import os
@@ -8,17 +8,18 @@ import torch
 from safetensors.torch import load_file
 
 from models.action_format import MAGNITUDE_SCALE, constant_actions
-from models.controller import ACTION_CONTROLLER_CONFIGS
+from models.controller import ACTION_CONTROLLER_CONFIGS, resolve_controller_config
 from models.tiny import build_tiny_pipeline
-from training import checkpoint as ckpt
-from training.cli import TrainConfig, build_parser
+from training.data.synthetic import make_dataset
 from training.train import main
+from training.trainer import checkpoint as ckpt
+from training.trainer.config import TrainConfig, build_parser
+from training.trainer.lora_merge import merge_lora_state
+from training.trainer.module import build_controller
 
 
 @pytest.fixture(scope="module")
 def flights(tmp_path_factory):
-    from training.synthetic import make_dataset
-
     out = tmp_path_factory.mktemp("flights")
     make_dataset(out, clips=3, frames=9, height=64, width=64, seed=1)
     return str(out)
@@ -27,6 +28,24 @@ def flights(tmp_path_factory):
 def argv(data, out, *extra):
     return ["--preset", "tiny", "--dataset_base_path", data, "--num_frames", "9", "--height", "64", "--width", "64",
             "--learning_rate", "1e-3", "--output_path", str(out), *extra]
+
+
+BAD_FLAGS = [
+    (["--num_frames", "10"], "--num_frames"),
+    (["--height", "60"], "--height"),
+    (["--lr_min_lr", "1"], "--lr_min_lr"),
+    (["--lr_warmup_ratio", "1.5"], "--lr_warmup_ratio"),
+    (["--max_steps", "0"], "--max_steps"),
+    (["--max_checkpoints", "2"], "--max_checkpoints"),
+    (["--save_full_state"], "--save_full_state"),
+    (["--trainable_models", "dit"], "--trainable_models"),
+    (["--model_dir", "."], "--preset"),
+    (["--action_controller_config", "wan_ti2v_5b"], "--action_controller_config"),
+    (["--lora_checkpoint", "x.safetensors"], "--lora_checkpoint"),
+    (["--min_timestep_boundary", "0.9", "--max_timestep_boundary", "0.5"], "--min_timestep_boundary"),
+    (["--resume_from", "/nonexistent/step-000000001"], "--resume_from"),
+    (["--num_frames", "85"], "--num_frames"),  # 21 actions > the controller's 20 (found when building it)
+]
 
 
 def test_short_run_writes_the_layout_and_generates(flights, tmp_path, gen_kwargs):
@@ -52,8 +71,6 @@ def test_short_run_writes_the_layout_and_generates(flights, tmp_path, gen_kwargs
     trained = load_file(out / "action_controller.safetensors")
     last = load_file(out / "checkpoints" / "step-000000003" / ckpt.TRAINABLE_NAME)
     assert trained.keys() == last.keys() and all(torch.equal(trained[k], last[k]) for k in trained)
-    from models.controller import resolve_controller_config
-    from training.trainer_model import build_controller
     initial = build_controller(resolve_controller_config("tiny"), seed=0).state_dict()
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)
 
@@ -68,7 +85,6 @@ def test_lora_run_loads_for_inference_and_merges_to_base_plus_lora(flights, tmp_
     from diffsynth.diffusion.training_module import DiffusionTrainingModule
     from diffsynth.pipelines.wan_video import model_fn_wan_video
 
-    from training.merge_lora import merge_lora_state
 
     out = tmp_path / "lora_run"
     assert main(argv(flights, out, "--max_steps", "2", "--lora_base_model", "dit", "--lora_rank", "4",
@@ -103,24 +119,6 @@ def test_lora_run_loads_for_inference_and_merges_to_base_plus_lora(flights, tmp_
     assert not torch.allclose(base, outputs[0], atol=1e-5)  # the LoRA did change the model
 
 
-BAD_FLAGS = [
-    (["--num_frames", "10"], "--num_frames"),
-    (["--height", "60"], "--height"),
-    (["--lr_min_lr", "1"], "--lr_min_lr"),
-    (["--lr_warmup_ratio", "1.5"], "--lr_warmup_ratio"),
-    (["--max_steps", "0"], "--max_steps"),
-    (["--max_checkpoints", "2"], "--max_checkpoints"),
-    (["--save_full_state"], "--save_full_state"),
-    (["--trainable_models", "dit"], "--trainable_models"),
-    (["--model_dir", "."], "--preset"),
-    (["--action_controller_config", "wan_ti2v_5b"], "--action_controller_config"),
-    (["--lora_checkpoint", "x.safetensors"], "--lora_checkpoint"),
-    (["--min_timestep_boundary", "0.9", "--max_timestep_boundary", "0.5"], "--min_timestep_boundary"),
-    (["--resume_from", "/nonexistent/step-000000001"], "--resume_from"),
-    (["--num_frames", "85"], "--num_frames"),  # 21 actions > the controller's 20 (found when building it)
-]
-
-
 @pytest.mark.parametrize("extra,flag", BAD_FLAGS, ids=[f for _, f in BAD_FLAGS])
 def test_bad_flags_give_one_clear_line(flights, tmp_path, capsys, extra, flag):
     assert main(argv(flights, tmp_path / "out", "--max_steps", "1", *extra)) == 2
@@ -151,18 +149,3 @@ def test_help_documents_every_flag(capsys):
                   "save_steps", "use_wandb", "wandb_project", "wandb_run_name", "gradient_accumulation_steps",
                   "height", "width", "num_frames", "output_path", "model_id_with_origin_paths"]
     assert all(name in TrainConfig.__dataclass_fields__ for name in seed_flags)
-
-
-def test_wandb_is_optional(monkeypatch, caplog):
-    import sys
-    from types import SimpleNamespace
-
-    from training.trainer_io import wandb_logger
-
-    monkeypatch.setitem(sys.modules, "wandb", None)  # "not installed": import raises ImportError
-    main_process = SimpleNamespace(is_main_process=True)
-    config = SimpleNamespace(use_wandb=True, wandb_project="p", wandb_run_name=None, to_dict=dict)
-    with caplog.at_level("WARNING"):
-        assert wandb_logger(config, main_process) is None
-    assert "--use_wandb: wandb is not installed" in caplog.text
-    assert wandb_logger(SimpleNamespace(use_wandb=False), main_process) is None

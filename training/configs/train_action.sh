@@ -7,7 +7,7 @@ set -euo pipefail
 DATASET_BASE=${DATASET_BASE:-/path/to/sekai-game-drone_v2_processed}
 METADATA_PATH=${METADATA_PATH:-${DATASET_BASE}/clips_metadata_diffsynth.csv}
 MODEL_DIR=${MODEL_DIR:-/path/to/Wan2.2-TI2V-5B-local}
-OUTPUT=${OUTPUT:-./models/train/Wan2.2-TI2V-5B_action_controller}
+OUTPUT=${OUTPUT:-./outputs/train/Wan2.2-TI2V-5B_action_controller}
 
 accelerate launch --config_file training/configs/accelerate_single_gpu.yaml -m training.train \
     --dataset_base_path "${DATASET_BASE}" \

@@ -1,0 +1,154 @@
+"""Video and image files, shared by the server (recordings, jobs) and training (datasets, evaluation).
+
+Frames are RGB uint8 ``(H, W, 3)`` everywhere in wanfly (OpenCV's BGR stays inside this file). Writing uses
+imageio-ffmpeg (H.264, yuv420p), reading and probing use OpenCV; both load lazily, so importing this module starts
+nothing. ``fit_image`` is the one centre-crop + resize of the project (first frames, converted datasets).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+# x264 constant-rate factor for datasets: 12-16 is visually lossless at these sizes; training data should not carry
+# compression artefacts the model could learn.
+DEFAULT_CRF = 14
+DEFAULT_PRESET = "medium"
+# Live recordings and jobs: encoded while a flight goes on, so speed matters more than the last bit of quality.
+LIVE_CRF = 20
+LIVE_PRESET = "veryfast"
+
+
+class Mp4Writer:
+    """Streaming H.264/yuv420p mp4 writer: frames go to ffmpeg as they come (nothing is buffered here).
+
+    Height and width must be even (yuv420p halves chroma); frames are never resized. ``count`` frames written.
+    """
+
+    def __init__(self, path: str | Path, fps: float, crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET):
+        self.path, self.fps, self.crf, self.preset = Path(path), float(fps), int(crf), preset
+        self.count, self._shape, self._writer = 0, None, None
+
+    def write(self, frame: np.ndarray) -> None:
+        """One ``(H, W, 3)`` uint8 frame."""
+        frame = np.ascontiguousarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frames: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        if self._writer is None:
+            self._open(frame.shape)
+        elif frame.shape != self._shape:
+            raise ValueError(f"frames: frame {self.count} has shape {frame.shape}, expected {self._shape}")
+        self._writer.send(frame)
+        self.count += 1
+
+    def write_frames(self, frames: Iterable[np.ndarray]) -> None:
+        """Several frames, e.g. a ``(n, H, W, 3)`` array."""
+        for frame in frames:
+            self.write(frame)
+
+    def _open(self, shape) -> None:
+        import imageio_ffmpeg
+
+        height, width = shape[:2]
+        if height % 2 or width % 2:
+            raise ValueError(f"frames: height and width must be even for yuv420p, got {height}x{width}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._shape = shape
+        self._writer = imageio_ffmpeg.write_frames(
+            str(self.path), (width, height), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p", quality=None, macro_block_size=1, ffmpeg_log_level="error",
+            output_params=["-crf", str(self.crf), "-preset", self.preset])
+        self._writer.send(None)  # seed the generator
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf: int = DEFAULT_CRF,
+              preset: str = DEFAULT_PRESET) -> int:
+    """Write RGB uint8 frames ``(H, W, 3)`` as an mp4; returns the number of frames written."""
+    writer = Mp4Writer(path, fps, crf, preset)
+    try:
+        writer.write_frames(frames)
+    finally:
+        writer.close()
+    if writer.count == 0:
+        raise ValueError("frames: no frames to write")
+    return writer.count
+
+
+def probe_video(path: str | Path) -> dict:
+    """``{"fps", "frames", "width", "height"}`` of a video; ValueError when OpenCV cannot decode it."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"cannot open video {path}")
+        info = {
+            "fps": float(capture.get(cv2.CAP_PROP_FPS)),
+            "frames": int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
+            "width": int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "height": int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        }
+        ok, _ = capture.read()
+    finally:
+        capture.release()
+    if not ok or not np.isfinite(info["fps"]) or info["fps"] <= 0 or info["frames"] <= 0:
+        raise ValueError(f"cannot decode video {path} (fps={info['fps']}, frames={info['frames']})")
+    return info
+
+
+def iter_frames(path: str | Path, wanted: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, RGB frame)`` in order; frames not in ``wanted`` are skipped without decoding to RGB."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"cannot open video {path}")
+    last = max(wanted) if wanted else None
+    try:
+        index = 0
+        while last is None or index <= last:
+            if wanted is not None and index not in wanted:
+                if not capture.grab():  # grab() decodes no pixels to RGB, so skipping is cheap
+                    return
+            else:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        capture.release()
+
+
+def read_video(path: str | Path, stride: int = 1) -> np.ndarray:
+    """Frames 0, stride, 2 stride, ... of a video, ``(N, H, W, 3)`` uint8 RGB (small clips, evaluation)."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    count = probe_video(path)["frames"] if stride > 1 else None
+    wanted = None if count is None else set(range(0, count, stride))
+    frames = [frame for _, frame in iter_frames(path, wanted)]
+    if not frames:
+        raise ValueError(f"no frames decoded from {path}")
+    return np.stack(frames)
+
+
+def fit_image(image, width: int, height: int):
+    """Centre-crop to the target aspect ratio, then resize (Lanczos) to ``width x height``: a PIL image gives a PIL
+    image, an ``(H, W, 3)`` uint8 array gives an array."""
+    array = isinstance(image, np.ndarray)
+    picture = Image.fromarray(image) if array else image
+    src_w, src_h = picture.size
+    scale = max(width / src_w, height / src_h)
+    crop_w, crop_h = min(src_w, round(width / scale)), min(src_h, round(height / scale))
+    left, top = (src_w - crop_w) // 2, (src_h - crop_h) // 2
+    picture = picture.crop((left, top, left + crop_w, top + crop_h))
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(picture) if array else picture

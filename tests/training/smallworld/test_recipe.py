@@ -1,0 +1,117 @@
+"""training.smallworld.recipe end to end at a tiny size, and what the committed worlds/toy/ does (CPU)."""
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.small_world import load_small_world
+from training.evaluation.flow import FlowSettings, estimate_motion
+from training.evaluation.sources import rendered_first_frames
+from training.evaluation.suite import generate_clip, suite_actions, suite_magnitudes
+from training.smallworld import recipe as toyworld
+from training.smallworld import stages as toyworld_stages
+from training.toyworld import build_parser as toyworld_parser
+from training.toyworld import main as toyworld_main
+
+YAW_MIN, PITCH_MIN = 0.3, 0.3  # degrees per interval read back by optical flow (asked for ~9: it moves less)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+TOY = os.path.join(REPO, "worlds", "toy")
+
+
+SCENES = 2  # rendered first frames per flight in the steering test
+
+
+def _generate(pipe, height, width, frames, steps=1):
+    first = Image.fromarray(np.random.RandomState(0).randint(0, 255, (height, width, 3), dtype=np.uint8))
+    actions = np.zeros(((frames - 1) // 4, 2, 8), dtype=np.float32)
+    actions[:, :, 0] = (1.0, 0.01)  # Forward
+    return pipe(prompt="a drone flies over a green meadow", input_image=first, height=height, width=width,
+                num_frames=frames, num_inference_steps=steps, seed=0, cfg_scale=1.0, actions=actions,
+                output_type="floatpoint", tiled=False, progress_bar_cmd=lambda it: it)
+
+
+def _tiny_recipe(out, *extra):
+    return ["--out", out, "--height", "32", "--width", "32", "--frames", "5", "--clips", "3", "--holdout", "2",
+            "--vae_dim", "8", "--dim", "48", "--heads", "1", "--layers", "1", "--vae_steps", "2", "--dit_steps", "3",
+            "--vae_batch", "1", "--batch", "2", "--save_steps", "1", "--speed", "4", "--decoder_steps", "2",
+            "--injection_type", "adaln_tmod", "--no_progress", *extra]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+    return {name: load_file(os.path.join(folder, name)) for name in ("dit.safetensors", "vae.safetensors",
+                                                                      "action_controller.safetensors")}
+
+
+def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_world(tmp_path, monkeypatch):
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    assert toyworld_main(_tiny_recipe(whole)) == 0
+    report = json.load(open(os.path.join(whole, "toyworld_report.json")))
+    assert report["plan"] == {"vae_steps": 2, "dit_steps": 3, "decoder_steps": 2}
+    assert report["decoder_loss_first10"] is not None
+    assert np.isfinite(report["vae_psnr_heldout_db"]) and np.isfinite(report["dit_loss_last10pct"])
+    pipe = load_small_world(whole)
+    assert pipe.action_controller is not None and pipe.action_stats is not None
+    video = _generate(pipe, 32, 32, 5)
+    assert video.shape == (1, 3, 5, 32, 32) and torch.isfinite(video).all()
+    hints = json.load(open(os.path.join(whole, "serve.json")))
+    assert (hints["height"], hints["width"], hints["chunk_frames"]) == (32, 32, 5)
+    assert hints["sample"] == toyworld.SERVE_SAMPLE and "32x32" in hints["weights"]
+    assert hints["action_guidance"] == toyworld_parser().get_default("serve_guidance")
+    assert hints["action_guidance_rescale"] == toyworld_parser().get_default("serve_guidance_rescale")
+    data = np.load(os.path.join(whole, toyworld.DATA_FILE))
+    magnitudes = data["actions"][:, :, 1]  # (clips, T, 8); --speed 4 scales the ranges' low ends too
+    assert magnitudes[:, :, :4][magnitudes[:, :, :4] > 0].min(initial=1.0) >= 4 * 0.005 - 1e-6
+    assert magnitudes[:, :, 4:][magnitudes[:, :, 4:] > 0].min(initial=9.0) >= 4 * 0.4 - 1e-6
+    forward, calls = toyworld_stages.DitStage.forward, []
+
+    def crash_on_second_step(self, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the machine went away during DiT step 2 (step 1 is checkpointed)
+        return forward(self, batch)
+
+    monkeypatch.setattr(toyworld_stages.DitStage, "forward", crash_on_second_step)
+    try:
+        toyworld_main(_tiny_recipe(broken))
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(toyworld_stages.DitStage, "forward", forward)
+    state = torch.load(os.path.join(broken, toyworld.STATE_FILE), weights_only=False)["state"]
+    assert (state["stage"], state["step"]) == ("dit", 1)
+    assert state["times"]["dit"] > 0  # the time before the interruption is kept ...
+    assert toyworld_main(_tiny_recipe(broken)) == 0  # the same command resumes
+    resumed = json.load(open(os.path.join(broken, "toyworld_report.json")))["times_s"]
+    assert resumed["dit"] > state["times"]["dit"]  # ... and counted in the resumed run's report
+    first, second = _weights(whole), _weights(broken)
+    for name in first:
+        assert first[name].keys() == second[name].keys()
+        for key in first[name]:
+            assert torch.equal(first[name][key], second[name][key]), (name, key)
+
+
+def test_committed_toy_world_follows_opposite_actions():
+    """The shipped world steers: from the same held-out rendered first frames, optical flow on its chunks reads
+    yaw left vs yaw right and pitch up vs pitch down in opposite directions (magnitudes: what a held key sends)."""
+    hints = json.load(open(os.path.join(TOY, "serve.json")))
+    pipe = load_small_world(TOY)
+    magnitudes = suite_magnitudes(pipe.action_stats)
+    h, w, f = hints["height"], hints["width"], hints["chunk_frames"]
+    steps = (f - 1) // 4
+
+    def motion(flight, axis):
+        values = []
+        for _, first, prompt in rendered_first_frames(SCENES, h, w, seed=0):
+            frames = generate_clip(pipe, first, prompt, suite_actions(flight, steps, magnitudes), f, hints["steps"],
+                                   seed=0, cfg_scale=1.0, action_guidance=hints.get("action_guidance", 1.0),
+                                   action_guidance_rescale=hints.get("action_guidance_rescale", 0.0))
+            values.append(float(estimate_motion(frames, FlowSettings(stride=1))[axis].mean()))
+        return np.mean(values)
+
+    assert motion("yaw_left", "yaw") < -YAW_MIN < YAW_MIN < motion("yaw_right", "yaw")  # degrees per interval
+    assert motion("pitch_down", "pitch") < -PITCH_MIN < PITCH_MIN < motion("pitch_up", "pitch")

@@ -1,0 +1,74 @@
+"""How far an autoregressive flight drifts from its first scene.
+
+A world trained on chunk-length clips flies chunk after chunk, each chunk from the previous chunk's last frame (as
+the server does). Its errors compound: the scene can fade into another one (a desert turns into a green field)
+while the controls still work. From held-out rendered first frames, this generates ``--chunks`` chunks of a few
+suite flights that keep the scene's palette (hover, yaw, forward: no pitch, which trades ground for sky) and
+measures, chunk by chunk, the colour-histogram distance of the chunk's last frame to the first frame (0 = the same
+colours, 1 = none in common). Hovering should also keep the picture itself: its PSNR to the first frame is reported.
+The command is ``python -m training.rollout``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models.action_format import num_actions_for_frames
+from models.serve_config import ServeConfig
+from training.evaluation.sources import rendered_first_frames
+from training.evaluation.suite import generate_clip, suite_actions, suite_magnitudes
+
+FLIGHTS = ("hover", "yaw_right", "forward")
+HIST_BINS = 8  # per RGB channel
+
+
+def palette_distance(a: np.ndarray, b: np.ndarray, bins: int = HIST_BINS) -> float:
+    """Total-variation distance in [0, 1] between the RGB histograms of two (H, W, 3) uint8 frames."""
+    def histogram(frame):
+        index = (frame.astype(np.int64) * bins // 256).reshape(-1, 3)  # (H*W, 3) bin per channel
+        flat = (index[:, 0] * bins + index[:, 1]) * bins + index[:, 2]  # (H*W,)
+        return np.bincount(flat, minlength=bins ** 3) / len(flat)
+    return float(0.5 * np.abs(histogram(a) - histogram(b)).sum())
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def rollout(pipe, first: np.ndarray, prompt: str, actions: np.ndarray, chunk_frames: int, steps: int, seed: int,
+            cfg_scale: float = 1.0, action_guidance: float = 1.0,
+            action_guidance_rescale: float = 0.0) -> list[np.ndarray]:
+    """The last frame (H, W, 3) uint8 of each chunk of a flight; ``actions`` (chunks * chunk_steps, 2, 8)."""
+    chunk_steps = num_actions_for_frames(chunk_frames)
+    image, lasts = first, []
+    for number, start in enumerate(range(0, len(actions), chunk_steps)):
+        frames = generate_clip(pipe, image, prompt, actions[start:start + chunk_steps], chunk_frames, steps,
+                               seed + number, cfg_scale, action_guidance=action_guidance,
+                               action_guidance_rescale=action_guidance_rescale)  # (F, H, W, 3)
+        image = frames[-1]
+        lasts.append(image)
+    return lasts
+
+
+def measure(pipe, serve: ServeConfig, chunks: int, scenes: int, seed: int = 0, flights=FLIGHTS) -> dict:
+    """Per flight: the mean over scenes of each chunk's palette distance (and PSNR for hover) to the first frame;
+    generated with the world's serving settings (``serve``)."""
+    h, w, f = serve.height, serve.width, serve.chunk_frames
+    magnitudes = suite_magnitudes(pipe.action_stats)
+    total_steps = chunks * num_actions_for_frames(f)
+    result = {"chunks": chunks, "scenes": scenes, "seconds": chunks * (f - 1) / serve.fps, "flights": {}}
+    for flight in flights:
+        distances, psnrs = [], []
+        for _, first, prompt in rendered_first_frames(scenes, h, w, seed=seed):
+            lasts = rollout(pipe, first, prompt, suite_actions(flight, total_steps, magnitudes), f, serve.steps,
+                            seed, serve.cfg_scale, serve.action_guidance, serve.action_guidance_rescale)
+            distances.append([palette_distance(frame, first) for frame in lasts])
+            if flight == "hover":  # only hovering should keep the first frame's picture
+                psnrs.append([psnr(frame, first) for frame in lasts])
+        entry = {"palette_distance": np.mean(distances, axis=0).round(4).tolist()}
+        if psnrs:
+            entry["psnr_db"] = np.mean(psnrs, axis=0).round(2).tolist()
+        result["flights"][flight] = entry
+    finals = [entry["palette_distance"][-1] for entry in result["flights"].values()]
+    result["final_palette_distance"] = round(float(np.mean(finals)), 4)
+    return result

@@ -1,0 +1,142 @@
+"""The two training stages of the toy world (see ``training.toyworld``), each a ``forward(batch) -> loss`` module
+driven by the training package's loop (``training.trainer.loop.Trainer``) with its warmup-cosine schedule.
+
+    VaeStage  the Wan2.2 ``VideoVAE38_`` (reduced width, z_dim 48) trained for reconstruction. The wrapper's fixed
+              Wan2.2 latent mean/std normalise the latents, so a small moment penalty keeps the *normalised*
+              latents near zero mean / unit std per channel (what the flow-matching stage expects), and the
+              decoder sees slightly noised latents (robust to imperfect denoising).
+    DitStage  the TI2V ``WanModel`` + action controller with diffsynth's ``FlowMatchSFTLoss`` through the pipeline's
+              ``model_fn`` (fused first frame excluded from the loss, per-token timestep); ``cond_noise`` > 0 adds
+              N(0, U(0, cond_noise)^2) to that first frame's latent, so the model does not trust it pixel for pixel.
+    DecoderStage  the VAE decoder alone, after the DiT: sharper frames, same latent space.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffsynth.diffusion.loss import FlowMatchSFTLoss
+
+LATENT_NOISE = 0.05  # std of the noise added to normalised latents before decoding (VAE stage)
+MOMENT_WEIGHT = 0.05
+
+
+def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (B, N, H, W, 3) -> float (B, 3, N, H, W) in [-1, 1] (the pipeline's preprocessing)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def batch_indices(seed: int, stage: int, step: int, count: int, batch_size: int) -> np.ndarray:
+    """The clip indices of one step: a pure function of (seed, stage, step), so a resumed run sees the same data."""
+    return np.random.default_rng([seed, stage, step]).choice(count, size=batch_size, replace=False)
+
+
+class StepBatches:
+    """An iterator of batches for steps ``start, start+1, ...`` (resumable: no hidden state besides the step)."""
+
+    def __init__(self, make_batch, start: int):
+        self.make_batch, self.step = make_batch, start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.make_batch(self.step)
+        self.step += 1
+        return batch
+
+
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, motion_weight: float = 0.0) -> torch.Tensor:
+    """MSE + 0.5 L1 on (B, 3, F, H, W) videos, plus ``motion_weight`` x L1 on their frame-to-frame differences:
+    a decoder that makes one blurry average of a latent frame's 4 frames loses the motion the evaluation reads."""
+    loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+    if motion_weight > 0 and x.shape[2] > 1:
+        loss = loss + motion_weight * F.l1_loss(recon.diff(dim=2), x.diff(dim=2))  # (B, 3, F-1, H, W) each
+    return loss
+
+
+class VaeStage(torch.nn.Module):
+    def __init__(self, vae, motion_weight: float = 0.0):
+        super().__init__()
+        self.vae = vae  # the WanVideoVAE38 wrapper: .model is trained, .scale normalises
+        self.model = vae.model
+        self.motion_weight = motion_weight
+        self.model.train().requires_grad_(True)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x, self.vae.scale)  # normalised latents (B, 48, f, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encode(x)
+        recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)
+        moments = z.transpose(0, 1).flatten(1)  # (48, B*f*h*w)
+        reg = moments.mean(1).pow(2).mean() + (moments.std(1) - 1.0).pow(2).mean()
+        return reconstruction_loss(recon, x, self.motion_weight) + MOMENT_WEIGHT * reg
+
+
+class DecoderStage(VaeStage):
+    """The VAE decoder alone (``conv2`` + ``decoder``) fine-tuned for reconstruction after the DiT stage: the
+    encoder, hence the latent space the DiT learned, stays as it was, so only the picture gets sharper."""
+
+    def __init__(self, vae, motion_weight: float = 0.0):
+        super().__init__(vae, motion_weight)
+        self.model.requires_grad_(False)
+        for part in (self.model.conv2, self.model.decoder):
+            part.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.encode(x)  # (B, 48, f, h, w)
+        recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)  # (B, 3, F, H, W)
+        return reconstruction_loss(recon, x, self.motion_weight)
+
+
+class DitStage(torch.nn.Module):
+    """Flow-matching loss of the DiT + controller on cached latents; ``batch`` = (latents, context, binary, magn)."""
+
+    def __init__(self, pipe, controller, cond_noise: float = 0.0):
+        super().__init__()
+        self.pipe, self.cond_noise = pipe, cond_noise
+        self.dit, self.controller = pipe.dit, controller
+        pipe.action_controller = controller
+        self.dit.train().requires_grad_(True)
+        self.controller.train().requires_grad_(True)
+        pipe.scheduler.set_timesteps(1000, training=True)
+
+    def forward(self, batch) -> torch.Tensor:
+        latents, context, binary, magnitude = batch
+        if not self.pipe.scheduler.training:
+            self.pipe.scheduler.set_timesteps(1000, training=True)
+        first = latents[:, :, :1].clone()  # (B, 48, 1, h, w)
+        if self.cond_noise > 0:  # an autoregressive flight starts each chunk from a blurry generated frame
+            sigma = self.cond_noise * torch.rand(len(first), 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
+            first = first + sigma * torch.randn_like(first)
+        return FlowMatchSFTLoss(
+            self.pipe, input_latents=latents, first_frame_latents=first, context=context,
+            action_binary=binary, action_magnitude=magnitude, fuse_vae_embedding_in_latents=True,
+            max_timestep_boundary=1.0, min_timestep_boundary=0.0)
+
+
+@torch.no_grad()
+def encode_clips(stage: VaeStage, frames: np.ndarray, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Normalised latents (N, 48, f, h, w) of uint8 clips (N, F, H, W, 3) with the trained encoder."""
+    from tqdm import tqdm
+    stage.model.eval()
+    out = []
+    for start in tqdm(range(0, len(frames), batch_size), desc="encode", unit="batch", disable=not progress):
+        out.append(stage.encode(to_video_tensor(frames[start:start + batch_size])))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reconstruction_psnr(stage: VaeStage, frames: np.ndarray, batch_size: int = 4) -> float:
+    """Mean PSNR (dB, pixels in [0, 1]) of encode -> decode over clips (N, F, H, W, 3)."""
+    stage.model.eval()
+    psnrs = []
+    for start in range(0, len(frames), batch_size):
+        x = to_video_tensor(frames[start:start + batch_size])
+        recon = stage.model.decode(stage.encode(x), stage.vae.scale).clamp(-1, 1)
+        mse = ((recon - x) / 2).pow(2).flatten(1).mean(1)  # per clip, [0, 1] scale
+        psnrs += (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).tolist()
+    return float(np.mean(psnrs))
