@@ -1,12 +1,11 @@
 """Engine scheduling (narrow unit tests with a stand-in generator): round-robin, jobs alternating with flights,
 pacing (no running ahead of playback), a flight whose client is gone is dropped. The default path is tested
-with the real pipeline in test_server_flight.py."""
+with the real pipeline in test_session.py."""
 import dataclasses
 import threading
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from server.engine import Engine, Flight
@@ -199,29 +198,3 @@ def test_non_streaming_flight_gets_each_chunk_whole(random_world, tmp_path):
     assert frame_indices(chunks[0][2]) == list(range(9))
     assert frame_indices(chunks[1][2]) == list(range(9, 17))
     assert chunks[1][1]["frames"] == 8 and chunks[1][1]["gen_ms"] > 0
-
-
-def test_realtime_preset_fills_unset_generation_fields_only():
-    from server.settings import PRESETS
-    settings = Settings.from_args(["--preset", "realtime", "--steps", "2", "--compile"], env={})
-    preset = PRESETS["realtime"]
-    assert (settings.height, settings.width, settings.chunk_frames, settings.cfg_scale) == \
-        (preset["height"], preset["width"], preset["chunk_frames"], 1.0)
-    assert settings.steps == 2 and settings.compile is True  # an explicit option wins; "--compile" alone is true
-    assert Settings.from_args(["--compile", "0"], env={}).compile is False
-    with pytest.raises(ValueError, match="preset"):
-        Settings(preset="fastest")
-
-
-def test_compile_setting_compiles_before_the_warm_up(make_client, monkeypatch):
-    """--compile: the app compiles the world when it attaches it, before the warm-up generation (so the warm-up,
-    not a user's chunk, pays the compilation). Compilation itself is stubbed: it takes ~100 s on CPU."""
-    import server.app as app_module
-    order = []
-    from models.pipeline import WanActionPipeline
-    monkeypatch.setattr(WanActionPipeline, "compile_for_inference", lambda pipe: order.append("compile"))
-    real_warm_up = app_module.warm_up
-    monkeypatch.setattr(app_module, "warm_up", lambda generator: order.append("warm_up") or real_warm_up(generator))
-    client = make_client(world_overrides={"warm": False}, compile=True)
-    assert client.get("/readyz").status_code == 200
-    assert order == ["compile", "warm_up"]

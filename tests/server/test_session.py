@@ -1,13 +1,26 @@
-"""server.session.Connection with a WebSocket stand-in that stops reading (narrow unit test of the send path):
-frames beyond the bounded queue are dropped, a send blocked past the timeout closes the connection, and the
-flight is removed from the engine. The real transport is covered in test_server_uvicorn.py."""
+"""server.session: a flight through the app (tiny preset, real pipeline): held keys -> (k,2,8) actions, frames,
+headers, JPEGs, the recording; queueing and refusal. And Connection with a WebSocket stand-in that stops reading
+(narrow unit test of the send path): frames beyond the bounded queue are dropped, a send blocked past the timeout
+closes the connection, and the flight is removed from the engine. The real transport is covered in test_main.py."""
 import asyncio
+import json
+import struct
 import time
 from types import SimpleNamespace
 
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import simplejpeg
+from starlette.websockets import WebSocketDisconnect
+
+from models.action_format import ACTION_NAMES
 from server.metrics import Metrics
 from server.session import Connection
 from server.settings import Settings
+
+FORWARD, YAW_LEFT = ACTION_NAMES.index("Forward"), ACTION_NAMES.index("Yaw Left")
+SAMPLES_PER_WINDOW = 16  # a chunk's window (2 intervals of 4 frames at 16 fps = 0.5 s) is ~13 samples at 25 Hz
 
 
 class StalledSocket:
@@ -60,3 +73,110 @@ def test_stalled_client_drops_frames_then_is_closed():
     assert metrics.value("wanfly_frames_dropped_total") == 24 - 4  # the queue keeps the newest 4 frames
     assert connection.frames_dropped == 20
     assert state.engine.removed == [flight] and connection.flight is None
+
+
+def receive_chunk(ws):
+    """Next chunk message and its frames [(chunk index, frame index, jpeg)], skipping other messages."""
+    while True:
+        message = ws.receive()
+        if message.get("text") is None:
+            raise AssertionError("binary frame before its chunk message")
+        data = json.loads(message["text"])
+        if data["type"] == "chunk":
+            break
+        assert data["type"] in ("queue", "pong"), data
+    frames = []
+    for _ in range(data["frames"]):
+        raw = ws.receive()["bytes"]
+        frames.append((*struct.unpack(">II", raw[:8]), raw[8:]))
+    return data, frames
+
+
+def expected(mags: dict) -> np.ndarray:
+    step = np.zeros((2, 8))
+    for index, value in mags.items():
+        step[:, index] = (1.0, value)
+    return step
+
+
+def test_flight_with_held_keys(make_client, input_pump):
+    client = make_client()
+    with client.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "start", "prompt": "a drone flies over green hills", "image": None, "seed": 3})
+        ready = ws.receive_json()
+        assert ready["type"] == "ready" and ready["actions"] == list(ACTION_NAMES)
+        assert (ready["fps"], ready["chunk_frames"], ready["width"], ready["height"]) == (16, 9, 64, 64)
+        assert ready["random_weights"] is True and "RANDOM" in ready["weights"]
+        full = ready["full_scale"]
+        chunks, next_frame = [], 0
+        with input_pump(ws) as pump:
+            forward_from = pump.hold({FORWARD: 1.0})
+            both_from = None
+            while len(chunks) < 10:
+                chunk, frames = receive_chunk(ws)
+                chunks.append(chunk)
+                assert chunk["index"] == len(chunks) - 1
+                assert chunk["frames"] == (9 if chunk["index"] == 0 else 8)  # the repeated first frame is not re-sent
+                assert chunk["first_frame"] == next_frame and chunk["gen_ms"] > 0
+                assert [f[:2] for f in frames] == [(chunk["index"], next_frame + i) for i in range(len(frames))]
+                for _, _, jpeg in frames:
+                    assert simplejpeg.decode_jpeg(jpeg).shape == (64, 64, 3)
+                next_frame += len(frames)
+                actions = np.array(chunk["actions"])
+                assert actions.shape == (2, 2, 8)
+                if both_from is None and chunk["input_seq"] >= forward_from + 2 * SAMPLES_PER_WINDOW:
+                    both_from = pump.hold({FORWARD: 1.0, YAW_LEFT: 1.0})
+                    chunk["phase"] = "forward"
+                elif both_from is not None and chunk["input_seq"] >= both_from + SAMPLES_PER_WINDOW:
+                    chunk["phase"] = "both"
+                elif both_from is None and chunk["input_seq"] >= forward_from + SAMPLES_PER_WINDOW:
+                    chunk["phase"] = "forward"
+        forward = [np.array(c["actions"]) for c in chunks if c.get("phase") == "forward"]
+        both = [np.array(c["actions"]) for c in chunks if c.get("phase") == "both"]
+        assert forward and both, [c.get("phase") for c in chunks]
+        for actions in forward:
+            np.testing.assert_allclose(actions, np.stack([expected({FORWARD: full[FORWARD]})] * 2))
+        for actions in both:  # two actions at once: forward + yaw
+            held = expected({FORWARD: full[FORWARD], YAW_LEFT: full[YAW_LEFT]})
+            np.testing.assert_allclose(actions, np.stack([held] * 2))
+        assert full[FORWARD] == pytest.approx(0.01) and full[YAW_LEFT] == pytest.approx(1.0)  # documented defaults
+
+        ws.send_json({"type": "stop"})
+        while (message := ws.receive_json())["type"] != "recording":
+            assert message["type"] in ("chunk",), message
+            for _ in range(message["frames"]):
+                ws.receive_bytes()
+                next_frame += 1
+    assert message["frames"] == next_frame
+    video = client.get(message["video"])
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    path = client.app.state.wanfly.recordings.find(message["id"], ".mp4")
+    assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == next_frame
+    record = client.get(message["actions"]).json()
+    assert record["prompt"] == "a drone flies over green hills" and record["seed"] == 3
+    assert np.array(record["actions"]).shape == (2 * message["chunks"], 2, 8)  # training format (T, 2, 8)
+    assert record["chunks"][0]["actions"] == chunks[0]["actions"]
+
+
+def test_waiting_line_and_refusal(make_client):
+    client = make_client(max_sessions=1, max_waiting=1)
+    start = {"type": "start", "prompt": "hills", "image": None, "seed": 0}
+    with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
+        first.send_json(start)
+        assert first.receive_json()["type"] == "ready"
+        second.send_json(start)
+        assert second.receive_json()["type"] == "ready"
+        assert second.receive_json() == {"type": "queue", "position": 1}
+        with client.websocket_connect("/ws") as third:
+            third.send_json(start)
+            assert third.receive_json()["code"] == "busy"
+            with pytest.raises(WebSocketDisconnect) as closed:
+                third.receive_json()
+            assert closed.value.code == 1013
+        receive_chunk(first)
+        first.send_json({"type": "stop"})
+        assert second.receive_json() == {"type": "queue", "position": 0}
+        chunk, frames = receive_chunk(second)
+        assert chunk["index"] == 0 and len(frames) == 9
+    metrics = client.get("/metrics").text
+    assert "wanfly_sessions_refused_total 1" in metrics and "wanfly_sessions_total 2" in metrics
