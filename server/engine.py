@@ -34,9 +34,10 @@ from PIL import Image
 from models.action_format import num_actions_for_frames
 
 from .generators import Generator, GenRequest
-from .images import encode_jpeg, frame_message
+from .images import encode_jpeg
 from .inputs import InputTimeline
 from .metrics import Metrics
+from .protocol import frame_message
 from .recording import FileStore, FlightRecorder, write_mp4
 
 log = logging.getLogger("wanfly.engine")

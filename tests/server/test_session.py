@@ -60,7 +60,9 @@ def test_stalled_client_drops_frames_then_is_closed():
         connection = Connection(socket, state)
         connection.flight = flight = object()
         for index in range(3):  # three chunks of 8 frames arrive while the first send is stuck
-            connection.notify(("chunk", {"type": "chunk", "index": index, "frames": 8}, [b"jpeg"] * 8))
+            meta = {"type": "chunk", "index": index, "frames": 8, "first_frame": 8 * index, "actions": [],
+                    "gen_ms": 1.0, "input_seq": -1}
+            connection.notify(("chunk", meta, [b"jpeg"] * 8))
         started = time.monotonic()
         await asyncio.wait_for(connection.run(), 5)
         return connection, flight, time.monotonic() - started
