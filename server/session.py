@@ -1,9 +1,9 @@
 """One ``Connection`` per WebSocket: validates client messages, runs a flight on the engine, and sends through its own
 bounded send queue.
 
-Send path: engine threads call ``notify`` (never blocks: ``call_soon_threadsafe``) -> ``_on_event`` queues JSON
-messages (``server.protocol`` models, serialised by ``to_wire``) and binary frames -> one sender task sends them,
-each send bounded by ``send_timeout_s``. When more than
+Send path: engine threads call ``notify`` with a typed event (``server.delivery.FlightEvent``; never blocks:
+``call_soon_threadsafe``) -> ``_on_event`` queues JSON messages (``server.protocol`` models, serialised by
+``to_wire``) and binary frames -> one sender task sends them, each send bounded by ``send_timeout_s``. When more than
 ``send_queue_frames`` frames wait, the oldest frames are dropped (counted); a send that times out closes the
 connection. Whatever happens, ``finally`` removes the flight from the engine.
 """
@@ -19,11 +19,11 @@ import anyio
 
 from models.action_format import ACTION_NAMES
 
+from .delivery import ChunkFrames, FlightEvent, MoreFrames
 from .engine import EngineFull, Flight
 from .images import decode_data_url, fit_image, load_sample
 from .inputs import InputTimeline
 from .protocol import (
-    Chunk,
     Error,
     ErrorCode,
     Input,
@@ -79,7 +79,7 @@ class Connection:
             self.items.clear()
             self.metrics.set("wanfly_connections", self.metrics.value("wanfly_connections") - 1)
 
-    def notify(self, event) -> None:
+    def notify(self, event: FlightEvent) -> None:
         """Called from engine threads; never blocks."""
         if self.done:
             return
@@ -148,22 +148,18 @@ class Connection:
                     self.metrics.inc("wanfly_frames_sent_total")
                     self.metrics.inc("wanfly_send_seconds_total", time.perf_counter() - started)
 
-    def _on_event(self, event) -> None:
-        kind = event[0]
-        if kind == "chunk":
-            _, meta, frames = event
-            self.send(Chunk(**meta))
-            for message in frames:
+    def _on_event(self, event: FlightEvent) -> None:
+        if isinstance(event, ChunkFrames):
+            self.send(event.chunk)
+            for message in event.frames:
                 self._push("bytes", message)
-        elif kind == "frames":  # later frame groups of a streamed chunk, as the VAE decodes them
-            for message in event[2]:
+        elif isinstance(event, MoreFrames):  # later frame groups of a streamed chunk, as the VAE decodes them
+            for message in event.frames:
                 self._push("bytes", message)
-        elif kind == "queue":
-            self.send(Queue(position=event[1]))
-        elif kind == "recording":
-            self.send(Recording.of(**event[1]))
-        elif kind == "error":
-            self.error(event[1], event[2])
+        elif isinstance(event, (Queue, Recording)):
+            self.send(event)
+        elif isinstance(event, Error):
+            self.error(event.code, event.message)
             if self.flight is not None and self.flight.stopped:
                 self.flight = None
 

@@ -1,6 +1,7 @@
-"""Engine scheduling (narrow unit tests with a stand-in generator): round-robin, jobs alternating with flights,
-pacing (no running ahead of playback), a flight whose client is gone is dropped. The default path is tested
-with the real pipeline in test_session.py."""
+"""server.engine scheduling (narrow unit tests with a stand-in generator): round-robin, jobs alternating with flights,
+pacing (no running ahead of playback), a flight whose client is gone is dropped, a failing chunk stops its flight.
+What reaches a flight from the delivery thread is in test_delivery.py; the default path with the real pipeline in
+test_session.py."""
 import dataclasses
 import threading
 import time
@@ -8,9 +9,11 @@ import time
 import numpy as np
 from PIL import Image
 
+from server.delivery import ChunkFrames
 from server.engine import Engine, Flight
 from server.generators import Generator, GenRequest
 from server.inputs import InputTimeline
+from server.protocol import Error, Queue, Recording
 from server.settings import Settings
 
 
@@ -84,117 +87,36 @@ def test_closed_flight_gets_nothing_and_frees_its_slot(random_world, tmp_path):
     assert engine.add_flight(gone) == 0 and engine.add_flight(waiting) == 1
     engine.remove_flight(gone)
     assert engine.stats() == {"active": 1, "waiting": 0, "jobs_queued": 0}
-    assert waiting_events[0] == ("queue", 0)
+    assert waiting_events[0] == Queue(position=0)
     engine.start()
     try:
         time.sleep(0.3)
     finally:
         engine.close()
     assert "gone" not in generator.calls and gone_events == []
-    assert any(event[0] == "chunk" for event in waiting_events)
+    assert any(isinstance(event, ChunkFrames) for event in waiting_events)
 
 
-class GroupGenerator(Generator):
-    """Yields a 9-frame chunk as groups of 1, 4, 4 frames (like the streaming VAE decode); frame i of a chunk is
-    filled with i. Waits on ``release`` before the last group, so a test can see what went out before it."""
-
-    def __init__(self, world):
-        self.world, self.release, self.calls = world, threading.Event(), 0
-
-    def generate(self, request, progress=None):
-        raise AssertionError("flights use generate_stream")
-
+class FailingGenerator(RecordingGenerator):
     def generate_stream(self, request, timings=None):
-        self.calls += 1
-        frames = np.zeros((request.num_frames, self.world.height, self.world.width, 3), np.uint8)
-        frames[:] = np.arange(request.num_frames, dtype=np.uint8)[:, None, None, None]  # (F, H, W, 3)
-        if timings is not None:
-            timings["denoised"] = time.perf_counter()
-        yield frames[:1]
-        yield frames[1:5]
-        assert self.release.wait(10)
-        yield frames[5:]
+        raise RuntimeError("out of memory")
+        yield
 
 
-def frame_indices(messages):
-    return [int.from_bytes(m[4:8], "big") for m in messages]
-
-
-def wait_for(predicate, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return predicate()
-
-
-def started_streaming_flight(random_world, tmp_path):
-    """(generator, started engine, its one streaming flight, the flight's events) on a GroupGenerator."""
-    world = dataclasses.replace(random_world, fps=1000)
-    generator = GroupGenerator(world)
-    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
+def test_a_failing_chunk_stops_its_flight_with_an_error(random_world, tmp_path):
+    engine = Engine(FailingGenerator(random_world), Settings(recordings_dir=str(tmp_path), gradio=False))
     events = []
-    solo = Flight(prompt="s", image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
-                  timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
-    engine.add_flight(solo)
-    engine.start()
-    return generator, engine, solo, events
-
-
-def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_world, tmp_path):
-    generator, engine, solo, events = started_streaming_flight(random_world, tmp_path)
-    try:
-        assert wait_for(lambda: len(events) >= 2)
-        assert not generator.release.is_set()  # the last group is not decoded yet...
-        kind, meta, messages = events[0]  # ...but the chunk's first frames are out
-        assert (kind, meta["index"], meta["frames"], meta["first_frame"]) == ("chunk", 0, 9, 0)
-        assert frame_indices(messages) == [0]
-        assert events[1][:2] == ("frames", 0) and frame_indices(events[1][2]) == [1, 2, 3, 4]
-        generator.release.set()
-        assert wait_for(lambda: sum(e[0] == "chunk" for e in events) >= 2)
-    finally:
-        generator.release.set()
-        engine.close()
-    chunk0 = [i for e in events if e[0] == "frames" and e[1] == 0 or e[0] == "chunk" and e[1]["index"] == 0
-              for i in frame_indices(e[2])]
-    assert chunk0 == list(range(9))
-    second = next(e for e in events if e[0] == "chunk" and e[1]["index"] == 1)
-    assert second[1]["frames"] == 8 and second[1]["first_frame"] == 9  # the repeated first frame is not sent
-    assert frame_indices(second[2]) == [9, 10, 11, 12]  # its first group lost the repeated frame (1 of 1+4)
-    assert engine.metrics.value("wanfly_chunks_delivered_total") >= 2
-    assert engine.metrics.value("wanfly_first_frame_seconds_total") > 0
-
-
-def test_stop_in_the_middle_of_a_streamed_chunk_records_what_was_sent(random_world, tmp_path):
-    """The browser shows a streamed chunk's first frames before the chunk is decoded; a stop then must still give a
-    recording of exactly those frames (not an empty one)."""
-    generator, engine, solo, events = started_streaming_flight(random_world, tmp_path)
-    try:
-        assert wait_for(lambda: len(events) >= 2)  # frames 0..4 sent, the last group still decoding
-        engine.finish_flight(solo)
-        generator.release.set()
-        assert wait_for(lambda: any(e[0] == "recording" for e in events))
-    finally:
-        generator.release.set()
-        engine.close()
-    info = next(e[1] for e in events if e[0] == "recording")
-    assert info["id"] is not None and info["frames"] == 5 and info["chunks"] == 1
-    assert not any(e[0] == "frames" and frame_indices(e[2])[0] >= 5 for e in events)  # nothing after the stop
-
-
-def test_non_streaming_flight_gets_each_chunk_whole(random_world, tmp_path):
-    world = dataclasses.replace(random_world, fps=1000)
-    generator = GroupGenerator(world)
-    generator.release.set()
-    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
-    events = []
-    engine.add_flight(flight("whole", world, events))
+    failing = Flight(prompt="f", image=Image.new("RGB", (random_world.width, random_world.height)), seed=0, steps=1,
+                     timeline=InputTimeline(random_world.full_scale, random_world.fps), notify=events.append)
+    engine.add_flight(failing)
     engine.start()
     try:
-        assert wait_for(lambda: sum(e[0] == "chunk" for e in events) >= 2)
+        deadline = time.monotonic() + 10
+        while len(events) < 2 and time.monotonic() < deadline:  # the error, and the recording offer
+            time.sleep(0.01)
     finally:
         engine.close()
-    chunks = [e for e in events if e[0] == "chunk"]
-    assert not any(e[0] == "frames" for e in events)
-    assert frame_indices(chunks[0][2]) == list(range(9))
-    assert frame_indices(chunks[1][2]) == list(range(9, 17))
-    assert chunks[1][1]["frames"] == 8 and chunks[1][1]["gen_ms"] > 0
+    assert failing.stopped and engine.stats()["active"] == 0
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == "generation_failed" and "stopped" in error.message
+    assert Recording.of() in events  # nothing was generated, so nothing was recorded

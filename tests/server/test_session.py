@@ -15,7 +15,9 @@ import simplejpeg
 from starlette.websockets import WebSocketDisconnect
 
 from models.action_format import ACTION_NAMES
+from server.delivery import ChunkFrames
 from server.metrics import Metrics
+from server.protocol import Chunk
 from server.session import Connection
 from server.settings import Settings
 
@@ -60,9 +62,8 @@ def test_stalled_client_drops_frames_then_is_closed():
         connection = Connection(socket, state)
         connection.flight = flight = object()
         for index in range(3):  # three chunks of 8 frames arrive while the first send is stuck
-            meta = {"type": "chunk", "index": index, "frames": 8, "first_frame": 8 * index, "actions": [],
-                    "gen_ms": 1.0, "input_seq": -1}
-            connection.notify(("chunk", meta, [b"jpeg"] * 8))
+            chunk = Chunk(index=index, frames=8, first_frame=8 * index, actions=[], gen_ms=1.0, input_seq=-1)
+            connection.notify(ChunkFrames(chunk, [b"jpeg"] * 8))
         started = time.monotonic()
         await asyncio.wait_for(connection.run(), 5)
         return connection, flight, time.monotonic() - started
