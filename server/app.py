@@ -29,6 +29,7 @@ from .api import router as rest_router
 from .bindings import bindings_config
 from .engine import Engine
 from .generators import PipelineGenerator, warm_up
+from .gradio_app import mount_gradio
 from .images import list_samples
 from .metrics import Metrics
 from .recording import FileStore
@@ -219,7 +220,6 @@ def create_app(settings: Settings = None, world: World = None) -> FastAPI:
         await Connection(websocket, state).run()
 
     if settings.gradio:
-        from .gradio_app import mount_gradio
         mount_gradio(app, state)
     web_dir = Path(settings.web_dir)
     if web_dir.is_dir():

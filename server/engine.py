@@ -3,18 +3,20 @@
     Generator        the interface between scheduling and a model (``server.generators``)
     Engine           scheduling: up to ``max_sessions`` active flights served round-robin, one chunk each in turn,
                      a bounded waiting line with positions, a bounded job queue; jobs alternate with flight chunks
+    Delivery         JPEG encoding, hand-off to the connection and recording, on its own thread (``server.delivery``)
 
 A flight chunk is a TI2V generation of ``chunk_frames`` (4k+1) frames from the previous chunk's last frame (the
 uploaded image for the first) with k actions cut from the flight's input timeline. The first chunk sends all its
 frames, later ones drop their first frame (it repeats the previous chunk's last). A flight is due for its next
 chunk once at most one chunk of playback is left at the client (server-side estimate), so the next chunk is
-generated while the current one plays. JPEG encoding, recording and hand-off to the connection run on a separate
-delivery thread, and the hand-off (``flight.notify``) must never block: the worker never waits for a client.
+generated while the current one plays. JPEG encoding, recording and hand-off to the connection run on the
+delivery thread (``server.delivery``), and the hand-off (``flight.notify``) must never block: the worker never
+waits for a client.
 
 Frames arrive from ``Generator.generate_stream`` in groups as the VAE decodes them (``models.streaming``); each
 group goes to the delivery thread at once, so JPEG encoding overlaps decoding. A flight created with
-``stream=True`` also gets each group on the wire at once: ``("chunk", meta, first group)`` then
-``("frames", chunk index, group)`` per later group; otherwise the chunk is handed over whole when it is complete.
+``stream=True`` also gets each group on the wire at once; otherwise the chunk is handed over whole when it is
+complete.
 """
 from __future__ import annotations
 
@@ -24,19 +26,18 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import numpy as np
 from PIL import Image
 
 from models.action_format import num_actions_for_frames
 
+from .delivery import Delivery, FlightEvent, OpenChunk
 from .generators import Generator, GenRequest
-from .images import encode_jpeg, frame_message
 from .inputs import InputTimeline
 from .metrics import Metrics
+from .protocol import Chunk, Error, Queue
 from .recording import FileStore, FlightRecorder, write_mp4
 
 log = logging.getLogger("wanfly.engine")
@@ -48,14 +49,13 @@ class EngineFull(Exception):
 
 
 class Flight:
-    """Engine-side state of one flight. ``notify(event)`` is called from engine threads and must not block:
-    ``("queue", position)``, ``("chunk", meta, [binary frame messages])``, ``("recording", info)``,
-    ``("error", code, message)``."""
+    """Engine-side state of one flight. ``notify(event)`` is called from engine threads with a
+    ``server.delivery.FlightEvent`` and must not block."""
 
     def __init__(self, prompt: str, image: Image.Image, seed: int, steps: int, timeline: InputTimeline,
-                 notify: Callable, meta: dict = None, stream: bool = False):
+                 notify: Callable[[FlightEvent], None], meta: dict = None, stream: bool = False):
         self.id = secrets.token_urlsafe(12)
-        self.stream = stream  # notify accepts ("frames", index, messages): frame groups go out as decoded
+        self.stream = stream  # frame groups go out as decoded (ChunkFrames, then MoreFrames), not whole chunks
         self.prompt, self.seed, self.steps, self.timeline, self.notify = prompt, seed, steps, timeline, notify
         self.meta = meta or {}
         self.last_frame = image
@@ -66,7 +66,7 @@ class Flight:
         self.closed = False  # connection gone: deliver nothing
         self.recorder: Optional[FlightRecorder] = None
         self.recording_failed = False
-        self.open_chunk = None  # the chunk being streamed (delivery-thread state), recorded as far as sent on stop
+        self.open_chunk: Optional[OpenChunk] = None  # the chunk being generated, recorded as far as sent on stop
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Engine:
         self._job_turn = itertools.cycle((False, True))
         self._stopping = False
         self._worker = threading.Thread(target=self._run, name="wanfly-generation", daemon=True)
-        self._delivery = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanfly-delivery")
+        self._delivery = Delivery(self.world, settings, self.metrics, self.recordings, self._cond)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -118,7 +118,7 @@ class Engine:
             self.remove_flight(flight)
         if self._worker.is_alive():
             self._worker.join(timeout=30)
-        self._delivery.shutdown(wait=True)
+        self._delivery.shutdown()
 
     # ---- flights -------------------------------------------------------------------------------------------
     def add_flight(self, flight: Flight) -> int:
@@ -151,10 +151,7 @@ class Engine:
                 self._active.remove(flight)
             self._promote(renumber=was_waiting)
             self._update_gauges()
-            try:
-                self._delivery.submit(self._finalize, flight, offer_recording)
-            except RuntimeError:  # the engine has shut down: nothing left to deliver
-                pass
+            self._delivery.finish(flight, offer_recording)
             self._cond.notify_all()
 
     def remove_flight(self, flight: Flight) -> None:
@@ -167,11 +164,11 @@ class Engine:
         while self._waiting and len(self._active) < self.settings.max_sessions:
             flight = self._waiting.popleft()
             self._active.append(flight)
-            flight.notify(("queue", 0))
+            flight.notify(Queue(position=0))
             renumber = True
         if renumber:
             for position, flight in enumerate(self._waiting, start=1):
-                flight.notify(("queue", position))
+                flight.notify(Queue(position=position))
 
     def _update_gauges(self) -> None:
         self.metrics.set("wanfly_sessions_active", len(self._active))
@@ -242,7 +239,7 @@ class Engine:
                 log.exception("generation failed")
                 if kind == "flight":
                     self.finish_flight(item)
-                    item.notify(("error", "generation_failed", "generation failed; the flight was stopped"))
+                    item.notify(Error(code="generation_failed", message="generation failed; the flight was stopped"))
 
     def _run_flight(self, flight: Flight) -> None:
         raw, input_seq = flight.timeline.actions(self.chunk_steps)  # (k, 2, 8) raw
@@ -259,24 +256,24 @@ class Engine:
                 continue
             if chunk is None:
                 chunk = self._open_chunk(flight, raw, input_seq, time.perf_counter() - started, timings)
-            if chunk is None or not self._submit_unless_stopped(flight, self._deliver_group, flight, chunk, send):
+            if chunk is None or not self._unless_stopped(flight, self._delivery.group, chunk, send):
                 return  # the flight stopped meanwhile: abandon the rest of the decode
         gen_s = time.perf_counter() - started
         self.metrics.observe_chunk(gen_s)
         self.metrics.inc("wanfly_chunks_total")
-        if chunk is not None and self._submit_unless_stopped(flight, self._close_chunk, flight, chunk, gen_s):
+        if chunk is not None and self._unless_stopped(flight, self._delivery.close_chunk, chunk, gen_s):
             flight.last_frame = Image.fromarray(last[-1])
 
-    def _submit_unless_stopped(self, flight: Flight, fn, *args) -> bool:
-        """Queue work for the delivery thread unless the flight has stopped. Under the lock, so it is ordered
-        before the ``_finalize`` that ``finish_flight`` queues."""
+    def _unless_stopped(self, flight: Flight, deliver: Callable, *args) -> bool:
+        """Queue ``deliver(flight, *args)`` on the delivery thread unless the flight has stopped. Under the lock, so
+        it is ordered before the ``Delivery.finish`` that ``finish_flight`` queues."""
         with self._cond:
             if flight.stopped:
                 return False
-            self._delivery.submit(fn, *args)
+            deliver(flight, *args)
             return True
 
-    def _open_chunk(self, flight: Flight, raw, input_seq: int, first_s: float, timings: dict) -> Optional[dict]:
+    def _open_chunk(self, flight: Flight, raw, input_seq: int, first_s: float, timings: dict) -> Optional[OpenChunk]:
         """At the chunk's first frames: account its playback, number it; None if the flight has stopped."""
         frames = self.world.chunk_frames - (0 if flight.index == 0 else 1)
         with self._cond:
@@ -286,12 +283,11 @@ class Engine:
             if flight.index > 0 and now > flight.play_end + STALL_TOLERANCE_S:
                 self.metrics.inc("wanfly_stalls_total")
             flight.play_end = max(now, flight.play_end) + frames / self.world.fps
-            meta = {"type": "chunk", "index": flight.index, "frames": frames, "first_frame": flight.frame_index,
-                    "actions": raw.tolist(), "gen_ms": round(first_s * 1000, 2), "input_seq": input_seq}
+            message = Chunk(index=flight.index, frames=frames, first_frame=flight.frame_index, actions=raw.tolist(),
+                            gen_ms=round(first_s * 1000, 2), input_seq=input_seq)
             flight.index += 1
             flight.frame_index += frames
-            # Delivery-thread state of this chunk (only that thread touches it after this point).
-            flight.open_chunk = {"meta": meta, "timings": timings, "messages": [], "frames": [], "sent": 0}
+            flight.open_chunk = OpenChunk(message, timings)
             return flight.open_chunk
 
     def _run_job(self, job: Job) -> None:
@@ -308,74 +304,3 @@ class Engine:
             job.finished = time.time()
             self.metrics.inc("wanfly_jobs_total", status=job.status)
             job.done.set()
-
-    # ---- the delivery thread -------------------------------------------------------------------------------
-    def _deliver_group(self, flight: Flight, chunk: dict, frames: np.ndarray) -> None:
-        """JPEG-encode one group; a streaming flight gets it at once, others at ``_close_chunk``."""
-        if flight.closed:
-            return
-        started = time.perf_counter()
-        meta, first = chunk["meta"], chunk["sent"] + len(chunk["messages"])
-        quality = self.settings.jpeg_quality
-        messages = [frame_message(meta["index"], meta["first_frame"] + first + i, encode_jpeg(frame, quality))
-                    for i, frame in enumerate(frames)]
-        self.metrics.inc("wanfly_jpeg_seconds_total", time.perf_counter() - started)
-        chunk["frames"].append(frames)
-        if flight.stream:
-            self._hand_over(flight, chunk, messages)
-        else:
-            chunk["messages"] += messages
-
-    def _hand_over(self, flight: Flight, chunk: dict, messages: list) -> None:
-        if chunk["sent"] == 0:
-            flight.notify(("chunk", chunk["meta"], messages))
-            denoised = chunk["timings"].get("denoised")
-            if denoised is not None:  # last denoising step -> first frame handed to the connection
-                self.metrics.inc("wanfly_first_frame_seconds_total", time.perf_counter() - denoised)
-                self.metrics.inc("wanfly_chunks_delivered_total")
-        else:
-            flight.notify(("frames", chunk["meta"]["index"], messages))
-        chunk["sent"] += len(messages)
-
-    def _close_chunk(self, flight: Flight, chunk: dict, gen_s: float) -> None:
-        if flight.closed:
-            return
-        if not flight.stream:
-            chunk["meta"]["gen_ms"] = round(gen_s * 1000, 2)  # the whole chunk was generated before it went out
-            self._hand_over(flight, chunk, chunk["messages"])
-        self._record(flight, chunk["meta"], np.concatenate(chunk["frames"]))
-        with self._cond:
-            if flight.open_chunk is chunk:
-                flight.open_chunk = None
-
-    def _record(self, flight: Flight, meta: dict, frames: np.ndarray) -> None:
-        if flight.recording_failed:
-            return
-        try:
-            if flight.recorder is None:
-                flight.recorder = FlightRecorder(
-                    self.recordings, flight.id, self.world.width, self.world.height, self.world.fps,
-                    {"prompt": flight.prompt, "seed": flight.seed, "steps": flight.steps, **flight.meta},
-                    self.settings.max_recording_frames)
-            flight.recorder.add({k: meta[k] for k in ("index", "frames", "actions", "gen_ms")}, frames)
-        except Exception:
-            log.exception("recording of flight %s failed", flight.id)
-            flight.recording_failed = True
-
-    def _finalize(self, flight: Flight, offer: bool) -> None:
-        chunk = flight.open_chunk  # stopped mid-chunk: what the client was already sent belongs in the recording
-        if chunk is not None and flight.stream and chunk["sent"] and not flight.closed:
-            sent = np.concatenate(chunk["frames"])[:chunk["sent"]]  # (n, H, W, 3)
-            self._record(flight, {**chunk["meta"], "frames": len(sent)}, sent)
-        flight.open_chunk = None
-        info = None
-        if flight.recorder is not None and not flight.recording_failed:
-            try:
-                info = flight.recorder.close()
-            except Exception:
-                log.exception("closing the recording of flight %s failed", flight.id)
-        if offer and not flight.closed:
-            if info is None:
-                flight.notify(("recording", {"id": None, "frames": 0, "chunks": 0, "truncated": False}))
-            else:
-                flight.notify(("recording", info))

@@ -12,7 +12,7 @@ from models.action_format import ACTION_NAMES, NUM_ACTIONS, num_frames_for_actio
 
 from .engine import EngineFull
 from .generators import GenRequest
-from .images import fit_image, load_sample
+from .images import fit_image, list_samples, load_sample
 from .inputs import parse_action_spec
 
 DEFAULT_SPEC = "forward:2,forward+yaw_left:2"
@@ -107,7 +107,6 @@ def build_blocks(state):
 
 
 def _samples(state) -> list[str]:
-    from .images import list_samples
     return list_samples(state.settings.web_dir)
 
 

@@ -1,20 +1,21 @@
-"""Images in and out: safe decoding of uploaded data URLs, bundled samples, frame conversion and JPEG encoding."""
+"""Images in and out: safe decoding of uploaded data URLs, bundled samples, frame conversion and JPEG encoding.
+(The binary frame message around a JPEG is ``server.protocol.frame_message``.)"""
 from __future__ import annotations
 
 import base64
 import binascii
 import io
 import re
-import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .protocol import frame_message  # noqa: F401  (bench/chunk_latency.py still imports it from here)
+
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
-FRAME_HEADER = struct.Struct(">II")  # chunk index, frame index (uint32 big-endian)
 SAMPLES_FOLDER = "samples"
 
 
@@ -92,8 +93,3 @@ def video_to_frames(video) -> np.ndarray:
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     import simplejpeg
     return simplejpeg.encode_jpeg(frame, quality=quality, colorspace="RGB", fastdct=True)
-
-
-def frame_message(chunk_index: int, frame_index: int, jpeg: bytes) -> bytes:
-    """The binary WebSocket message of one frame: 8-byte header + JPEG."""
-    return FRAME_HEADER.pack(chunk_index, frame_index) + jpeg

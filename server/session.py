@@ -1,8 +1,9 @@
 """One ``Connection`` per WebSocket: validates client messages, runs a flight on the engine, and sends through its own
 bounded send queue.
 
-Send path: engine threads call ``notify`` (never blocks: ``call_soon_threadsafe``) -> ``_on_event`` queues JSON and
-binary frames -> one sender task sends them, each send bounded by ``send_timeout_s``. When more than
+Send path: engine threads call ``notify`` with a typed event (``server.delivery.FlightEvent``; never blocks:
+``call_soon_threadsafe``) -> ``_on_event`` queues JSON messages (``server.protocol`` models, serialised by
+``to_wire``) and binary frames -> one sender task sends them, each send bounded by ``send_timeout_s``. When more than
 ``send_queue_frames`` frames wait, the oldest frames are dropped (counted); a send that times out closes the
 connection. Whatever happens, ``finally`` removes the flight from the engine.
 """
@@ -18,10 +19,26 @@ import anyio
 
 from models.action_format import ACTION_NAMES
 
+from .delivery import ChunkFrames, FlightEvent, MoreFrames
 from .engine import EngineFull, Flight
 from .images import decode_data_url, fit_image, load_sample
 from .inputs import InputTimeline
-from .protocol import Input, Ping, ProtocolError, Start, Stop, parse_client_message
+from .protocol import (
+    Error,
+    ErrorCode,
+    Input,
+    Ping,
+    Pong,
+    ProtocolError,
+    Queue,
+    Ready,
+    Recording,
+    ServerModel,
+    Start,
+    Stop,
+    parse_client_message,
+    to_wire,
+)
 
 log = logging.getLogger("wanfly.session")
 MAX_PENDING_MESSAGES = 512  # JSON messages waiting to be sent; beyond it the client is not reading at all
@@ -34,7 +51,7 @@ class Connection:
         self.ws, self.state = websocket, state
         self.settings, self.metrics = state.settings, state.metrics
         self.loop = asyncio.get_running_loop()
-        self.items: deque = deque()  # (kind, payload): kind in json, bytes, close
+        self.items: deque = deque()  # (kind, payload): kind in json (a to_wire dict), bytes, close
         self.frames_queued = 0
         self.messages_queued = 0
         self.frames_dropped = 0
@@ -62,7 +79,7 @@ class Connection:
             self.items.clear()
             self.metrics.set("wanfly_connections", self.metrics.value("wanfly_connections") - 1)
 
-    def notify(self, event) -> None:
+    def notify(self, event: FlightEvent) -> None:
         """Called from engine threads; never blocks."""
         if self.done:
             return
@@ -96,12 +113,12 @@ class Connection:
                 self.metrics.inc("wanfly_frames_dropped_total")
                 return
 
-    def send_json(self, message: dict) -> None:
-        self._push("json", message)
+    def send(self, message: ServerModel) -> None:
+        self._push("json", to_wire(message))
 
-    def error(self, code: str, message: str) -> None:
+    def error(self, code: ErrorCode, message: str) -> None:
         self.metrics.inc("wanfly_errors_total", code=code)
-        self.send_json({"type": "error", "code": code, "message": message})
+        self.send(Error(code=code, message=message))
 
     async def _send_loop(self) -> None:
         timeout = self.settings.send_timeout_s
@@ -131,26 +148,18 @@ class Connection:
                     self.metrics.inc("wanfly_frames_sent_total")
                     self.metrics.inc("wanfly_send_seconds_total", time.perf_counter() - started)
 
-    def _on_event(self, event) -> None:
-        kind = event[0]
-        if kind == "chunk":
-            _, meta, frames = event
-            self.send_json(meta)
-            for message in frames:
+    def _on_event(self, event: FlightEvent) -> None:
+        if isinstance(event, ChunkFrames):
+            self.send(event.chunk)
+            for message in event.frames:
                 self._push("bytes", message)
-        elif kind == "frames":  # later frame groups of a streamed chunk, as the VAE decodes them
-            for message in event[2]:
+        elif isinstance(event, MoreFrames):  # later frame groups of a streamed chunk, as the VAE decodes them
+            for message in event.frames:
                 self._push("bytes", message)
-        elif kind == "queue":
-            self.send_json({"type": "queue", "position": event[1]})
-        elif kind == "recording":
-            info = event[1]
-            url = None if info["id"] is None else f"/recordings/{info['id']}"
-            self.send_json({"type": "recording", "id": info["id"], "video": url and url + ".mp4",
-                            "actions": url and url + ".json", "frames": info["frames"], "chunks": info["chunks"],
-                            "truncated": info["truncated"]})
-        elif kind == "error":
-            self.error(event[1], event[2])
+        elif isinstance(event, (Queue, Recording)):
+            self.send(event)
+        elif isinstance(event, Error):
+            self.error(event.code, event.message)
             if self.flight is not None and self.flight.stopped:
                 self.flight = None
 
@@ -189,7 +198,7 @@ class Connection:
             self.state.engine.finish_flight(self.flight)
             self.flight = None
         elif isinstance(message, Ping):
-            self.send_json({"type": "pong"})
+            self.send(Pong())
 
     async def _start(self, message: Start) -> None:
         if self.flight is not None:
@@ -215,12 +224,11 @@ class Connection:
             self._push("close", (CLOSE_TRY_AGAIN_LATER, "server full"))
             return
         self.flight = flight
-        self.send_json({"type": "ready", "session": flight.id, "fps": world.fps, "chunk_frames": world.chunk_frames,
-                        "actions": list(ACTION_NAMES), "weights": world.weights,
-                        "random_weights": world.random_weights, "width": world.width, "height": world.height,
-                        "seed": seed, "steps": steps, "full_scale": list(world.full_scale)})
+        self.send(Ready(session=flight.id, fps=world.fps, chunk_frames=world.chunk_frames, actions=list(ACTION_NAMES),
+                        weights=world.weights, random_weights=world.random_weights, width=world.width,
+                        height=world.height, seed=seed, steps=steps, full_scale=list(world.full_scale)))
         if position:
-            self.send_json({"type": "queue", "position": position})
+            self.send(Queue(position=position))
 
     def _first_frame(self, message: Start, world):
         s = self.settings

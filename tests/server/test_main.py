@@ -120,7 +120,7 @@ def raw_handshake(base, token=TOKEN):
 def test_a_client_that_never_reads_does_not_stall_the_others(base):
     """A silent client holds one of the 4 sessions; the other 3 still get chunks in turn. (Its frames pile up in
     kernel buffers first; the bounded queue, drops and send timeout behind that are covered in
-    test_server_session.py, since filling MBs of loopback buffers with 64x64 frames takes minutes.)"""
+    test_session.py, since filling MBs of loopback buffers with 64x64 frames takes minutes.)"""
     silent = raw_handshake(base)
     try:
         counts = {i: {"chunks": 0, "frames": 0} for i in range(3)}

@@ -1,0 +1,156 @@
+"""The delivery thread: a flight's decoded frames -> JPEG binary frame messages -> its connection, and its recording.
+
+The engine's worker hands each decoded frame group to ``Delivery.group`` at once, so JPEG encoding overlaps the VAE
+decode; the worker never waits for it. A streaming flight gets each group on the wire at once (``ChunkFrames`` with
+the chunk's message and first group, then ``MoreFrames`` per later group); otherwise the chunk goes out whole at
+``Delivery.close_chunk``. Closed chunks are appended to the flight's recording (``FlightRecorder``);
+``Delivery.finish`` closes it and offers the ``Recording`` message. One thread runs all of it in order, so a chunk's
+frames, its recording and the flight's end never overtake each other.
+
+What a flight's ``notify`` receives (``FlightEvent``): ``ChunkFrames``, ``MoreFrames``, and the protocol messages
+``Queue``, ``Recording`` and ``Error`` (the last two from the engine's worker). ``notify`` must never block.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+from .images import encode_jpeg
+from .metrics import Metrics
+from .protocol import Chunk, Error, Queue, Recording, frame_message
+from .recording import FileStore, FlightRecorder
+
+if TYPE_CHECKING:  # for annotations only: the engine imports this module
+    from .engine import Flight
+
+log = logging.getLogger("wanfly.delivery")
+
+
+@dataclass
+class ChunkFrames:
+    """A chunk's message and its first binary frame messages (all of them when the flight does not stream)."""
+    chunk: Chunk
+    frames: list[bytes]
+
+
+@dataclass
+class MoreFrames:
+    """The next binary frame messages of streamed chunk ``index``, as the VAE decodes them."""
+    index: int
+    frames: list[bytes]
+
+
+FlightEvent = Union[ChunkFrames, MoreFrames, Queue, Recording, Error]
+
+
+@dataclass
+class OpenChunk:
+    """A chunk being generated. Opened by the worker; after that only the delivery thread touches it."""
+    message: Chunk
+    timings: dict  # from Generator.generate_stream; "denoised": perf_counter at the last denoising step
+    messages: list[bytes] = field(default_factory=list)  # encoded, not handed over yet (non-streaming flights)
+    frames: list[np.ndarray] = field(default_factory=list)  # decoded groups (n, H, W, 3), for the recording
+    sent: int = 0  # frames handed to the connection
+
+
+class Delivery:
+    """One delivery thread per engine. ``lock`` is the engine's: it guards ``flight.open_chunk``, which the worker
+    sets when it opens the next chunk."""
+
+    def __init__(self, world, settings, metrics: Metrics, recordings: FileStore, lock: threading.Condition):
+        self.world, self.settings, self.metrics, self.recordings, self.lock = world, settings, metrics, recordings, lock
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanfly-delivery")
+
+    # ---- called from the worker (queue work, never wait) ------------------------------------------------------
+    def group(self, flight: Flight, chunk: OpenChunk, frames: np.ndarray) -> None:
+        """Frames ``(n, H, W, 3)`` of ``chunk`` as decoded."""
+        self._thread.submit(self._deliver_group, flight, chunk, frames)
+
+    def close_chunk(self, flight: Flight, chunk: OpenChunk, gen_s: float) -> None:
+        """The chunk is complete (``gen_s``: its whole generation time)."""
+        self._thread.submit(self._close_chunk, flight, chunk, gen_s)
+
+    def finish(self, flight: Flight, offer_recording: bool) -> None:
+        """The flight has stopped: after its queued chunks, close its recording and offer it unless told not to."""
+        try:
+            self._thread.submit(self._finalize, flight, offer_recording)
+        except RuntimeError:  # the engine has shut down: nothing left to deliver
+            pass
+
+    def shutdown(self) -> None:
+        self._thread.shutdown(wait=True)
+
+    # ---- the delivery thread --------------------------------------------------------------------------------
+    def _deliver_group(self, flight: Flight, chunk: OpenChunk, frames: np.ndarray) -> None:
+        """JPEG-encode one group; a streaming flight gets it at once, others at ``_close_chunk``."""
+        if flight.closed:
+            return
+        started = time.perf_counter()
+        first = chunk.message.first_frame + chunk.sent + len(chunk.messages)
+        quality = self.settings.jpeg_quality
+        messages = [frame_message(chunk.message.index, first + i, encode_jpeg(frame, quality))
+                    for i, frame in enumerate(frames)]
+        self.metrics.inc("wanfly_jpeg_seconds_total", time.perf_counter() - started)
+        chunk.frames.append(frames)
+        if flight.stream:
+            self._hand_over(flight, chunk, messages)
+        else:
+            chunk.messages += messages
+
+    def _hand_over(self, flight: Flight, chunk: OpenChunk, messages: list[bytes]) -> None:
+        if chunk.sent == 0:
+            flight.notify(ChunkFrames(chunk.message, messages))
+            denoised = chunk.timings.get("denoised")
+            if denoised is not None:  # last denoising step -> first frame handed to the connection
+                self.metrics.inc("wanfly_first_frame_seconds_total", time.perf_counter() - denoised)
+                self.metrics.inc("wanfly_chunks_delivered_total")
+        else:
+            flight.notify(MoreFrames(chunk.message.index, messages))
+        chunk.sent += len(messages)
+
+    def _close_chunk(self, flight: Flight, chunk: OpenChunk, gen_s: float) -> None:
+        if flight.closed:
+            return
+        if not flight.stream:
+            chunk.message.gen_ms = round(gen_s * 1000, 2)  # the whole chunk was generated before it went out
+            self._hand_over(flight, chunk, chunk.messages)
+        self._record(flight, chunk.message, np.concatenate(chunk.frames))
+        with self.lock:
+            if flight.open_chunk is chunk:
+                flight.open_chunk = None
+
+    def _record(self, flight: Flight, chunk: Chunk, frames: np.ndarray) -> None:
+        if flight.recording_failed:
+            return
+        try:
+            if flight.recorder is None:
+                flight.recorder = FlightRecorder(
+                    self.recordings, flight.id, self.world.width, self.world.height, self.world.fps,
+                    {"prompt": flight.prompt, "seed": flight.seed, "steps": flight.steps, **flight.meta},
+                    self.settings.max_recording_frames)
+            flight.recorder.add({"index": chunk.index, "frames": chunk.frames, "actions": chunk.actions,
+                                 "gen_ms": chunk.gen_ms}, frames)
+        except Exception:
+            log.exception("recording of flight %s failed", flight.id)
+            flight.recording_failed = True
+
+    def _finalize(self, flight: Flight, offer: bool) -> None:
+        chunk = flight.open_chunk  # stopped mid-chunk: what the client was already sent belongs in the recording
+        if chunk is not None and flight.stream and chunk.sent and not flight.closed:
+            sent = np.concatenate(chunk.frames)[:chunk.sent]  # (n, H, W, 3)
+            self._record(flight, chunk.message.model_copy(update={"frames": len(sent)}), sent)
+        flight.open_chunk = None
+        info = None
+        if flight.recorder is not None and not flight.recording_failed:
+            try:
+                info = flight.recorder.close()
+            except Exception:
+                log.exception("closing the recording of flight %s failed", flight.id)
+        if offer and not flight.closed:
+            flight.notify(Recording.of() if info is None else Recording.of(**info))

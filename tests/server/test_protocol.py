@@ -1,0 +1,214 @@
+"""server.protocol: client messages parsed into models or refused with a code and the bad field named (directly and
+through the app, where the session goes on), server messages on the wire as documented, and docs/protocol.md's
+tables naming exactly the models' fields and the error codes."""
+import json
+import re
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from server.protocol import (
+    FRAME_HEADER,
+    Chunk,
+    ClientMessage,
+    Error,
+    ErrorCode,
+    Input,
+    Ping,
+    Pong,
+    ProtocolError,
+    Queue,
+    Recording,
+    ServerMessage,
+    Start,
+    Stop,
+    frame_message,
+    parse_client_message,
+    to_wire,
+)
+
+ZEROS = [0] * 8
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+LIMITS = dict(max_bytes=16384, max_start_bytes=1 << 20, max_prompt_chars=2000, max_steps=50)
+
+
+def parse(message, **limits):
+    raw = message if isinstance(message, (str, bytes)) else json.dumps(message)
+    return parse_client_message(raw, **{**LIMITS, **limits})
+
+
+def test_client_messages_parse_into_their_models():
+    start = parse({"type": "start", "prompt": "hills", "sample": "hills_1", "seed": 3, "colour": "red"})
+    assert start == Start(prompt="hills", image=None, sample="hills_1", seed=3, steps=None)  # unknown keys ignored
+    assert parse({"type": "start", "prompt": "", "image": "data:image/png;base64,AAAA", "steps": 50}).steps == 50
+    sample = parse({"type": "input", "seq": 7, "t": 12, "flags": [1.0] + [0] * 7, "mags": [0.5] + [0] * 7})
+    assert sample == Input(seq=7, t=12.0, flags=[1] + [0] * 7, mags=[0.5] + [0.0] * 7)
+    assert type(sample.flags[0]) is int and type(sample.t) is float
+    assert parse({"type": "stop"}) == Stop() and parse('{"type": "ping"}') == Ping()
+    assert parse({"type": "start", "prompt": "x" * 3000}, max_prompt_chars=3000).prompt == "x" * 3000
+    assert parse({"type": "start", "prompt": "x", "pad": "y" * 20000}).prompt == "x"  # start may carry an image
+
+
+@pytest.mark.parametrize("message, code, starts", [
+    ("{", "bad_json", "not valid JSON"),
+    ('{"type": "ping", "n": Infinity}', "bad_json", "not valid JSON"),
+    (b"{}", "bad_message", "binary"),
+    ("3", "bad_message", "expected a JSON object"),
+    ({"seq": 1}, "unknown_type", "missing 'type'"),
+    ({"type": "land"}, "unknown_type", "unknown type 'land'"),
+    ({"type": ["start"]}, "unknown_type", "unknown type"),
+    ({"type": "start"}, "bad_field", "prompt:"),
+    ({"type": "start", "prompt": "x" * 2001}, "bad_field", "prompt: 2001 characters, more than 2000"),
+    ({"type": "start", "prompt": "x", "image": "file:///etc/passwd"}, "bad_field", "image:"),
+    ({"type": "start", "prompt": "x", "sample": "A"}, "bad_field", "sample:"),
+    ({"type": "start", "prompt": "x", "seed": -1}, "bad_field", "seed:"),
+    ({"type": "start", "prompt": "x", "steps": 51}, "bad_field", "steps: must be at most 50"),
+    ({"type": "start", "prompt": "x", "steps": "4"}, "bad_field", "steps:"),
+    ({"type": "input", "seq": 1.5, "t": 0, "flags": ZEROS, "mags": ZEROS}, "bad_field", "seq:"),
+    ({"type": "input", "seq": 1, "t": -1, "flags": ZEROS, "mags": ZEROS}, "bad_field", "t:"),
+    ({"type": "input", "seq": 1, "t": 0, "flags": ZEROS + [0], "mags": ZEROS}, "bad_field", "flags:"),
+    ({"type": "input", "seq": 1, "t": 0, "flags": [0, 0, 0, 0.5, 0, 0, 0, 0], "mags": ZEROS}, "bad_field",
+     "flags[3]: must be 0 or 1"),
+    ({"type": "input", "seq": 1, "t": 0, "flags": ZEROS, "mags": [0, -0.1] + ZEROS[2:]}, "bad_field", "mags[1]:"),
+    ({"type": "input", "seq": 1, "t": 0, "flags": ZEROS, "mags": ZEROS, "pad": "x" * 20000}, "oversized",
+     "'input' message"),
+])
+def test_bad_client_messages_name_the_problem(message, code, starts):
+    with pytest.raises(ProtocolError) as refused:
+        parse(message)
+    assert refused.value.code == code and refused.value.message.startswith(starts), refused.value.message
+
+
+def test_server_messages_on_the_wire():
+    assert to_wire(Pong()) == {"type": "pong"}
+    assert to_wire(Queue(position=2)) == {"type": "queue", "position": 2}
+    assert to_wire(Error(code="busy", message="server full")) == {"type": "error", "code": "busy",
+                                                                  "message": "server full"}
+    assert to_wire(Recording.of()) == {"type": "recording", "id": None, "video": None, "actions": None, "frames": 0,
+                                       "chunks": 0, "truncated": False}
+    recording = to_wire(Recording.of("abcdefgh", frames=17, chunks=2, truncated=True))
+    assert (recording["video"], recording["actions"]) == ("/recordings/abcdefgh.mp4", "/recordings/abcdefgh.json")
+    chunk = Chunk(index=1, frames=8, first_frame=9, actions=[[[1] + [0] * 7, [0.01] + [0] * 7]], gen_ms=12.5,
+                  input_seq=-1)
+    assert json.loads(json.dumps(to_wire(chunk))) == {"type": "chunk", "index": 1, "frames": 8, "first_frame": 9,
+                                                      "actions": [[[1.0] + [0.0] * 7, [0.01] + [0.0] * 7]],
+                                                      "gen_ms": 12.5, "input_seq": -1}
+    with pytest.raises(ValueError):
+        Error(code="teapot", message="not a documented code")
+    with pytest.raises(ValueError):
+        Queue(position=1, postion=2)  # a misspelt field is refused, not sent
+    assert frame_message(3, 70000, b"jpeg") == b"\x00\x00\x00\x03\x00\x01\x11\x70jpeg"
+    assert FRAME_HEADER.size == 8
+
+
+def doc_section(title: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"\n## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def first_cells(section: str) -> list[str]:
+    cells = [re.split(r"(?<!\\)\|", line) for line in section.splitlines() if line.startswith("|")]
+    return [row[1].strip() for row in cells]
+
+
+def documented_fields(section: str) -> dict:
+    """``{type: {field, ...}}`` of the message rows (`{"type":"start", "prompt":str, ...}`) of a table."""
+    rows = {}
+    for cell in first_cells(section):
+        if cell.startswith('`{"type":'):
+            rows[re.match(r'`\{"type":"(\w+)"', cell).group(1)] = set(re.findall(r'"(\w+)":', cell))
+    return rows
+
+
+@pytest.mark.parametrize("title, union", [("Client -> server", ClientMessage), ("Server -> client", ServerMessage)])
+def test_docs_tables_name_exactly_each_models_fields(title, union):
+    models = get_args(get_args(union)[0])  # Annotated[Union[...], Field(discriminator)] -> the models
+    assert documented_fields(doc_section(title)) == {m.model_fields["type"].default: set(m.model_fields)
+                                                     for m in models}
+
+
+def test_docs_error_table_lists_exactly_the_error_codes():
+    codes = {cell.strip("`") for cell in first_cells(doc_section("Errors")) if re.fullmatch(r"`\w+`", cell)}
+    assert codes == set(get_args(ErrorCode))
+
+
+def error_code(ws, payload) -> tuple[str, str]:
+    if isinstance(payload, bytes):
+        ws.send_bytes(payload)
+    else:
+        ws.send_text(payload if isinstance(payload, str) else json.dumps(payload))
+    message = ws.receive_json()
+    assert message["type"] == "error", message
+    return message["code"], message["message"]
+
+
+@pytest.mark.parametrize("payload, code, names", [
+    ("not json", "bad_json", "JSON"),
+    ("[1, 2]", "bad_message", "object"),
+    (b"\x00\x01", "bad_message", "binary"),
+    ({"prompt": "x"}, "unknown_type", "type"),
+    ({"type": "fly"}, "unknown_type", "fly"),
+    ({"type": "input", "seq": 0, "t": 0, "flags": ZEROS, "mags": ZEROS}, "not_started", "start"),
+    ({"type": "stop"}, "not_started", "stop"),
+    ({"type": "start", "prompt": 5, "image": None}, "bad_field", "prompt"),
+    ({"type": "start", "prompt": "x" * 2001, "image": None}, "bad_field", "prompt"),
+    ({"type": "start", "prompt": "x", "image": "http://example.com/a.png"}, "bad_field", "image"),
+    ({"type": "start", "prompt": "x", "image": "data:image/png;base64,AAAA"}, "bad_image", "image"),
+    ({"type": "start", "prompt": "x", "image": "data:image/png;base64,@@@"}, "bad_image", "base64"),
+    ({"type": "start", "prompt": "x", "image": None, "sample": "../../etc/passwd"}, "bad_field", "sample"),
+    ({"type": "start", "prompt": "x", "image": None, "sample": "nope"}, "bad_image", "sample"),
+    ({"type": "start", "prompt": "x", "image": None, "steps": 0}, "bad_field", "steps"),
+    ({"type": "start", "prompt": "x", "image": None, "steps": 2.5}, "bad_field", "steps"),
+    ({"type": "start", "prompt": "x", "image": None, "seed": True}, "bad_field", "seed"),
+    ({"type": "ping", "pad": "x" * 20000}, "oversized", "limit"),
+])
+def test_bad_messages_before_start(make_client, payload, code, names):
+    client = make_client()
+    with client.websocket_connect("/ws") as ws:
+        got, message = error_code(ws, payload)
+        assert got == code and names in message
+        ws.send_json({"type": "ping"})  # the session goes on
+        assert ws.receive_json() == {"type": "pong"}
+
+
+def test_bad_input_during_a_flight(make_client, png_url):
+    client = make_client()
+    with client.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "start", "prompt": "hills", "image": png_url, "seed": 1, "steps": 1})
+        ready = ws.receive_json()
+        assert ready["type"] == "ready" and ready["steps"] == 1
+        good = {"type": "input", "seq": 1, "t": 1000.0, "flags": ZEROS, "mags": ZEROS}
+        cases = [
+            ('{"type": "input", "seq": 2, "t": 1, "flags": [0,0,0,0,0,0,0,0], "mags": [NaN,0,0,0,0,0,0,0]}',
+             "bad_json"),
+            ({**good, "flags": [0] * 7}, "bad_field"),
+            ({**good, "flags": [2] + [0] * 7}, "bad_field"),
+            ({**good, "flags": [True] + [0] * 7}, "bad_field"),
+            ({**good, "mags": [1.5] + [0] * 7}, "bad_field"),
+            ({**good, "mags": "fast"}, "bad_field"),
+            ({**good, "seq": -1}, "bad_field"),
+            ({**good, "t": "now"}, "bad_field"),
+            ({**good, "t": 1e300}, "bad_field"),
+            ({"type": "start", "prompt": "again", "image": None}, "already_started"),
+        ]
+        ws.send_json(good)
+        for payload, code in cases:
+            while True:  # chunks keep arriving meanwhile
+                ws.send_text(payload if isinstance(payload, str) else json.dumps(payload))
+                message = ws.receive()
+                while message.get("text") is None or json.loads(message["text"])["type"] in ("chunk",):
+                    message = ws.receive()
+                data = json.loads(message["text"])
+                assert data["type"] == "error", data
+                assert data["code"] == code, (payload, data)
+                break
+        ws.send_json({**good, "seq": 2, "t": 500.0})  # time going backwards
+        while (data := ws.receive()).get("text") is None or json.loads(data["text"])["type"] == "chunk":
+            pass
+        data = json.loads(data["text"])
+        assert data["code"] == "bad_field" and data["message"].startswith("t:")
+    metrics = client.get("/metrics").text
+    assert 'wanfly_errors_total{code="bad_field"}' in metrics

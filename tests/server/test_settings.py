@@ -1,0 +1,33 @@
+"""server.settings: options from the command line and the environment, presets, refused values."""
+import pytest
+
+from server.settings import PRESETS, Settings
+
+
+def test_settings_from_env_and_cli():
+    settings = Settings.from_args(["--max_sessions", "3", "--allowed_origins", "http://a,http://b"],
+                                  env={"WANFLY_TOKEN": "s3cret", "WANFLY_MAX_SESSIONS": "9", "WANFLY_GRADIO": "0"})
+    assert settings.max_sessions == 3 and settings.token == "s3cret" and settings.gradio is False
+    assert settings.allowed_origins == ["http://a", "http://b"]
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--max_sessions", "0"], env={})
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--action_guidance", "0.5", "action_guidance must be a number >= 1"),
+    ("--action_guidance_rescale", "2", "action_guidance_rescale must")])
+def test_bad_guidance_options_stop_the_command_line_before_any_work(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        Settings.from_args([option, value], env={})
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_realtime_preset_fills_unset_generation_fields_only():
+    settings = Settings.from_args(["--preset", "realtime", "--steps", "2", "--compile"], env={})
+    preset = PRESETS["realtime"]
+    assert (settings.height, settings.width, settings.chunk_frames, settings.cfg_scale) == \
+        (preset["height"], preset["width"], preset["chunk_frames"], 1.0)
+    assert settings.steps == 2 and settings.compile is True  # an explicit option wins; "--compile" alone is true
+    assert Settings.from_args(["--compile", "0"], env={}).compile is False
+    with pytest.raises(ValueError, match="preset"):
+        Settings(preset="fastest")
