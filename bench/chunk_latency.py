@@ -1,7 +1,7 @@
 """The breakdown of one flight chunk and the real-time factor (video seconds generated per wall second).
 
-    python bench/chunk_latency.py --small --out bench/results/chunk_latency_cpu.json       # tiny preset, CPU
-    python bench/chunk_latency.py --device cuda --out chunk_latency.json --time_limit 240  # full size, random weights
+    python -m bench.chunk_latency --small --out bench/results/chunk_latency_cpu.json       # tiny preset, CPU
+    python -m bench.chunk_latency --device cuda --out chunk_latency.json --time_limit 240  # full size, random weights
 
 Per size (HxWxFRAMES) one chunk is timed part by part: the pipeline units before denoising (first-frame VAE
 encode; prompt from the cache), each DiT step with CFG off and on, the streaming VAE decode (first group, first new
@@ -11,22 +11,21 @@ path to the socket). Chunk times for 2/4/8 steps with CFG on/off are then *deriv
 ``realtime_factor`` = new video seconds of a chunk ((frames - 1) / fps: a later chunk's first frame repeats the
 previous one's last) / the chunk's wall time (denoise + decode; JPEG runs on the delivery thread alongside).
 Full size: see bench/common.py (random weights, T5 not built). Peak GPU memory is max_memory_allocated per run.
+The result (bench.schema) is written to --out after the preset and after every size (partial until the end).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import threading
 import time
 
 import numpy as np
 import torch
+from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (  # noqa: E402
+from bench.common import (
     NEGATIVE,
     PROMPT,
     Deadline,
@@ -37,11 +36,17 @@ from bench.common import (  # noqa: E402
     parse_size,
     peak_memory,
     syncer,
-    write_json,
 )
+from bench.schema import command_line, figures_at, split, write_result
+from models.action_format import constant_actions, num_actions_for_frames
+from models.pipeline import CachedPromptEmbedder
+from server.images import encode_jpeg, frame_message, video_to_frames
+from server.settings import PRESETS
 
 FPS = 24
 STEP_GRID = (2, 4, 8)
+SETTINGS = ("preset", "dtype", "fps", "text_encoder", "tiled_decode", "compiled", "sizes", "preset_runs",
+            "time_limit_s")
 
 
 class StepTimer:
@@ -63,7 +68,7 @@ class StepTimer:
 
 class Handoff:
     """An asyncio loop on its own thread, as the server's: measures ``call_soon_threadsafe`` until the loop ran
-    the callback (the engine -> connection path; the WebSocket send itself is measured by ``server.bench``)."""
+    the callback (the engine -> connection path; the WebSocket send itself is measured by ``bench.serving``)."""
 
     def __init__(self):
         self.loop = asyncio.new_event_loop()
@@ -88,9 +93,6 @@ class Handoff:
 
 
 def chunk_inputs(pipe, height, width, frames, steps, cfg, tiled, timer):
-    from PIL import Image
-
-    from models.action_format import constant_actions, num_actions_for_frames
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
     actions = constant_actions(num_actions_for_frames(frames), {"Forward": 0.01, "Yaw Left": 1.0})  # (T, 2, 8)
@@ -101,7 +103,6 @@ def chunk_inputs(pipe, height, width, frames, steps, cfg, tiled, timer):
 
 def run_chunk(pipe, size, steps, cfg, tiled, sync, device, handoff, quality=85, decode=True) -> dict:
     """One chunk, part by part (see the module docstring). Times in ms."""
-    from server.images import encode_jpeg, frame_message, video_to_frames
     height, width, frames = size
     timer = StepTimer(sync)
     out = {"size": f"{height}x{width}x{frames}", "steps": steps, "cfg": cfg}
@@ -159,12 +160,30 @@ def prompt_encode_ms(pipe, sync) -> float | None:
     """The tiny preset's own T5 (a flight pays it once); None without a text encoder (full size)."""
     if pipe.text_encoder is None:
         return None
-    from models.pipeline import CachedPromptEmbedder
     pipe.prompt_cache.clear()
     with torch.no_grad():
         started = now(sync)
         CachedPromptEmbedder().process(pipe, PROMPT, True)
         return round((now(sync) - started) * 1e3, 2)
+
+
+PRESET_FIGURES = ("chunk_ms", "units_ms", "denoise_ms", "decode_ms", "first_frame_ms", "first_new_frame_on_wire_ms",
+                  "jpeg_ms_per_frame", "server_ms_per_frame")
+
+
+def figures(results: dict) -> list[dict]:
+    """The headline numbers: the real-time preset's factor, its chunk part by part, the server's share of the
+    frame budget, peak GPU memory; the prompt encode and the warm-up."""
+    return figures_at(results, [("realtime_factor", "ratio")]
+                      + [(f"realtime_preset.{key}", "ms") for key in PRESET_FIGURES]
+                      + [("realtime_preset.server_share_of_frame_budget", "ratio"),
+                         ("realtime_preset.peak_gpu_gb", "GB"), ("prompt_encode_ms", "ms"), ("warmup_s", "s")])
+
+
+def write(path, results: dict, device, command: str, note: str | None = None) -> dict:
+    settings, details = split(results, SETTINGS)
+    return write_result(path, "chunk_latency", settings, figures(results), device, details=details,
+                        command=command, note=note)
 
 
 def main(argv=None) -> dict:
@@ -182,7 +201,7 @@ def main(argv=None) -> dict:
                              "the warm-up chunk pays the compilation")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    from server.settings import PRESETS
+    command = command_line("bench.chunk_latency", argv)
 
     device = torch.device(args.device)
     small = args.small or (device.type == "cpu" and not args.full)
@@ -201,7 +220,9 @@ def main(argv=None) -> dict:
     results = {"device": device_name(device), "preset": "tiny" if small else f"full size, {args.layers} layers",
                "dtype": str(dtype), "fps": FPS, "text_encoder": "tiny T5" if small else
                "not built: random (1, 512, 4096) prompt embeddings", "tiled_decode": tiled, "compiled": args.compile,
-               "prompt_encode_ms": prompt_encode_ms(pipe, sync), "runs": [], "derived": []}
+               "sizes": ["x".join(map(str, size)) for size in sizes], "preset_runs": args.preset_runs,
+               "time_limit_s": args.time_limit, "prompt_encode_ms": prompt_encode_ms(pipe, sync), "runs": [],
+               "derived": []}
     print(f"{results['device']}: {results['preset']}", flush=True)
     started = now(sync)
     run_chunk(pipe, sizes[0], 1, False, tiled, sync, device, handoff)  # warm-up: kernels, allocator, compilation
@@ -216,7 +237,8 @@ def main(argv=None) -> dict:
     print(f"real-time preset {best['size']} {rt['steps']} steps cfg {rt['cfg']}: chunk {best['chunk_ms']:.0f} ms, "
           f"real-time factor {best['realtime_factor']:.3f}, first new frame on the wire "
           f"{best['first_new_frame_on_wire_ms']:.0f} ms after the last step", flush=True)
-    write_json(args.out, results)
+    if args.out:
+        write(args.out, results, device, command, note="partial: the real-time preset measured, the sizes not yet")
 
     for size in sizes:
         name = "x".join(map(str, size))
@@ -226,7 +248,8 @@ def main(argv=None) -> dict:
         on = run_chunk(pipe, size, 2, True, tiled, sync, device, handoff, decode=False)
         results["runs"] += [off, on]
         results["derived"] += derive(name, size[2], off, on)
-        write_json(args.out, results)  # after every size: a run cut short by its time limit keeps what it measured
+        if args.out:  # after every size: a run cut short by its time limit keeps what it measured
+            write(args.out, results, device, command, note=f"partial: measured up to {name}")
         print(f"{name}: units {off['units_ms']:.0f} ms, step {statistics.median(off['step_ms']):.0f} ms "
               f"(cfg {statistics.median(on['step_ms']):.0f} ms), decode {off['decode_ms']:.0f} ms, first new frame "
               f"{off['first_new_frame_on_wire_ms']:.0f} ms, jpeg {off['jpeg_ms_per_frame']:.2f} ms/frame, "
@@ -236,7 +259,7 @@ def main(argv=None) -> dict:
               f"{row['chunk_ms']:9.0f} ms  real-time factor {row['realtime_factor']:.3f}")
     results["skipped"] = deadline.skipped
     handoff.close()
-    write_json(args.out, results)
+    write(args.out, results, device, command)
     return results
 
 

@@ -1,50 +1,49 @@
-"""Combine the JSON of bench/gpu.sh's runs into OUT_DIR/results.json: ``device``, ``realtime_factor`` (the
-real-time preset), ``controller_overhead`` (injection type -> step-time ratio) and each bench's full results.
+"""Combine the results of bench/gpu.sh's runs into OUT_DIR/results.json, one result (bench.schema) of its own:
+every part's figures, named ``<part>.<figure>`` (``chunk_latency.realtime_factor``,
+``controller_overhead.controller_overhead.adaln_tmod``, ...), and each part's whole result in ``details.benches``.
 
-    python bench/combine.py OUT_DIR
+    python -m bench.combine OUT_DIR
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from bench.schema import command_line, figure, load_result, write_result
+
+PARTS = ("controller_overhead", "chunk_latency", "train_step")
 
 
 def load(folder: str, name: str) -> dict | None:
     path = os.path.join(folder, f"{name}.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return load_result(path) if os.path.isfile(path) else None
 
 
-def combine(folder: str) -> dict:
-    parts = {name: load(folder, name) for name in ("controller_overhead", "chunk_latency", "train_step")}
-    found = [p for p in parts.values() if p]
-    latency = parts["chunk_latency"] or {}
-    preset = latency.get("realtime_preset", {})
-    return {
-        "device": found[0]["device"] if found else None,
-        "realtime_factor": latency.get("realtime_factor"),
-        "realtime_preset": preset.get("preset"),
-        "first_new_frame_on_wire_ms": preset.get("first_new_frame_on_wire_ms"),
-        "server_share_of_frame_budget": preset.get("server_share_of_frame_budget"),
-        "controller_overhead": (parts["controller_overhead"] or {}).get("controller_overhead"),
-        "missing": [name for name, part in parts.items() if part is None],
-        "benches": parts,
-    }
+def combined_figures(parts: dict) -> list[dict]:
+    """Every part's figures under ``<part>.<name>``, parts in order."""
+    return [figure(f"{name}.{item['name']}", item["value"], item["unit"], item.get("note"))
+            for name, part in parts.items() if part for item in part["figures"]]
+
+
+def combine(folder: str, path: str | None = None, command: str | None = None) -> dict:
+    """The combined result of the parts found in ``folder`` (written to ``path`` when given). Its device is the
+    parts' (they ran on one machine); a missing part is listed in ``details.missing``."""
+    parts = {name: load(folder, name) for name in PARTS}
+    found = [part for part in parts.values() if part]
+    device = found[0]["device"] if found else {"name": "unknown (no part found)", "kind": "unknown", "count": None}
+    return write_result(path, "combine", {"parts": list(PARTS)}, combined_figures(parts), device,
+                        details={"missing": [name for name, part in parts.items() if part is None],
+                                 "benches": parts}, command=command)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        sys.exit("usage: python bench/combine.py OUT_DIR")
-    results = combine(argv[0])
-    path = os.path.join(argv[0], "results.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps({k: results[k] for k in ("device", "realtime_factor", "controller_overhead", "missing")}))
-    print(f"wrote {path}")
+        sys.exit("usage: python -m bench.combine OUT_DIR")
+    results = combine(argv[0], os.path.join(argv[0], "results.json"), command_line("bench.combine", argv))
+    print(f"{results['device']['name']}: missing {results['details']['missing']}")
+    for item in results["figures"]:
+        print(f"  {item['name']:60s} {item['value']:>12g} {item['unit']}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Shared bench helpers: full-size random-weight pipelines, timing with device sync, peak memory, JSON output.
+"""Shared bench helpers: full-size random-weight pipelines, timing with device sync, peak memory, sizes, budgets.
 
 Full size = the Wan2.2-TI2V-5B architecture with random weights (speed does not depend on the values):
 DiT dim 3072, 30 layers, 24 heads, ffn 14336, text_dim 4096, in/out 48, patch 1x2x2, fused first frame, per-token
@@ -8,8 +8,6 @@ at full size (a flight encodes its prompt once; the tiny preset on CPU measures 
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from contextlib import contextmanager
@@ -99,15 +97,6 @@ def parse_size(text: str) -> tuple[int, int, int]:
     if height % 32 or width % 32 or (frames - 1) % 4:
         raise ValueError(f"size: {text!r} needs height and width multiples of 32 and frames = 4k+1")
     return height, width, frames
-
-
-def write_json(path: str | None, data: dict) -> None:
-    if not path:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-    print(f"wrote {path}", flush=True)
 
 
 class Deadline:

@@ -1,23 +1,27 @@
 """One denoising step (DiT forward) with vs without the action controller, per injection type, at the real width.
 
-    python bench/controller_overhead.py --small            # CPU: 3072 wide, 24 heads, ffn 14336, 2 layers, few tokens
-    python bench/controller_overhead.py --device cuda      # GPU: 30 layers, 480x832x81 tokens (8190), bf16
+    python -m bench.controller_overhead --small            # CPU: 3072 wide, 24 heads, ffn 14336, 2 layers, few tokens
+    python -m bench.controller_overhead --device cuda      # GPU: 30 layers, 480x832x81 tokens (8190), bf16
 
-Prints ratios (step time with controller / without) measured in this run and writes JSON (--out).
+Prints ratios (step time with controller / without) measured in this run and writes a result (bench.schema) to
+--out, after every injection type (marked partial until the last).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import FULL_DIT  # noqa: E402
+from bench.common import FULL_DIT, device_name
+from bench.schema import command_line, figures_at, split, write_result
+from models.action_format import num_actions_for_frames
+from models.controller import INJECTION_TYPES, WanActionController
+from models.model_fn import model_fn_wan_action
+from models.pipeline import compile_dit_and_controller
+
+SETTINGS = ("layers", "tokens", "frames", "height", "width", "dtype", "repeats", "compiled")
 
 
 def build_dit(layers: int, device, dtype):
@@ -44,7 +48,20 @@ def paired_times(base_fn, test_fn, repeats: int, sync) -> tuple[float, float]:
     return statistics.median(base), statistics.median(test)
 
 
-def main():
+def figures(results: dict) -> list[dict]:
+    """The headline numbers: the step-time ratio (with / without the controller) per injection type, named by the
+    type, and the baseline step."""
+    types = results.get("controller_overhead", {})
+    return figures_at(results, [(f"controller_overhead.{t}", "ratio", t) for t in types] + [("baseline_step_s", "s")])
+
+
+def write(path, results: dict, device, command: str, note: str | None = None) -> dict:
+    settings, details = split(results, SETTINGS)
+    return write_result(path, "controller_overhead", settings, figures(results), device, details=details,
+                        command=command, note=note)
+
+
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="CPU-sized: 2 layers, 9 frames at 256x256, 64 text tokens")
     parser.add_argument("--device", default="cpu")
@@ -53,12 +70,8 @@ def main():
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the DiT blocks and each controller as `python -m server --compile` does")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-
-    from models.action_format import num_actions_for_frames
-    from models.controller import INJECTION_TYPES, WanActionController
-    from models.model_fn import model_fn_wan_action
-    from models.pipeline import compile_dit_and_controller
+    args = parser.parse_args(argv)
+    command = command_line("bench.controller_overhead", argv)
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -84,8 +97,7 @@ def main():
             return model_fn_wan_action(dit=dit, action_controller=controller, latents=latents, timestep=timestep,
                                        context=context, fuse_vae_embedding_in_latents=True, **kwargs)
 
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "layers": layers, "tokens": tokens, "frames": frames, "height": height, "width": width,
+    results = {"layers": layers, "tokens": tokens, "frames": frames, "height": height, "width": width,
                "dtype": str(dtype), "repeats": repeats, "compiled": args.compile}
     overhead, baselines = {}, []
     for injection_type in INJECTION_TYPES:
@@ -99,15 +111,15 @@ def main():
         overhead[injection_type] = round(ratio, 4)
         print(f"{injection_type:18s} step {with_controller * 1e3:8.1f} ms  vs  {base * 1e3:8.1f} ms  "
               f"ratio {ratio:.3f}", flush=True)
-        if args.out:  # after every type: a run cut short by its time limit keeps what it measured
-            with open(args.out, "w") as f:
-                json.dump(dict(results, controller_overhead=overhead), f, indent=2)
+        if args.out and len(overhead) < len(INJECTION_TYPES):  # a run cut short keeps what it measured
+            write(args.out, dict(results, controller_overhead=overhead), device, command,
+                  note=f"partial: {len(overhead)} of {len(INJECTION_TYPES)} injection types measured")
     results["controller_overhead"] = overhead
     results["baseline_step_s"] = baseline = statistics.median(baselines)
-    print(f"baseline step {baseline * 1e3:.1f} ms ({layers} layers, {tokens} tokens, 3072 wide, {results['device']})")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+    print(f"baseline step {baseline * 1e3:.1f} ms ({layers} layers, {tokens} tokens, 3072 wide, "
+          f"{device_name(device)})")
+    write(args.out, results, device, command)
+    return results
 
 
 if __name__ == "__main__":

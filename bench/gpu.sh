@@ -8,8 +8,9 @@
 # The GPU machine has python3 (3.12) with PyTorch, torchvision, transformers, numpy, ... but no diffsynth and no
 # network: the missing packages travel as wheels in bench/wheels/ (git-ignored) and are installed with
 # --no-deps into a private folder on PYTHONPATH, so the machine's own PyTorch is used. Each bench runs under a
-# time limit; OUT_DIR receives their logs and JSON and results.json (device, realtime_factor, controller_overhead,
-# and the three benches' full results).
+# time limit; OUT_DIR receives their logs and results and results.json (bench.combine: every bench's figures and
+# whole result, in the schema of bench/schema.py). Outside a git checkout (a copied tree) set BENCH_COMMIT=<sha>
+# so the results name the commit they measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=bench/wheels
@@ -63,8 +64,9 @@ run() {  # run NAME LIMIT ARGS...: a bench under a time limit; a failure or time
     tail -n 12 "$OUT/$name.log"
 }
 
-run controller_overhead "${LIMITS[0]}" bench/controller_overhead.py "${DEV[@]}" "${CO_EXTRA[@]}" --out "$OUT/controller_overhead.json"
-run chunk_latency "${LIMITS[1]}" bench/chunk_latency.py "${DEV[@]}" --time_limit $((LIMITS[1] - 90)) \
+run controller_overhead "${LIMITS[0]}" -m bench.controller_overhead "${DEV[@]}" "${CO_EXTRA[@]}" \
+    --out "$OUT/controller_overhead.json"
+run chunk_latency "${LIMITS[1]}" -m bench.chunk_latency "${DEV[@]}" --time_limit $((LIMITS[1] - 90)) \
     --out "$OUT/chunk_latency.json"
-run train_step "${LIMITS[2]}" bench/train_step.py "${DEV[@]}" --out "$OUT/train_step.json"
-"$PY" bench/combine.py "$OUT"
+run train_step "${LIMITS[2]}" -m bench.train_step "${DEV[@]}" --out "$OUT/train_step.json"
+"$PY" -m bench.combine "$OUT"

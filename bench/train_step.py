@@ -1,26 +1,25 @@
 """Time and peak memory of one training step: controller trainable, DiT frozen, gradient checkpointing on.
 
-    python bench/train_step.py --small --out bench/results/train_step_cpu.json     # tiny preset, CPU, 64x64x9
-    python bench/train_step.py --device cuda --out train_step.json                  # full size, 480x832x81
+    python -m bench.train_step --small --out bench/results/train_step_cpu.json     # tiny preset, CPU, 64x64x9
+    python -m bench.train_step --device cuda --out train_step.json                  # full size, 480x832x81
 
 Two variants, as the trainer runs them (training/trainer_model.py): ``uncached`` runs the pipeline units every
 step (VAE encode of the clip and its first frame; the prompt comes from the cache, T5 is not built at full size),
 ``cached`` starts from the latents and embeddings those units produced (``--cache`` in training). Each step is
 diffsynth's ``FlowMatchSFTLoss`` through our ``model_fn`` (autocast to bf16 on GPU, as the trainer), backward and an
 AdamW step on the controller. The first step of each variant is a warm-up; the median of the rest is reported.
+The result (bench.schema) is written to --out at the end.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
 import numpy as np
 import torch
+from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (  # noqa: E402
+from bench.common import (
     PROMPT,
     build_full_pipeline,
     build_tiny_pipeline,
@@ -29,13 +28,15 @@ from bench.common import (  # noqa: E402
     parse_size,
     peak_memory,
     syncer,
-    write_json,
 )
+from bench.schema import command_line, figures_at, split, write_result
+from models.action_format import constant_actions, num_actions_for_frames, split_actions
+
+SETTINGS = ("preset", "size", "dtype", "gradient_checkpointing", "trainable", "text_encoder", "repeats")
 
 
 def clip(height: int, width: int, frames: int) -> list:
     """A random clip as PIL frames (what the dataset yields)."""
-    from PIL import Image
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for _ in range(frames)]
 
@@ -107,6 +108,15 @@ def run_variant(pipe, optimizer, frames, actions, cached, repeats, device, dtype
     return out
 
 
+def figures(results: dict) -> list[dict]:
+    """The headline numbers: the step with and without the cache (and its VAE encode), the speedup, peak GPU
+    memory, the trainable parameters."""
+    return figures_at(results, [(f"{variant}.{key}", "ms") for variant in ("cached", "uncached")
+                                for key in ("step_ms", "encode_ms", "forward_ms", "backward_ms")]
+                      + [("cached_speedup", "ratio"), ("cached.peak_gpu_gb", "GB"), ("uncached.peak_gpu_gb", "GB"),
+                         ("trainable_params", "count")])
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="CPU: the tiny preset (models.tiny) at 64x64x9")
@@ -118,7 +128,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    from models.action_format import constant_actions, num_actions_for_frames, split_actions
 
     device = torch.device(args.device)
     small = args.small or (device.type == "cpu" and not args.full)
@@ -131,7 +140,8 @@ def main(argv=None) -> dict:
     actions = {"action_binary": binary.to(device), "action_magnitude": magnitude.to(device)}  # (1, T, 8) float32
     video = clip(height, width, frames)
     results = {"device": device_name(device), "preset": "tiny" if small else f"full size, {args.layers} layers",
-               "size": f"{height}x{width}x{frames}", "dtype": str(dtype), "gradient_checkpointing": True,
+               "size": f"{height}x{width}x{frames}", "dtype": str(dtype), "repeats": args.repeats,
+               "gradient_checkpointing": True,
                "trainable": "action controller (float32), DiT and VAE frozen",
                "trainable_params": sum(p.numel() for p in controller.parameters()),
                "text_encoder": "tiny T5, cached" if small else "not built: random prompt embeddings from the cache"}
@@ -143,7 +153,9 @@ def main(argv=None) -> dict:
               f"{row['optimizer_ms']:.1f}) peak {row['peak_gpu_gb']} GB", flush=True)
     results["cached_speedup"] = round(results["uncached"]["step_ms"] / results["cached"]["step_ms"], 3)
     print(f"cached latents/embeddings: {results['cached_speedup']:.2f}x faster per step ({results['device']})")
-    write_json(args.out, results)
+    settings, details = split(results, SETTINGS)
+    write_result(args.out, "train_step", settings, figures(results), device, details=details,
+                 command=command_line("bench.train_step", argv))
     return results
 
 

@@ -1,9 +1,10 @@
-"""``python -m server.bench [--sessions 1 --seconds 20 --url URL | server options...]``: serving numbers.
+"""``python -m bench.serving [--sessions 1 --seconds 20 --url URL --out FILE | server options...]``: serving numbers.
 
 Starts ``python -m server`` on loopback with the remaining options (or uses ``--url``), flies ``--sessions``
 clients holding forward + yaw for ``--seconds``, and prints JSON: chunk generation time, frames/s delivered per
 session, stalls (server count), and the server's cost per frame (JPEG encode + WebSocket send, from /metrics)
-against the frame budget 1/fps. ``--jpeg_sizes`` also times simplejpeg alone at a few sizes.
+against the frame budget 1/fps. ``--jpeg_sizes`` also times simplejpeg alone at a few sizes. ``--out`` writes the
+result (bench.schema); its device is the one the started server resolves (a server at ``--url``: unknown).
 """
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ import time
 import urllib.request
 
 import numpy as np
+
+from bench.schema import command_line, describe_device, figures_at, write_result
+from server.images import encode_jpeg
+from server.settings import Settings
+from server.testing import server_process
+from server.worlds import resolve_device
+
+SERVER_DEFAULTS = ("--gradio", "0")  # and server_process's own: --threads 1, --world random unless given
 
 
 def metrics(url: str, token: str | None) -> dict:
@@ -88,7 +97,6 @@ def run(url: str, sessions: int, seconds: float, token: str | None) -> dict:
 
 
 def jpeg_sizes(quality: int = 85) -> dict:
-    from .images import encode_jpeg
     out = {}
     rng = np.random.default_rng(0)
     for width, height in ((64, 64), (128, 128), (832, 480)):
@@ -103,24 +111,59 @@ def jpeg_sizes(quality: int = 85) -> dict:
     return out
 
 
+def readyz(url: str) -> dict:
+    with urllib.request.urlopen(url + "/readyz", timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+def server_device(server_args) -> dict:
+    """The device a server started by ``server_process`` with these options runs on (as it resolves it)."""
+    args = ["--threads", "1", *([] if "--world" in server_args else ["--world", "random"]), *server_args]
+    settings = Settings.from_args(args)
+    device, _ = resolve_device(settings)
+    return dict(describe_device(device), threads=settings.threads or None)
+
+
+def figures(report: dict) -> list[dict]:
+    """The headline numbers: chunk time, frames/s and the first frame per session, stalls and drops, the
+    server's cost per frame against the budget; simplejpeg alone per size."""
+    flight = report.get("flight", {})
+    sessions = range(len(flight.get("frames_per_s_per_session", [])))
+    return figures_at(report, [("flight.chunk_ms_median", "ms"), ("flight.chunk_ms_p90", "ms")]
+                      + [(f"flight.frames_per_s_per_session.{i}", "frames/s") for i in sessions]
+                      + [(f"flight.first_frame_s.{i}", "s") for i in sessions]
+                      + [("flight.server_stalls", "count"), ("flight.frames_dropped", "count")]
+                      + [(f"flight.server_ms_per_frame.{key}", "ms") for key in ("jpeg", "send", "total", "budget")]
+                      + [(f"jpeg_only.{size}.{key}", unit) for size in report.get("jpeg_only", {})
+                         for key, unit in (("ms", "ms"), ("bytes", "bytes"))])
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=None, help="a running server (default: start one with the other options)")
     parser.add_argument("--sessions", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--token", default=None)
     parser.add_argument("--jpeg_sizes", action="store_true")
+    parser.add_argument("--out", default=None, help="write the result (bench.schema) here")
     args, server_args = parser.parse_known_args(argv)
     report = {}
     if args.jpeg_sizes:
         report["jpeg_only"] = jpeg_sizes()
     if args.url:
+        world = readyz(args.url).get("world")
         report["flight"] = run(args.url, args.sessions, args.seconds, args.token)
+        device = {"name": f"the server at {args.url}", "kind": "unknown", "count": None}
     else:
-        from .testing import server_process
-        with server_process("--gradio", "0", *server_args) as url:
+        device = server_device([*SERVER_DEFAULTS, *server_args])
+        with server_process(*SERVER_DEFAULTS, *server_args) as url:
+            world = readyz(url).get("world")
             report["flight"] = run(url, args.sessions, args.seconds, args.token)
     print(json.dumps(report, indent=1))
+    settings = {"sessions": args.sessions, "seconds": args.seconds, "url": args.url,
+                "server_args": None if args.url else [*SERVER_DEFAULTS, *server_args], "world": world}
+    write_result(args.out, "serving", settings, figures(report), device, details=report,
+                 command=command_line("bench.serving", argv))
     return 0
 
 
