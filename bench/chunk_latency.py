@@ -40,7 +40,8 @@ from bench.common import (
 from bench.schema import command_line, figures_at, split, write_result
 from models.action_format import constant_actions, num_actions_for_frames
 from models.pipeline import CachedPromptEmbedder
-from server.images import encode_jpeg, frame_message, video_to_frames
+from server.images import encode_jpeg, video_to_frames
+from server.protocol import frame_message
 from server.settings import PRESETS
 
 FPS = 24

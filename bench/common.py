@@ -14,9 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
-FULL_DIT = dict(dim=3072, num_heads=24, num_layers=30, ffn_dim=14336, in_dim=48, out_dim=48, text_dim=4096,
-                freq_dim=256, eps=1e-6, patch_size=(1, 2, 2), has_image_input=False, seperated_timestep=True,
-                require_clip_embedding=False, require_vae_embedding=False, fuse_vae_embedding_in_latents=True)
+from models.loading import build_pipeline
+
 PROMPT = "a drone flies over green hills under a blue sky"
 NEGATIVE = "blurry, static"
 TEXT_TOKENS = 512  # umT5 sequence length of Wan2.2
@@ -50,34 +49,17 @@ def peak_memory(device: torch.device, out: dict, key: str = "peak_gpu_gb"):
 
 
 def build_full_pipeline(device: torch.device, dtype, layers: int = 30, injection_type: str = "cross_attn_frame"):
-    """The full-size architecture, random weights, built directly on ``device``; controller attached."""
-    from diffsynth.models.wan_video_dit import WanModel
-    from diffsynth.models.wan_video_vae import WanVideoVAE38
-
-    from models.controller import WanActionController
-    from models.pipeline import WanActionPipeline
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the device: a 5B init on CPU alone takes minutes
-        dit = WanModel(**dict(FULL_DIT, num_layers=layers))
-        vae = WanVideoVAE38()
-        controller = WanActionController(hidden_size=3072, num_heads=24, num_layers=layers,
-                                         injection_type=injection_type)
-    pipe = WanActionPipeline(device=str(device), torch_dtype=dtype)
-    pipe.dit = dit.to(dtype).eval().requires_grad_(False)
-    pipe.vae = vae.to(dtype).eval().requires_grad_(False)
-    pipe.height_division_factor = pipe.width_division_factor = 32  # as from_pretrained
-    pipe.set_action_controller(controller)
+    """The full-size architecture, random weights, built directly on ``device`` (``models.loading``); controller
+    attached, random prompt embeddings in the prompt cache."""
+    pipe = build_pipeline(preset="random-5b", device=device, torch_dtype=dtype, layers=layers,
+                          controller_overrides={"injection_type": injection_type})
     fill_prompt_cache(pipe, {PROMPT: torch.randn(1, TEXT_TOKENS, 4096), NEGATIVE: torch.randn(1, TEXT_TOKENS, 4096)})
     return pipe
 
 
 def build_tiny_pipeline(device: torch.device, dtype):
     """The tiny random preset (models.tiny) with its controller: real T5, real (narrow) VAE."""
-    from models.tiny import build_tiny_controller
-    from models.tiny import build_tiny_pipeline as tiny
-    pipe = tiny(seed=0, device=str(device), torch_dtype=dtype)
-    pipe.set_action_controller(build_tiny_controller(seed=0))
-    return pipe
+    return build_pipeline(preset="tiny", device=str(device), torch_dtype=dtype)
 
 
 def fill_prompt_cache(pipe, contexts: dict) -> None:

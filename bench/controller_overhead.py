@@ -14,10 +14,11 @@ import time
 
 import torch
 
-from bench.common import FULL_DIT, device_name
+from bench.common import device_name
 from bench.schema import command_line, figures_at, split, write_result
 from models.action_format import num_actions_for_frames
 from models.controller import INJECTION_TYPES, WanActionController
+from models.loading import WAN_5B_DIT
 from models.model_fn import model_fn_wan_action
 from models.pipeline import compile_dit_and_controller
 
@@ -27,7 +28,7 @@ SETTINGS = ("layers", "tokens", "frames", "height", "width", "dtype", "repeats",
 def build_dit(layers: int, device, dtype):
     from diffsynth.models.wan_video_dit import WanModel
     with torch.device(device):
-        dit = WanModel(**dict(FULL_DIT, num_layers=layers))  # the Wan2.2-TI2V-5B DiT, random weights
+        dit = WanModel(**dict(WAN_5B_DIT, num_layers=layers))  # the Wan2.2-TI2V-5B DiT, random weights
     return dit.to(dtype).eval().requires_grad_(False)
 
 

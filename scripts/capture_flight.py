@@ -11,11 +11,16 @@ stalls, key-to-screen latency; printed and stored in flight.json. Needs the ``de
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from server.testing import server_process
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,9 +65,7 @@ def fly(page, base_url: str, every: float) -> tuple[list[tuple[str, list[bytes]]
 
 def contact_sheet(rows, path: Path, tile: int = 160) -> None:
     """One row of canvas captures per key (each ``tile`` pixels wide), its label on the left."""
-    import io
 
-    from PIL import Image, ImageDraw
 
     images = [[Image.open(io.BytesIO(png)).convert("RGB") for png in shots] for _, shots in rows]
     width, height = images[0][0].size
@@ -89,7 +92,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    from server.testing import server_process
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

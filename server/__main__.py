@@ -10,22 +10,21 @@ from __future__ import annotations
 import logging
 import sys
 
+from .app import create_app
 from .settings import Settings
+from .worlds import check_world_args, with_world_resolved
 
 
 def main(argv=None) -> None:
     settings = Settings.from_args(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .worlds import check_world_args
     try:
         check_world_args(settings)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     import uvicorn
 
-    from .app import create_app
     app = create_app(settings)
-    from .worlds import with_world_resolved
     if not settings.model_dir and with_world_resolved(settings).world == "random":
         logging.getLogger("wanfly").warning("serving the tiny RANDOM-weight preset: the video is noise-like. "
                                             "Pass --model_dir and --artifacts for the real model.")

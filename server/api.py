@@ -14,10 +14,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.action_format import num_actions_for_frames, parse_actions
+from models.media import fit_image
 
 from .engine import EngineFull
 from .generators import GenRequest
-from .images import decode_data_url, fit_image, load_sample
+from .images import decode_data_url, load_sample
 from .protocol import MAX_SEED
 
 router = APIRouter()

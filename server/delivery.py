@@ -16,47 +16,16 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+from .flight import ChunkFrames, Flight, MoreFrames, OpenChunk
 from .images import encode_jpeg
 from .metrics import Metrics
-from .protocol import Chunk, Error, Queue, Recording, frame_message
+from .protocol import Chunk, Recording, frame_message
 from .recording import FileStore, FlightRecorder
 
-if TYPE_CHECKING:  # for annotations only: the engine imports this module
-    from .engine import Flight
-
 log = logging.getLogger("wanfly.delivery")
-
-
-@dataclass
-class ChunkFrames:
-    """A chunk's message and its first binary frame messages (all of them when the flight does not stream)."""
-    chunk: Chunk
-    frames: list[bytes]
-
-
-@dataclass
-class MoreFrames:
-    """The next binary frame messages of streamed chunk ``index``, as the VAE decodes them."""
-    index: int
-    frames: list[bytes]
-
-
-FlightEvent = Union[ChunkFrames, MoreFrames, Queue, Recording, Error]
-
-
-@dataclass
-class OpenChunk:
-    """A chunk being generated. Opened by the worker; after that only the delivery thread touches it."""
-    message: Chunk
-    timings: dict  # from Generator.generate_stream; "denoised": perf_counter at the last denoising step
-    messages: list[bytes] = field(default_factory=list)  # encoded, not handed over yet (non-streaming flights)
-    frames: list[np.ndarray] = field(default_factory=list)  # decoded groups (n, H, W, 3), for the recording
-    sent: int = 0  # frames handed to the connection
 
 
 class Delivery:

@@ -33,12 +33,12 @@ from PIL import Image
 
 from models.action_format import num_actions_for_frames
 
-from .delivery import Delivery, FlightEvent, OpenChunk
+from .delivery import Delivery
+from .flight import Flight, OpenChunk
 from .generators import Generator, GenRequest
-from .inputs import InputTimeline
 from .metrics import Metrics
 from .protocol import Chunk, Error, Queue
-from .recording import FileStore, FlightRecorder, write_mp4
+from .recording import FileStore, write_mp4
 
 log = logging.getLogger("wanfly.engine")
 STALL_TOLERANCE_S = 0.02
@@ -46,27 +46,6 @@ STALL_TOLERANCE_S = 0.02
 
 class EngineFull(Exception):
     """The waiting line (flights) or the job queue is full."""
-
-
-class Flight:
-    """Engine-side state of one flight. ``notify(event)`` is called from engine threads with a
-    ``server.delivery.FlightEvent`` and must not block."""
-
-    def __init__(self, prompt: str, image: Image.Image, seed: int, steps: int, timeline: InputTimeline,
-                 notify: Callable[[FlightEvent], None], meta: dict = None, stream: bool = False):
-        self.id = secrets.token_urlsafe(12)
-        self.stream = stream  # frame groups go out as decoded (ChunkFrames, then MoreFrames), not whole chunks
-        self.prompt, self.seed, self.steps, self.timeline, self.notify = prompt, seed, steps, timeline, notify
-        self.meta = meta or {}
-        self.last_frame = image
-        self.index = 0  # next chunk index
-        self.frame_index = 0  # global index of the next frame sent
-        self.play_end = 0.0  # estimated time the client runs out of frames
-        self.stopped = False  # no more chunks
-        self.closed = False  # connection gone: deliver nothing
-        self.recorder: Optional[FlightRecorder] = None
-        self.recording_failed = False
-        self.open_chunk: Optional[OpenChunk] = None  # the chunk being generated, recorded as far as sent on stop
 
 
 @dataclass

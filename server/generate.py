@@ -14,7 +14,17 @@ import os
 import sys
 import time
 
+import numpy as np
+
+from models.action_format import num_frames_for_actions, parse_actions
+from models.media import fit_image
+
+from .generators import GenRequest, PipelineGenerator
+from .images import decode_image_bytes, load_sample
+from .inputs import parse_action_spec
+from .recording import write_mp4
 from .settings import Settings
+from .worlds import check_world_args, load_world
 
 WORLD_OPTIONS = ("world", "model_dir", "artifacts", "device", "dtype", "world_seed", "threads", "height", "width",
                  "fps", "steps", "cfg_scale", "action_guidance", "action_guidance_rescale", "web_dir")
@@ -34,11 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_actions(value: str, full_scale):
-    import numpy as np
 
-    from models.action_format import parse_actions
 
-    from .inputs import parse_action_spec
     if os.path.isfile(value):
         with open(value) as f:
             return parse_actions(json.load(f), name=f"actions ({value})")[0].numpy().astype(np.float64)
@@ -51,12 +58,7 @@ def main(argv=None) -> int:
     world_args = [f"--{k}={getattr(args, k)}" for k in WORLD_OPTIONS if getattr(args, k) is not None]
     settings = Settings.from_args(world_args + ["--gradio=0"], error=parser.error)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
-    from models.action_format import num_frames_for_actions
 
-    from .generators import GenRequest, PipelineGenerator
-    from .images import decode_image_bytes, fit_image, load_sample
-    from .recording import write_mp4
-    from .worlds import check_world_args, load_world
     try:
         check_world_args(settings)
         world = load_world(settings)

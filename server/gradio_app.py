@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from models.action_format import ACTION_NAMES, NUM_ACTIONS, num_frames_for_actions
+from models.media import fit_image
 
 from .engine import EngineFull
 from .generators import GenRequest
-from .images import fit_image, list_samples, load_sample
+from .images import list_samples, load_sample
 from .inputs import parse_action_spec
 
 DEFAULT_SPEC = "forward:2,forward+yaw_left:2"

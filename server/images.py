@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .protocol import frame_message  # noqa: F401  (bench/chunk_latency.py still imports it from here)
-
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
 SAMPLES_FOLDER = "samples"
@@ -52,16 +50,6 @@ def decode_image_bytes(data: bytes, max_bytes: int, max_pixels: int, field: str 
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError) as error:
         raise ValueError(f"{field}: not a readable image ({type(error).__name__})") from None
-
-
-def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Centre-crop to the target aspect ratio, then resize (the first frame must match the generation size)."""
-    src_w, src_h = image.size
-    scale = max(width / src_w, height / src_h)
-    crop_w, crop_h = min(src_w, round(width / scale)), min(src_h, round(height / scale))
-    left, top = (src_w - crop_w) // 2, (src_h - crop_h) // 2
-    image = image.crop((left, top, left + crop_w, top + crop_h))
-    return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def list_samples(web_dir) -> list[str]:

@@ -1,4 +1,4 @@
-"""H.264 mp4 writing (imageio-ffmpeg) for jobs and flight recordings, and the folder that keeps them.
+"""Flight recordings and job videos (H.264 mp4 through ``models.media``), and the folder that keeps them.
 
 A flight recording is written while the flight goes on (bounded memory): ``<id>.mp4`` with every frame shown and
 ``<id>.json`` with the prompt and each chunk's actions in the training format (raw ``(k, 2, 8)``, plus the
@@ -16,40 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from models.media import LIVE_CRF, LIVE_PRESET, Mp4Writer
+from models.media import write_mp4 as write_live_mp4
+
 log = logging.getLogger("wanfly.recording")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
-class Mp4Writer:
-    """Streams ``(H, W, 3)`` uint8 frames into an H.264 (yuv420p) mp4."""
-
-    def __init__(self, path, width: int, height: int, fps: float):
-        import imageio_ffmpeg
-        self.path = str(path)
-        self.frames = 0
-        self._writer = imageio_ffmpeg.write_frames(
-            self.path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-            macro_block_size=16, ffmpeg_log_level="error", output_params=["-preset", "veryfast", "-crf", "20"])
-        self._writer.send(None)
-
-    def write(self, frames: np.ndarray) -> None:
-        for frame in frames:
-            self._writer.send(np.ascontiguousarray(frame).tobytes())
-            self.frames += 1
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
 def write_mp4(path, frames: np.ndarray, fps: float) -> None:
-    """``(F, H, W, 3)`` uint8 -> an H.264 mp4 at ``path``."""
-    writer = Mp4Writer(path, frames.shape[2], frames.shape[1], fps)
-    try:
-        writer.write(frames)
-    finally:
-        writer.close()
+    """``(F, H, W, 3)`` uint8 -> an H.264 mp4 at ``path``, encoded for speed (jobs)."""
+    write_live_mp4(path, frames, fps, crf=LIVE_CRF, preset=LIVE_PRESET)
 
 
 class FileStore:
@@ -100,25 +76,25 @@ class FlightRecorder:
         self.store, self.id, self.meta, self.max_frames = store, flight_id, dict(meta), max_frames
         store.add(flight_id)
         self.fps = fps
-        self.video = Mp4Writer(store.path(flight_id, ".mp4"), width, height, fps)
+        self.video = Mp4Writer(store.path(flight_id, ".mp4"), fps, crf=LIVE_CRF, preset=LIVE_PRESET)
         self.chunks: list[dict] = []
         self.truncated = False
         self.started = time.time()
 
     def add(self, chunk_meta: dict, frames: np.ndarray) -> None:
-        room = self.max_frames - self.video.frames
+        room = self.max_frames - self.video.count
         if room < len(frames):
             self.truncated = True
         if room > 0:
-            self.video.write(frames[:room])
+            self.video.write_frames(frames[:room])
             self.chunks.append(chunk_meta)
 
     def close(self) -> dict:
         """Finalise both files; returns ``{"id", "frames", "chunks", "truncated"}``."""
         self.video.close()
         steps = [step for chunk in self.chunks for step in chunk["actions"]]
-        record = {**self.meta, "fps": self.fps, "frames": self.video.frames, "truncated": self.truncated,
+        record = {**self.meta, "fps": self.fps, "frames": self.video.count, "truncated": self.truncated,
                   "duration_s": round(time.time() - self.started, 3), "chunks": self.chunks, "actions": steps}
         with open(self.store.path(self.id, ".json"), "w") as f:
             json.dump(record, f)
-        return {"id": self.id, "frames": self.video.frames, "chunks": len(self.chunks), "truncated": self.truncated}
+        return {"id": self.id, "frames": self.video.count, "chunks": len(self.chunks), "truncated": self.truncated}

@@ -18,10 +18,11 @@ from collections import deque
 import anyio
 
 from models.action_format import ACTION_NAMES
+from models.media import fit_image
 
-from .delivery import ChunkFrames, FlightEvent, MoreFrames
-from .engine import EngineFull, Flight
-from .images import decode_data_url, fit_image, load_sample
+from .engine import EngineFull
+from .flight import ChunkFrames, Flight, FlightEvent, MoreFrames
+from .images import decode_data_url, load_sample
 from .inputs import InputTimeline
 from .protocol import (
     Error,

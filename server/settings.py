@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from models.options import check_action_guidance, check_action_guidance_rescale
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "WANFLY_"
 
@@ -88,7 +90,6 @@ class Settings:
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.action_guidance is not None or self.action_guidance_rescale is not None:
-            from models.pipeline import check_action_guidance, check_action_guidance_rescale  # the rules live there
             if self.action_guidance is not None:
                 check_action_guidance(self.action_guidance)
             if self.action_guidance_rescale is not None:

@@ -10,8 +10,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from server.delivery import ChunkFrames, MoreFrames
-from server.engine import Engine, Flight
+from server.engine import Engine
+from server.flight import ChunkFrames, Flight, MoreFrames
 from server.generators import Generator
 from server.inputs import InputTimeline
 from server.protocol import FRAME_HEADER, Recording

@@ -9,8 +9,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from server.delivery import ChunkFrames
-from server.engine import Engine, Flight
+from server.engine import Engine
+from server.flight import ChunkFrames, Flight
 from server.generators import Generator, GenRequest
 from server.inputs import InputTimeline
 from server.protocol import Error, Queue, Recording

@@ -1,15 +1,18 @@
 """server.worlds: a small-world folder's serve.json (size, chunk, banner line, first frame) and its checks."""
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.artifacts import ArtifactConfig, save_action_artifacts
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
 from server import worlds
+from server.app import create_app
 from server.generators import GenRequest, PipelineGenerator
 from server.settings import Settings
 from server.worlds import load_world, world_summary
@@ -85,11 +88,8 @@ def test_folder_world_naming_a_missing_sample_is_refused(world_folder):
 
 
 def test_a_world_that_cannot_load_is_reported_by_readyz_without_a_traceback(world_folder, caplog):
-    import time
 
-    from fastapi.testclient import TestClient
 
-    from server.app import create_app
     hints = json.loads((world_folder / "serve.json").read_text())
     (world_folder / "serve.json").write_text(json.dumps({**hints, "action_guidance_rescale": 3}))
     threads = torch.get_num_threads()
