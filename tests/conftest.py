@@ -43,3 +43,17 @@ def gen_kwargs(first_frame):
     return dict(prompt="a drone flies over a green field", negative_prompt="blurry", input_image=first_frame,
                 height=64, width=64, num_frames=9, num_inference_steps=2, seed=1, cfg_scale=5.0,
                 output_type="floatpoint", tiled=False, progress_bar_cmd=_quiet)
+
+
+@pytest.fixture
+def forward_clip():
+    """``forward_clip(pipe, height, width, frames, steps=1)`` -> a float video (1, 3, F, H, W) of a constant
+    Forward flight from a fixed random first frame."""
+    def generate(pipe, height, width, frames, steps=1):
+        first = Image.fromarray(np.random.RandomState(0).randint(0, 255, (height, width, 3), dtype=np.uint8))
+        actions = np.zeros(((frames - 1) // 4, 2, 8), dtype=np.float32)
+        actions[:, :, 0] = (1.0, 0.01)  # Forward
+        return pipe(prompt="a drone flies over a green meadow", input_image=first, height=height, width=width,
+                    num_frames=frames, num_inference_steps=steps, seed=0, cfg_scale=1.0, actions=actions,
+                    output_type="floatpoint", tiled=False, progress_bar_cmd=lambda it: it)
+    return generate

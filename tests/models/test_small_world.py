@@ -2,10 +2,8 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.action_format import constant_actions
 from models.artifacts import ArtifactConfig, save_action_artifacts
@@ -23,21 +21,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOY = os.path.join(REPO, "worlds", "toy")
 
 
-def _generate(pipe, height, width, frames, steps=1):
-    first = Image.fromarray(np.random.RandomState(0).randint(0, 255, (height, width, 3), dtype=np.uint8))
-    actions = np.zeros(((frames - 1) // 4, 2, 8), dtype=np.float32)
-    actions[:, :, 0] = (1.0, 0.01)  # Forward
-    return pipe(prompt="a drone flies over a green meadow", input_image=first, height=height, width=width,
-                num_frames=frames, num_inference_steps=steps, seed=0, cfg_scale=1.0, actions=actions,
-                output_type="floatpoint", tiled=False, progress_bar_cmd=lambda it: it)
-
-
-def test_committed_toy_world_loads_and_generates():
+def test_committed_toy_world_loads_and_generates(forward_clip):
     hints = json.load(open(os.path.join(TOY, "serve.json")))
     pipe = load_small_world(TOY)
     assert pipe.action_controller is not None
     h, w, f = hints["height"], hints["width"], hints["chunk_frames"]
-    video = _generate(pipe, h, w, f, steps=2)
+    video = forward_clip(pipe, h, w, f, steps=2)
     assert video.shape == (1, 3, f, h, w) and torch.isfinite(video).all()
     assert video.abs().max() <= 1.0 + 1e-5
 

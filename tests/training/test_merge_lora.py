@@ -11,20 +11,6 @@ from models.tiny import build_tiny_pipeline
 from training.merge_lora import main
 from training.trainer.lora_merge import merge_lora_state
 
-TARGETS = ["self_attn.q", "self_attn.v", "ffn.0"]
-
-
-def random_lora(dit, rank=4, seed=0):
-    """A LoRA with non-zero A and B (peft starts B at zero, which would make the test vacuous)."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, module in dit.named_modules():
-        if any(name.endswith(t) for t in TARGETS):
-            out_features, in_features = module.weight.shape
-            state[f"{name}.lora_A.default.weight"] = torch.randn(rank, in_features, generator=generator) * 0.1
-            state[f"{name}.lora_B.default.weight"] = torch.randn(out_features, rank, generator=generator) * 0.1
-    return state
-
 
 @pytest.fixture
 def fake_model_dir(tmp_path):
@@ -46,7 +32,7 @@ def fake_model_dir(tmp_path):
     return folder
 
 
-def test_cli_writes_a_loadable_folder_and_refuses_to_overwrite(fake_model_dir, tmp_path, capsys):
+def test_cli_writes_a_loadable_folder_and_refuses_to_overwrite(fake_model_dir, tmp_path, capsys, random_lora):
     lora = random_lora(build_tiny_pipeline(0).dit)
     save_file(lora, tmp_path / "lora.safetensors")
     out = tmp_path / "merged"
@@ -79,7 +65,7 @@ def test_cli_writes_a_loadable_folder_and_refuses_to_overwrite(fake_model_dir, t
     assert sorted(os.listdir(out.parent)) == sorted(["Wan2.2-TI2V-tiny", "lora.safetensors", "merged"])
 
 
-def test_cli_default_output_and_errors(fake_model_dir, tmp_path, monkeypatch, capsys):
+def test_cli_default_output_and_errors(fake_model_dir, tmp_path, monkeypatch, capsys, random_lora):
     lora = {"blocks.9.self_attn.q.lora_A.weight": torch.zeros(4, 64),
             "blocks.9.self_attn.q.lora_B.weight": torch.zeros(64, 4)}
     save_file(lora, tmp_path / "wrong.safetensors")

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 
 from models.small_world import load_small_world
 from training.evaluation.flow import FlowSettings, estimate_motion
@@ -26,15 +25,6 @@ TOY = os.path.join(REPO, "worlds", "toy")
 SCENES = 2  # rendered first frames per flight in the steering test
 
 
-def _generate(pipe, height, width, frames, steps=1):
-    first = Image.fromarray(np.random.RandomState(0).randint(0, 255, (height, width, 3), dtype=np.uint8))
-    actions = np.zeros(((frames - 1) // 4, 2, 8), dtype=np.float32)
-    actions[:, :, 0] = (1.0, 0.01)  # Forward
-    return pipe(prompt="a drone flies over a green meadow", input_image=first, height=height, width=width,
-                num_frames=frames, num_inference_steps=steps, seed=0, cfg_scale=1.0, actions=actions,
-                output_type="floatpoint", tiled=False, progress_bar_cmd=lambda it: it)
-
-
 def _tiny_recipe(out, *extra):
     return ["--out", out, "--height", "32", "--width", "32", "--frames", "5", "--clips", "3", "--holdout", "2",
             "--vae_dim", "8", "--dim", "48", "--heads", "1", "--layers", "1", "--vae_steps", "2", "--dit_steps", "3",
@@ -48,7 +38,7 @@ def _weights(folder):
                                                                       "action_controller.safetensors")}
 
 
-def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_world(tmp_path, monkeypatch):
+def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_world(tmp_path, monkeypatch, forward_clip):
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     assert toyworld_main(_tiny_recipe(whole)) == 0
     report = json.load(open(os.path.join(whole, "toyworld_report.json")))
@@ -57,7 +47,7 @@ def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_worl
     assert np.isfinite(report["vae_psnr_heldout_db"]) and np.isfinite(report["dit_loss_last10pct"])
     pipe = load_small_world(whole)
     assert pipe.action_controller is not None and pipe.action_stats is not None
-    video = _generate(pipe, 32, 32, 5)
+    video = forward_clip(pipe, 32, 32, 5)
     assert video.shape == (1, 3, 5, 32, 32) and torch.isfinite(video).all()
     hints = json.load(open(os.path.join(whole, "serve.json")))
     assert (hints["height"], hints["width"], hints["chunk_frames"]) == (32, 32, 5)

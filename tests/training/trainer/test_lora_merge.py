@@ -5,19 +5,7 @@ import torch
 from models.tiny import build_tiny_pipeline
 from training.trainer.lora_merge import merge_lora_state
 
-TARGETS = ["self_attn.q", "self_attn.v", "ffn.0"]
-
-
-def random_lora(dit, rank=4, seed=0):
-    """A LoRA with non-zero A and B (peft starts B at zero, which would make the test vacuous)."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, module in dit.named_modules():
-        if any(name.endswith(t) for t in TARGETS):
-            out_features, in_features = module.weight.shape
-            state[f"{name}.lora_A.default.weight"] = torch.randn(rank, in_features, generator=generator) * 0.1
-            state[f"{name}.lora_B.default.weight"] = torch.randn(out_features, rank, generator=generator) * 0.1
-    return state
+TARGETS = ["self_attn.q", "self_attn.v", "ffn.0"]  # what the random_lora fixture patches
 
 
 def dit_output(dit):
@@ -31,7 +19,7 @@ def dit_output(dit):
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
-def test_merged_state_equals_base_plus_peft_lora(alpha):
+def test_merged_state_equals_base_plus_peft_lora(alpha, random_lora):
     from peft import LoraConfig, inject_adapter_in_model
 
     base = build_tiny_pipeline(0).dit
