@@ -188,7 +188,8 @@ def write(path, results: dict, device, command: str, note: str | None = None) ->
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.chunk_latency", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="CPU: the tiny preset (models.tiny)")
     parser.add_argument("--full", action="store_true", help="full-size architecture even on CPU (with --layers, "
                                                              "--sizes small: a check of the GPU code path)")

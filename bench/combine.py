@@ -6,6 +6,7 @@ every part's figures, named ``<part>.<figure>`` (``chunk_latency.realtime_factor
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -37,10 +38,13 @@ def combine(folder: str, path: str | None = None, command: str | None = None) ->
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m bench.combine OUT_DIR")
-    results = combine(argv[0], os.path.join(argv[0], "results.json"), command_line("bench.combine", argv))
+    parser = argparse.ArgumentParser(prog="python -m bench.combine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="the folder bench/gpu.sh wrote its parts into; results.json goes there")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.out_dir):
+        parser.error(f"out_dir: {args.out_dir!r} is not a folder")
+    results = combine(args.out_dir, os.path.join(args.out_dir, "results.json"),
+                      command_line("bench.combine", [args.out_dir]))
     print(f"{results['device']['name']}: missing {results['details']['missing']}")
     for item in results["figures"]:
         print(f"  {item['name']:60s} {item['value']:>12g} {item['unit']}")

@@ -63,7 +63,8 @@ def write(path, results: dict, device, command: str, note: str | None = None) ->
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.controller_overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="CPU-sized: 2 layers, 9 frames at 256x256, 64 text tokens")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, default=None)

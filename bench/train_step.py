@@ -118,7 +118,8 @@ def figures(results: dict) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="CPU: the tiny preset (models.tiny) at 64x64x9")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--full", action="store_true", help="full-size architecture even on CPU (a check of the "
