@@ -39,8 +39,9 @@ from bench.common import (
 )
 from bench.schema import command_line, figures_at, split, write_result
 from models.action_format import constant_actions, num_actions_for_frames
+from models.media import video_to_frames
 from models.pipeline import CachedPromptEmbedder
-from server.images import encode_jpeg, video_to_frames
+from server.images import encode_jpeg
 from server.protocol import frame_message
 from server.settings import PRESETS
 

@@ -216,18 +216,23 @@ class WanActionController(nn.Module):
                          w: int) -> torch.Tensor:
         """cross_attn_window: (B, L, C) tokens x (B, T, C) action tokens -> (B, F-1, N, C) unscaled change."""
         B, T, C = action_emb.shape
-        H, D = self.num_heads, self.config.window_head_dim
-        tokens = hidden_states.view(B, f, h * w, C)[:, 1:1 + T]  # (B, T, N, C)
-        q = self.q_norm(self.q_proj(tokens).unflatten(-1, (H, D)))  # (B, T, N, H, D)
-        k = self.k_norm(self.k_proj(action_emb).unflatten(-1, (H, D)))  # (B, S=T, H, D)
+        return self._window_attend(hidden_states.view(B, f, h * w, C)[:, 1:1 + T], action_emb)  # (B, T, N, C)
+
+    def _window_attend(self, tokens: torch.Tensor, action_emb: torch.Tensor) -> torch.Tensor:
+        """(B, Tq, N, C) tokens of the last Tq action steps x (B, S, C) action tokens (S >= Tq; the first S - Tq
+        are history) -> (B, Tq, N, C) unscaled change."""
+        B, S, C = action_emb.shape
+        Tq, H, D = tokens.shape[1], self.num_heads, self.config.window_head_dim
+        q = self.q_norm(self.q_proj(tokens).unflatten(-1, (H, D)))  # (B, Tq, N, H, D)
+        k = self.k_norm(self.k_proj(action_emb).unflatten(-1, (H, D)))  # (B, S, H, D)
         v = self.v_proj(action_emb).unflatten(-1, (H, C // H))  # (B, S, H, C/H)
         # Fold o_proj into the values: u[s, h] = O[:, head h] @ v[s, h].
         o_weight = self.o_proj.weight.view(C, H, C // H)  # (C_out, H, C/H)
         u = torch.einsum("bshe,che->bshc", v, o_weight)  # (B, S, H, C)
-        scores = torch.einsum("btnhd,bshd->bthns", q, k) * D ** -0.5  # (B, T, H, N, S)
-        bias = self._window_bias(T, scores.device, scores.dtype)  # (T, H, S)
-        probs = torch.softmax(scores + bias[None, :, :, None, :], dim=-1)  # (B, T, H, N, S)
-        return torch.einsum("bthns,bshc->btnc", probs, u)  # (B, T, N, C)
+        scores = torch.einsum("btnhd,bshd->bthns", q, k) * D ** -0.5  # (B, Tq, H, N, S)
+        bias = self._window_bias(S, scores.device, scores.dtype)[S - Tq:]  # (Tq, H, S)
+        probs = torch.softmax(scores + bias[None, :, :, None, :], dim=-1)  # (B, Tq, H, N, S)
+        return torch.einsum("bthns,bshc->btnc", probs, u)  # (B, Tq, N, C)
 
     def _window_bias(self, steps: int, device, dtype) -> torch.Tensor:
         """(T, H, S) relative-position bias inside the causal window, -inf outside it."""
@@ -251,6 +256,23 @@ class WanActionController(nn.Module):
         else:
             change = _frame_expand(self.frame_delta(action_emb, block_idx), t).unsqueeze(2)  # (B, F, 1, C)
         return (hidden_states.view(B, t, h * w, C) + change).view(B, L, C)
+
+    def frame_change(self, hidden_states: torch.Tensor, action_emb: torch.Tensor, f: int, n: int, block_idx: int,
+                     first_frame_is_image: bool) -> torch.Tensor:
+        """The scaled change of ``f`` frames of ``n`` tokens (block-causal path, ``models.causal``): a t_mod delta
+        (B, f, 1, 6, C) for adaln_tmod, else a hidden-state delta (B, f, 1|n, C). The last action tokens of
+        ``action_emb`` (B, S, C) drive the frames (earlier ones are history for the window type); a first frame that
+        is the first image gets no change."""
+        B, steps = hidden_states.shape[0], f - int(first_frame_is_image)
+        if self.injection_type == "adaln_tmod":
+            delta = self._scaled(self.action_tmod(action_emb[:, -steps:]), block_idx).unsqueeze(2)  # (B, T, 1, 6, C)
+        elif self.injection_type == "cross_attn_window":
+            tokens = hidden_states.view(B, f, n, -1)[:, f - steps:]  # (B, T, N, C)
+            delta = self._scaled(self._window_attend(tokens, action_emb), block_idx)  # (B, T, N, C)
+        else:
+            delta = self.frame_delta(action_emb[:, -steps:], block_idx).unsqueeze(2)  # (B, T, 1, C)
+        delta = delta.expand(B, *delta.shape[1:])
+        return _frame_expand(delta, f) if first_frame_is_image else delta  # (B, f, ...)
 
     def forward(self, hidden_states, action_binary, action_magnitude, t: int, h: int, w: int, block_idx: int):
         """The seed's convenience entry point: embed the actions, then apply them after one block."""

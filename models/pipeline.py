@@ -19,9 +19,11 @@ from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptE
 
 from .action_format import MAGNITUDE_SCALE, check_scale, check_split_actions, num_actions_for_frames, split_actions
 from .artifacts import apply_artifacts
+from .causal import CausalSettings
 from .model_dir import MODEL_DIR_LAYOUT, check_model_dir
 from .model_fn import model_fn_wan_action
 from .options import check_action_guidance, check_action_guidance_rescale
+from .stream import WorldStream
 from .streaming import capture_latents, stream_decode
 
 
@@ -182,6 +184,23 @@ class WanActionPipeline(WanVideoPipeline):
         self.load_models_to_device(["vae"])
         return stream_decode(self.vae, latents, self.device, tiled=tiled, tile_size=tile_size,
                              tile_stride=tile_stride, group=group)
+
+    def open_stream(self, image, prompt: str, *, seed: int = 0, steps: int = 4, block_frames: int = 1,
+                    window: int = 3, sink: bool = True, height: Optional[int] = None, width: Optional[int] = None,
+                    action_guidance: float = 1.0, action_guidance_rescale: float = 0.0, cfg_scale: float = 1.0,
+                    tiled: bool = False, keep_latents: bool = True, sigma_shift: float = 5.0) -> WorldStream:
+        """One flight as one block-causal stream (``models.stream``): ``stream.step(actions)`` makes the next block
+        of ``block_frames`` latent frames (4 video frames each) from raw ``(block_frames, 2, 8)`` actions,
+        attending to the first image (``sink``) and the last ``window`` latent frames through a K/V cache. The
+        size defaults to the image's. Streams generate without text CFG (``cfg_scale`` 1)."""
+        if cfg_scale != 1:
+            raise ValueError(f"cfg_scale: a stream generates without text CFG (1), got {cfg_scale!r}")
+        size = image.size if hasattr(image, "size") and not callable(image.size) else (image.shape[1], image.shape[0])
+        return WorldStream(self, image, prompt, seed=seed, steps=steps,
+                           settings=CausalSettings(block_frames=block_frames, window=window, sink=sink),
+                           height=height or size[1], width=width or size[0], action_guidance=action_guidance,
+                           action_guidance_rescale=action_guidance_rescale, sigma_shift=sigma_shift, tiled=tiled,
+                           keep_latents=keep_latents)
 
     def compile_for_inference(self, mode: str = "default", dynamic: Optional[bool] = None) -> "WanActionPipeline":
         """torch.compile each DiT block and the controller's injection methods, in place. Compilation happens on

@@ -7,7 +7,8 @@ at a time, carrying a feature cache (the last frames of every causal conv) from 
 the same per-frame calls, in the same order and with the same inputs, but keep the cache ourselves and hand out the
 frames after each group of latent frames. The arithmetic is therefore the stock decode's, op for op, and the
 concatenated groups are bit-identical to ``WanVideoVAE.decode`` (tiled or not). Latent frame 0 gives 1 video frame,
-every later one gives 4. The model's own cache (``model._feat_map``) is never touched.
+every later one gives 4. The model's own cache (``model._feat_map``) is never touched. ``StreamDecoder`` does the
+same for latents that arrive over time (a causal world's stream): it never restarts.
 """
 from __future__ import annotations
 
@@ -33,35 +34,72 @@ def _tile_tasks(H: int, W: int, tile_size, tile_stride) -> list[tuple[int, int, 
 
 
 class _TileDecoder:
-    """One latent tile's decoder state: its scaled, conv2-projected latents and its own causal feature cache."""
+    """One latent tile's decoder state: its own causal feature cache and how many latent frames it has decoded."""
 
-    def __init__(self, vae, latents: torch.Tensor, device):
+    def __init__(self, vae, device):
         from diffsynth.models.wan_video_vae import count_conv3d
-        model = vae.model
-        z = latents.to(device)  # (B, C, F, h, w)
-        scale = vae.scale
+        self.vae, self.model, self.device = vae, vae.model, device
+        self.cache = [None] * count_conv3d(vae.model.decoder)
+        self.next_frame = 0
+
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        """The next latent frames (B, C, n, h, w) of this tile -> (B, 3, frames, H, W) pixels, not yet clamped."""
+        from diffsynth.models.wan_video_vae import unpatchify
+        model, z = self.model, latents.to(self.device)  # (B, C, n, h, w)
+        scale = self.vae.scale
         if isinstance(scale[0], torch.Tensor):  # as VideoVAE38_.decode
             mean, inv_std = [s.to(dtype=z.dtype, device=z.device) for s in scale]
             z = z / inv_std.view(1, model.z_dim, 1, 1, 1) + mean.view(1, model.z_dim, 1, 1, 1)
         else:
             scale = scale.to(dtype=z.dtype, device=z.device)
             z = z / scale[1] + scale[0]
-        self.model = model
-        self.x = model.conv2(z)  # (B, C, F, h, w): a 1x1x1 conv over the whole tile, as the stock decode
-        self.cache = [None] * count_conv3d(model.decoder)
-        self.next_frame = 0
-
-    def decode(self, num_latent_frames: int) -> torch.Tensor:
-        """The next ``num_latent_frames`` latent frames -> (B, 3, n, H, W) pixels, not yet clamped."""
-        from diffsynth.models.wan_video_vae import unpatchify
+        x = model.conv2(z)  # (B, C, n, h, w): a 1x1x1 conv, frame by frame the same as over the whole tile
         outs = []
-        for i in range(self.next_frame, self.next_frame + num_latent_frames):
-            kwargs = {"first_chunk": True} if i == 0 else {}
-            out, self.cache, _ = self.model.decoder(self.x[:, :, i:i + 1], feat_cache=self.cache, feat_idx=[0],
-                                                    **kwargs)  # (B, 12, 1|4, H/2, W/2)
+        for i in range(x.shape[2]):
+            kwargs = {"first_chunk": True} if self.next_frame == 0 else {}
+            out, self.cache, _ = model.decoder(x[:, :, i:i + 1], feat_cache=self.cache, feat_idx=[0],
+                                               **kwargs)  # (B, 12, 1|4, H/2, W/2)
             outs.append(out)
-        self.next_frame += num_latent_frames
-        return unpatchify(torch.cat(outs, 2), patch_size=2)  # (B, 3, n, H, W)
+            self.next_frame += 1
+        return unpatchify(torch.cat(outs, 2), patch_size=2)  # (B, 3, frames, H, W)
+
+
+class StreamDecoder:
+    """A decoder that never restarts: ``push`` latent frames as they are generated, get their pixels; every tile
+    keeps its causal cache across calls (constant size: the last frames of each causal conv). The concatenated
+    outputs equal ``WanVideoVAE.decode`` of all the latents at once, tiled or not (blending as ``tiled_decode``)."""
+
+    def __init__(self, vae, device, tiled: bool = False, tile_size=(34, 34), tile_stride=(18, 16)):
+        self.vae, self.device, self.tiled = vae, device, tiled
+        self.tile_size, self.tile_stride = tile_size, tile_stride
+        self.tiles, self.tasks = None, None
+
+    @torch.no_grad()
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, C, n, h, w) -> (1, 3, frames, H, W) in [-1, 1] (the first latent frame ever gives 1 frame, others 4)."""
+        latents = latents.to("cpu")  # the stock decode moves latents to the CPU first, then each tile to the device
+        if not self.tiled:
+            self.tiles = self.tiles or [_TileDecoder(self.vae, self.device)]
+            return self.tiles[0].push(latents).clamp_(-1, 1)  # (1, 3, frames, H, W)
+        _, _, _, H, W = latents.shape
+        up = self.vae.upsampling_factor
+        if self.tasks is None:
+            self.tasks = _tile_tasks(H, W, self.tile_size, self.tile_stride)
+            self.tiles = [_TileDecoder(self.vae, self.device) for _ in self.tasks]
+        border = ((self.tile_size[0] - self.tile_stride[0]) * up, (self.tile_size[1] - self.tile_stride[1]) * up)
+        values, weight = None, None
+        for (h0, h1, w0, w1), tile in zip(self.tasks, self.tiles):
+            part = tile.push(latents[:, :, :, h0:h1, w0:w1]).to("cpu")  # (1, 3, n, Ht, Wt)
+            if values is None:
+                n = part.shape[2]
+                values = torch.zeros((1, 3, n, H * up, W * up), dtype=latents.dtype)  # (1, 3, n, H, W)
+                weight = torch.zeros((1, 1, n, H * up, W * up), dtype=latents.dtype)  # (1, 1, n, H, W)
+            mask = self.vae.build_mask(part, is_bound=(h0 == 0, h1 >= H, w0 == 0, w1 >= W),
+                                       border_width=border).to(dtype=latents.dtype)  # (1, 1, 1, Ht, Wt)
+            ys, xs = slice(h0 * up, h0 * up + part.shape[3]), slice(w0 * up, w0 * up + part.shape[4])
+            values[:, :, :, ys, xs] += part * mask
+            weight[:, :, :, ys, xs] += mask
+        return (values / weight).clamp_(-1, 1)  # (1, 3, n, H, W)
 
 
 def _group_sizes(num_latent_frames: int, group: int) -> list[int]:
@@ -85,36 +123,10 @@ def stream_decode(vae, latents: torch.Tensor, device, tiled: bool = False, tile_
         raise ValueError(f"latents: expected (1, C, F, h, w), got {tuple(latents.shape)}")
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
         raise ValueError(f"group: expected a positive int, got {group!r}")
-    latents = latents.to("cpu")  # the stock decode moves latents to the CPU first, then each tile to the device
-    if not tiled:
-        tile = _TileDecoder(vae, latents, device)
-        for size in _group_sizes(latents.shape[2], group):
-            yield tile.decode(size).clamp_(-1, 1)  # (1, 3, n, H, W)
-        return
-    yield from _stream_tiled(vae, latents, device, tile_size, tile_stride, group)
-
-
-def _stream_tiled(vae, latents, device, tile_size, tile_stride, group) -> Iterator[torch.Tensor]:
-    """The tiled decode, group by group: every tile keeps its own cache; blending as ``tiled_decode``."""
-    _, _, F, H, W = latents.shape
-    up = vae.upsampling_factor
-    tasks = _tile_tasks(H, W, tile_size, tile_stride)
-    border = ((tile_size[0] - tile_stride[0]) * up, (tile_size[1] - tile_stride[1]) * up)
-    tiles = [_TileDecoder(vae, latents[:, :, :, h0:h1, w0:w1], device) for h0, h1, w0, w1 in tasks]
-    for size in _group_sizes(F, group):
-        values, weight = None, None
-        for (h0, h1, w0, w1), tile in zip(tasks, tiles):
-            part = tile.decode(size).to("cpu")  # (1, 3, n, Ht, Wt)
-            if values is None:
-                n = part.shape[2]
-                values = torch.zeros((1, 3, n, H * up, W * up), dtype=latents.dtype)  # (1, 3, n, H, W)
-                weight = torch.zeros((1, 1, n, H * up, W * up), dtype=latents.dtype)  # (1, 1, n, H, W)
-            mask = vae.build_mask(part, is_bound=(h0 == 0, h1 >= H, w0 == 0, w1 >= W),
-                                  border_width=border).to(dtype=latents.dtype)  # (1, 1, 1, Ht, Wt)
-            ys, xs = slice(h0 * up, h0 * up + part.shape[3]), slice(w0 * up, w0 * up + part.shape[4])
-            values[:, :, :, ys, xs] += part * mask
-            weight[:, :, :, ys, xs] += mask
-        yield (values / weight).clamp_(-1, 1)  # (1, 3, n, H, W)
+    decoder, start = StreamDecoder(vae, device, tiled, tile_size, tile_stride), 0
+    for size in _group_sizes(latents.shape[2], group):
+        yield decoder.push(latents[:, :, start:start + size])  # (1, 3, n, H, W)
+        start += size
 
 
 @contextmanager

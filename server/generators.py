@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from models.action_format import num_actions_for_frames
+from models.media import video_to_frames
 
-from .images import video_to_frames
 from .worlds import World
 
 

@@ -69,15 +69,6 @@ def load_sample(web_dir, name: str | None) -> Image.Image:
         return image.convert("RGB")
 
 
-def video_to_frames(video) -> np.ndarray:
-    """Pipeline ``floatpoint`` output ``(1, 3, F, H, W)`` in [-1, 1] -> ``(F, H, W, 3)`` uint8 (contiguous)."""
-    import torch
-    # One float copy then in-place ops, and uint8 before the layout change and the device-to-host copy (4x less
-    # data): 2.4x faster than clamp/add/mul/round as separate copies (17x480x832 on CPU: 593 -> 248 ms), same bytes.
-    x = video[0].float().add(1).mul_(127.5).clamp_(0, 255).round_().to(torch.uint8)  # (3, F, H, W)
-    return x.permute(1, 2, 3, 0).contiguous().cpu().numpy()  # (F, H, W, 3)
-
-
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     import simplejpeg
     return simplejpeg.encode_jpeg(frame, quality=quality, colorspace="RGB", fastdct=True)

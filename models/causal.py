@@ -1,0 +1,231 @@
+"""Block-causal Wan2.2-TI2V DiT: a video made block by block, each block attending to a sink and a rolling window.
+
+Axis legend: B batch (branches at inference), C latent channels (48), F latent frames, h/w latent grid,
+N = h*w/4 tokens per frame (after 2x2 patchify), L tokens of a forward, M cached context tokens, D hidden size,
+T action steps, b frames per block, W window (frames).
+
+Frames are grouped into blocks: frame 0 (the first image, clean, timestep 0) is a block of its own, then blocks of
+``block_frames`` frames. A frame attends to its own block, to the ``window`` frames right before its block and,
+with ``sink``, to frame 0; never to a later frame. Two paths compute exactly that:
+
+    training   ``model_fn_causal``: a whole clip in one forward with a block-causal attention mask and a timestep
+               per frame (diffusion forcing: every block at its own noise level)
+    inference  ``forward_block``: one block's tokens attend to K/V kept in a ``models.kv_cache.KVCache``
+
+RoPE positions: keys are cached before rotation and rotated at use. The sink sits at position 0, the window's frames
+at the next positions in order, the block after them: the same layout as a training clip of ``1 + window + b``
+frames, so once the window is full every block sees its context at the distances it was trained on, however long
+the flight (positions never grow, the RoPE table of 1024 positions never runs out). Action tokens carry the
+frame's index within its block (``block_action_emb``), for the same reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from diffsynth.core import gradient_checkpoint_forward
+from diffsynth.models.wan_video_dit import flash_attention, modulate, rope_apply, sinusoidal_embedding_1d
+from einops import rearrange
+
+from .kv_cache import KVCache
+
+_ROPE_CACHE: dict = {}
+_ROPE_CACHE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class CausalSettings:
+    """How a causal world generates: ``block_frames`` latent frames per block (4 video frames each), ``window``
+    latent frames of context besides the sink, ``sink`` keeps the first image's frame in context for ever."""
+    block_frames: int = 1
+    window: int = 3
+    sink: bool = True
+
+    def __post_init__(self):
+        for name, low in (("block_frames", 1), ("window", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.sink, bool):
+            raise ValueError(f"sink must be true or false, got {self.sink!r}")
+        if not self.sink and self.window == 0:
+            raise ValueError("window must be >= 1 without a sink: a block would see no context at all")
+
+    @property
+    def context_frames(self) -> int:
+        """Frames a block attends to besides itself, once the window is full."""
+        return self.window + int(self.sink)
+
+
+# ---- positions and masks -------------------------------------------------------------------------------------
+def block_of_frames(num_frames: int, block_frames: int) -> torch.Tensor:
+    """(F,) block index of each latent frame: frame 0 is block 0, then ``block_frames`` frames per block."""
+    frames = torch.arange(num_frames)
+    return torch.where(frames == 0, 0, (frames - 1) // block_frames + 1)  # (F,)
+
+
+def frame_mask(num_frames: int, settings: CausalSettings) -> torch.Tensor:
+    """(F, F) bool: query frame i may attend to key frame j (see the module docstring)."""
+    block = block_of_frames(num_frames, settings.block_frames)  # (F,)
+    first = torch.where(block == 0, 0, (block - 1) * settings.block_frames + 1)  # (F,) first frame of its block
+    j = torch.arange(num_frames)[None, :]  # (1, F)
+    same_block = block[:, None] == block[None, :]  # (F, F)
+    in_window = (j < first[:, None]) & (j >= first[:, None] - settings.window)  # (F, F)
+    return same_block | in_window | ((j == 0) & settings.sink)  # (F, F)
+
+
+def token_mask(num_frames: int, tokens_per_frame: int, settings: CausalSettings, device) -> torch.Tensor:
+    """(L, L) bool attention mask of a clip's tokens (frame-major token order)."""
+    mask = frame_mask(num_frames, settings)  # (F, F)
+    return mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1).to(device)  # (L, L)
+
+
+def rope_table(dit, positions: tuple[int, ...], h: int, w: int, device) -> torch.Tensor:
+    """(len(positions) * h * w, 1, D_head/2) complex RoPE table of frames at the given temporal positions."""
+    key = (tuple(t.shape for t in dit.freqs), positions, h, w, str(device))
+    table = _ROPE_CACHE.get(key)
+    if table is None:
+        f = len(positions)
+        index = torch.tensor(positions)
+        table = torch.cat([
+            dit.freqs[0][index].view(f, 1, 1, -1).expand(f, h, w, -1),
+            dit.freqs[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            dit.freqs[2][:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ], dim=-1).reshape(f * h * w, 1, -1).to(device)  # (L, 1, D_head/2)
+        if len(_ROPE_CACHE) >= _ROPE_CACHE_SIZE:
+            _ROPE_CACHE.clear()
+        _ROPE_CACHE[key] = table
+    return table
+
+
+# ---- actions ---------------------------------------------------------------------------------------------------
+def block_action_emb(controller, binary: torch.Tensor, magnitude: torch.Tensor, block_frames: int,
+                     first_index: int = 0) -> torch.Tensor:
+    """(B, T, A) flags + scaled magnitudes -> (B, T, D) action tokens whose temporal embedding is the frame's index
+    within its block (step s drives a frame at in-block index ``(first_index + s) % block_frames``)."""
+    index = (torch.arange(binary.shape[1], device=binary.device) + first_index) % block_frames  # (T,)
+    features = torch.cat([binary, magnitude], dim=-1)  # (B, T, 2A)
+    return controller.action_embed(features) + controller.temporal_pos_embed[0, index]  # (B, T, D)
+
+
+# ---- one block ---------------------------------------------------------------------------------------------------
+def _attention(q, k, v, heads: int, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, Lq, D) x (B, Lk, D) -> (B, Lq, D); diffsynth's fastest kernel without a mask, SDPA with one."""
+    if mask is None:
+        return flash_attention(q, k, v, num_heads=heads)
+    q, k, v = (rearrange(t, "b s (n d) -> b n s d", n=heads) for t in (q, k, v))  # (B, H, L, D/H)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, D/H)
+    return rearrange(out, "b n s d -> b s (n d)")
+
+
+def block_forward(block, x, context, t_mod, freqs, past_k=None, past_v=None, mask=None):
+    """``DiTBlock.forward`` with its self-attention extended by cached context (``past_k`` already rotated,
+    ``past_v``; (B, M, D)) and/or a mask. Returns (x (B, L, D), k before RoPE (B, L, D), v (B, L, D))."""
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        block.modulation.to(dtype=t_mod.dtype, device=t_mod.device) + t_mod).chunk(6, dim=2)  # (B|1, L, 1, D) each
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        t.squeeze(2) for t in (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp))
+    attn = block.self_attn
+    y = modulate(block.norm1(x), shift_msa, scale_msa)  # (B, L, D)
+    q, k, v = attn.norm_q(attn.q(y)), attn.norm_k(attn.k(y)), attn.v(y)  # (B, L, D) each
+    q_rot, k_rot = rope_apply(q, freqs, attn.num_heads), rope_apply(k, freqs, attn.num_heads)
+    if past_k is not None:
+        k_rot, v_all = torch.cat([past_k, k_rot], dim=1), torch.cat([past_v, v], dim=1)  # (B, M+L, D)
+    else:
+        v_all = v
+    x = block.gate(x, gate_msa, attn.o(_attention(q_rot, k_rot, v_all, attn.num_heads, mask)))  # (B, L, D)
+    x = x + block.cross_attn(block.norm3(x), context)
+    x = block.gate(x, gate_mlp, block.ffn(modulate(block.norm2(x), shift_mlp, scale_mlp)))  # (B, L, D)
+    return x, k, v
+
+
+def _timestep_modulation(dit, timesteps: torch.Tensor, tokens_per_frame: int):
+    """(B, F) timesteps per frame -> t (B, L, D) for the head and t_mod (B, L, 6, D) for the blocks."""
+    per_token = timesteps.repeat_interleave(tokens_per_frame, dim=1)  # (B, L)
+    t = dit.time_embedding(sinusoidal_embedding_1d(dit.freq_dim, per_token.flatten()).unflatten(0, per_token.shape))
+    return t, dit.time_projection(t).unflatten(2, (6, dit.dim))  # (B, L, D), (B, L, 6, D)
+
+
+def _inject(controller, block_idx: int, t_mod, x, action_emb, f: int, tokens_per_frame: int, before: bool,
+            first_frame_is_image: bool):
+    """The controller's change of one block: t_mod before it (adaln_tmod), the hidden states after it (others).
+    ``first_frame_is_image``: frame 0 of these tokens is the first image, which actions never touch."""
+    if controller is None or action_emb is None or not controller.should_inject(block_idx):
+        return t_mod if before else x
+    adaln = controller.injection_type == "adaln_tmod"
+    if before != adaln:
+        return t_mod if before else x
+    B, n = x.shape[0], tokens_per_frame
+    delta = controller.frame_change(x, action_emb, f, n, block_idx, first_frame_is_image)  # (B, f, n|1, 6?, D)
+    if before:
+        per_frame = t_mod.view(t_mod.shape[0], f, n, 6, -1)  # (B|1, f, n, 6, D)
+        return (per_frame + delta).reshape(B, f * n, 6, -1)  # (B, L, 6, D)
+    return (x.view(B, f, n, -1) + delta).view(B, f * n, -1)  # (B, L, D)
+
+
+# ---- training: a whole clip, block-causal mask ---------------------------------------------------------------
+def model_fn_causal(dit, controller, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                    settings: CausalSettings, action_binary: Optional[torch.Tensor] = None,
+                    action_magnitude: Optional[torch.Tensor] = None,
+                    use_gradient_checkpointing: bool = False) -> torch.Tensor:
+    """Velocity prediction (B, C, F, h, w) of a clip whose frame 0 is the first image: ``latents`` (B, C, F, h, w),
+    ``timesteps`` (B, F) per frame (frame 0's is 0), ``context`` (B, S, D_text), actions (B, F-1, A) scaled."""
+    B, _, f, _, _ = latents.shape
+    x = dit.patchify(latents)  # (B, D, F, h', w')
+    h, w = x.shape[3:]
+    n = h * w
+    x = rearrange(x, "b c f h w -> b (f h w) c").contiguous()  # (B, L, D)
+    t, t_mod = _timestep_modulation(dit, timesteps.to(x.dtype), n)  # (B, L, D), (B, L, 6, D)
+    context = dit.text_embedding(context)  # (B, S, D)
+    freqs = rope_table(dit, tuple(range(f)), h, w, x.device)  # (L, 1, D_head/2)
+    mask = token_mask(f, n, settings, x.device)  # (L, L)
+    action_emb = None
+    if action_binary is not None and controller is not None:
+        dtype = next(controller.parameters()).dtype
+        action_emb = block_action_emb(controller, action_binary.to(x.device, dtype),
+                                      action_magnitude.to(x.device, dtype), settings.block_frames).to(x.dtype)
+
+    def layer(block_idx, block):
+        def run(x, context, t_mod, freqs, action_emb):
+            block_t_mod = _inject(controller, block_idx, t_mod, x, action_emb, f, n, True, True)
+            x, _, _ = block_forward(block, x, context, block_t_mod, freqs, mask=mask)
+            return _inject(controller, block_idx, t_mod, x, action_emb, f, n, False, True)
+        return run
+
+    for block_idx, block in enumerate(dit.blocks):
+        x = gradient_checkpoint_forward(layer(block_idx, block), use_gradient_checkpointing, False,
+                                        x, context, t_mod, freqs, action_emb)  # (B, L, D)
+    x = dit.head(x, t)  # (B, L, C * 4)
+    return dit.unpatchify(x, (f, h, w))  # (B, C, F, h, w)
+
+
+# ---- inference: one block against the cache ---------------------------------------------------------------------
+def forward_block(dit, controller, latents: torch.Tensor, timestep: float, context: torch.Tensor, cache: KVCache,
+                  action_emb: Optional[torch.Tensor] = None, write: bool = False,
+                  first_frame_is_image: bool = False) -> torch.Tensor:
+    """One block (B, C, b, h, w) at ``timestep`` against the cached context; ``context`` is already text-embedded
+    (B, S, D). With ``write`` its keys and values are stored in the cache (the clean pass). Returns the velocity
+    prediction (B, C, b, h, w)."""
+    B, _, f, _, _ = latents.shape
+    x = dit.patchify(latents)  # (B, D, b, h', w')
+    h, w = x.shape[3:]
+    n = h * w
+    x = rearrange(x, "b c f h w -> b (f h w) c").contiguous()  # (B, L, D)
+    timesteps = torch.full((1, f), float(timestep), device=x.device, dtype=x.dtype)  # (1, b)
+    t, t_mod = _timestep_modulation(dit, timesteps, n)  # (1, L, D), (1, L, 6, D)
+    positions = cache.block_positions(f)
+    freqs = rope_table(dit, positions, h, w, x.device)  # (L, 1, D_head/2)
+    for block_idx, block in enumerate(dit.blocks):
+        block_t_mod = _inject(controller, block_idx, t_mod, x, action_emb, f, n, True, first_frame_is_image)
+        past_k, past_v = cache.context(block_idx, lambda k, pos: rope_apply(k, rope_table(dit, pos, h, w, x.device),
+                                                                         block.self_attn.num_heads))
+        x, k, v = block_forward(block, x, context, block_t_mod, freqs, past_k, past_v)  # (B, L, D) each
+        if write:
+            cache.write(block_idx, k, v)
+        x = _inject(controller, block_idx, t_mod, x, action_emb, f, n, False, first_frame_is_image)
+    if write:
+        cache.advance(f)
+    x = dit.head(x, t.expand(B, -1, -1))  # (B, L, C * 4)
+    return dit.unpatchify(x, (f, h, w))  # (B, C, b, h, w)

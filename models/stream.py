@@ -1,0 +1,184 @@
+"""``WorldStream``: one flight as one continuous block-causal stream (``pipe.open_stream(...)``).
+
+Axis legend: B branches (2 with action guidance: commanded, hover; else 1), C latent channels (48), b frames per
+block, h/w latent grid, H/W pixels, n video frames, S text tokens, D hidden size.
+
+Opening encodes the first image once (latent frame 0), runs it through the DiT at timestep 0 to fill the cache's
+sink, and decodes it (the flight's frame 0). Each ``step(actions)`` then makes one block: noise -> ``steps``
+denoising steps of the block's tokens against the cached context (``models.causal.forward_block``) -> its frames
+through the decoder that never restarts (``models.streaming.StreamDecoder``) -> one clean pass at timestep 0 that
+writes the block's keys and values into the cache (the window rolls). Nothing is ever re-encoded: the model sees
+its own latents, not decoded frames. Memory per stream is constant: the cache is a fixed ring, the decoder keeps
+the last frames of each causal conv, and with ``keep_latents=False`` no history is kept at all.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from diffsynth.diffusion.flow_match import FlowMatchScheduler
+from diffsynth.pipelines.wan_video import WanVideoUnit_PromptEmbedder
+from PIL import Image
+
+from .action_format import NUM_ACTIONS, parse_actions, split_actions
+from .causal import CausalSettings, block_action_emb, forward_block
+from .kv_cache import KVCache
+from .media import video_to_frames
+from .model_fn import rescale_guided
+from .options import check_action_guidance, check_action_guidance_rescale
+from .streaming import StreamDecoder
+
+
+class WorldStream:
+    """See the module docstring; made by ``WanActionPipeline.open_stream``."""
+
+    @torch.no_grad()
+    def __init__(self, pipe, image, prompt: str, *, seed: int = 0, steps: int = 4, settings: CausalSettings,
+                 height: int, width: int, action_guidance: float = 1.0, action_guidance_rescale: float = 0.0,
+                 sigma_shift: float = 5.0, tiled: bool = False, keep_latents: bool = True):
+        if pipe.action_controller is None:
+            raise ValueError("open_stream needs an action controller (pipe.set_action_controller or "
+                             "pipe.load_action_artifacts)")
+        pipe.check_shape(height, width, 4 * settings.block_frames + 1)
+        for name, value in (("steps", steps), ("seed", seed)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "steps" else 0):
+                raise ValueError(f"{name} must be an integer >= {1 if name == 'steps' else 0}, got {value!r}")
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        self.pipe, self.settings, self.seed, self.steps = pipe, settings, seed, steps
+        self.guidance = check_action_guidance(action_guidance)
+        self.rescale = check_action_guidance_rescale(action_guidance_rescale)
+        self.branches = 2 if self.guidance != 1.0 else 1
+        self.dit, self.controller = pipe.dit, pipe.action_controller
+        self.scheduler = FlowMatchScheduler("Wan")  # our own: other calls on the pipe reset its scheduler
+        self.scheduler.set_timesteps(steps, shift=sigma_shift)
+        window_type = self.controller.injection_type == "cross_attn_window"
+        self.history_steps = self.controller.config.action_window - 1 if window_type else 0
+        self.history = torch.zeros(1, 0, 2, NUM_ACTIONS)  # (1, T, 2, 8) raw actions the window type still sees
+        self.blocks, self.closed, self._pending = 0, False, None
+        self.context = self._embed_prompt(prompt)  # (B, S, D)
+        first = self._encode_image(image, height, width, tiled)  # (1, C, 1, h, w)
+        self.grid = first.shape[3:]
+        self.cache = KVCache(settings.window, settings.sink, len(self.dit.blocks), self.branches,
+                             self.grid[0] * self.grid[1] // 4, self.dit.dim, pipe.device, pipe.torch_dtype)
+        pipe.load_models_to_device(["dit", "action_controller"])
+        forward_block(self.dit, self.controller, first.expand(self.branches, -1, -1, -1, -1), 0.0, self.context,
+                      self.cache, write=True, first_frame_is_image=True)  # the sink: the first image, clean
+        self.decoder = StreamDecoder(pipe.vae, pipe.device, tiled)
+        self._first_frames = video_to_frames(self.decoder.push(first))  # (1, H, W, 3): frame 0 of the flight
+        self._latents = [first] if keep_latents else None
+
+    # ---- set-up ------------------------------------------------------------------------------------------------
+    def _embed_prompt(self, prompt: str) -> torch.Tensor:
+        """The prompt through the pipeline's (cached) prompt unit and the DiT's text embedding, once per stream."""
+        pipe = self.pipe
+        unit = next(u for u in pipe.units if isinstance(u, WanVideoUnit_PromptEmbedder))
+        pipe.load_models_to_device(unit.onload_model_names)
+        context = unit.process(pipe, prompt, True)["context"].to(pipe.device, pipe.torch_dtype)  # (1, S, D_text)
+        return self.dit.text_embedding(context).expand(self.branches, -1, -1)  # (B, S, D)
+
+    def _encode_image(self, image, height: int, width: int, tiled: bool) -> torch.Tensor:
+        pipe = self.pipe
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
+        pipe.load_models_to_device(["vae"])
+        pixels = pipe.preprocess_image(image.convert("RGB").resize((width, height))).transpose(0, 1)  # (3,1,H,W)
+        return pipe.vae.encode([pixels], device=pipe.device, tiled=tiled).to(pipe.device, pipe.torch_dtype)
+
+    # ---- the flight --------------------------------------------------------------------------------------------
+    @property
+    def latents(self) -> torch.Tensor:
+        """(1, C, F, h, w): every latent frame so far, frame 0 the first image (needs ``keep_latents``)."""
+        if self._latents is None:
+            raise ValueError("latents: this stream was opened with keep_latents=False")
+        return torch.cat(self._latents, dim=2)
+
+    def step(self, actions) -> np.ndarray:
+        """The next block from raw ``actions`` (block_frames, 2, 8): its frames (n, H, W, 3) uint8, 4 per latent
+        frame (the first step also returns the flight's frame 0, the first image as decoded)."""
+        return np.concatenate(list(self.step_iter(actions)))
+
+    def step_iter(self, actions) -> Iterator[np.ndarray]:
+        """``step`` as it decodes: one (n, H, W, 3) uint8 group per latent frame, as soon as it is ready. The
+        cache is written after the last group (or at the next step, if the caller stopped early)."""
+        raw = self._check(actions)  # (1, b, 2, 8)
+        self._commit()
+        steps = torch.cat([self.history, raw], dim=1)  # (1, T, 2, 8): the window type also sees past steps
+        self.history = steps[:, max(0, steps.shape[1] - self.history_steps):] if self.history_steps else self.history
+        with torch.no_grad():
+            action_emb = self._action_emb(*split_actions(steps, self.pipe.action_magnitude_scale))  # (B, T, D)
+            x = self._denoise(action_emb)  # (1, C, b, h, w)
+            self._pending = (x, action_emb)
+            if self._latents is not None:
+                self._latents.append(x)
+            if self.blocks == 0:
+                yield self._first_frames
+            self.blocks += 1
+            for i in range(x.shape[2]):
+                yield video_to_frames(self.decoder.push(x[:, :, i:i + 1]))  # (4, H, W, 3)
+        self._commit()
+
+    def close(self) -> None:
+        """Free the cache and the decoder; a closed stream refuses ``step``."""
+        self.closed, self._pending = True, None
+        self.cache = self.decoder = self._latents = None
+
+    # ---- internals ---------------------------------------------------------------------------------------------
+    def _check(self, actions) -> torch.Tensor:
+        if self.closed:
+            raise ValueError("stream: it is closed")
+        raw = parse_actions(actions, "actions")  # (1, T, 2, 8); NaN, bad flags, negatives refused here
+        expected = (1, self.settings.block_frames, 2, NUM_ACTIONS)
+        if tuple(raw.shape) != expected:
+            raise ValueError(f"actions: expected shape {expected[1:]} (block_frames steps of [binary, magnitude] x "
+                             f"{NUM_ACTIONS}), got {tuple(raw.shape[1:]) if raw.shape[0] == 1 else tuple(raw.shape)}")
+        return raw
+
+    def _action_emb(self, binary, magnitude) -> torch.Tensor:
+        """(B, T, D) action tokens: the commanded ones, and hovering (all off) for the guidance branch."""
+        device, dtype = self.pipe.device, next(self.controller.parameters()).dtype
+        binary, magnitude = binary.to(device, dtype), magnitude.to(device, dtype)  # (1, T, 8)
+        if self.branches == 2:
+            binary = torch.cat([binary, torch.zeros_like(binary)])  # (2, T, 8)
+            magnitude = torch.cat([magnitude, torch.zeros_like(magnitude)])
+        past = binary.shape[1] - self.settings.block_frames  # history steps before this block's
+        emb = block_action_emb(self.controller, binary, magnitude, self.settings.block_frames, -past)  # (B, T, D)
+        return emb.to(self.pipe.torch_dtype)
+
+    def _denoise(self, action_emb) -> torch.Tensor:
+        pipe, (h, w), b = self.pipe, self.grid, self.settings.block_frames
+        x = pipe.generate_noise((1, self.dit.in_dim, b, h, w), seed=self.seed * 1_000_003 + self.blocks,
+                                rand_device="cpu")  # (1, C, b, h, w)
+        for timestep in self.scheduler.timesteps:
+            velocity = forward_block(self.dit, self.controller, x.expand(self.branches, -1, -1, -1, -1),
+                                     float(timestep), self.context, self.cache, action_emb)  # (B, C, b, h, w)
+            x = self.scheduler.step(self._guide(velocity), timestep, x)  # (1, C, b, h, w)
+        return x
+
+    def _guide(self, velocity: torch.Tensor) -> torch.Tensor:
+        """``hover + g * (commanded - hover)`` with the optional rescale (as ``models.model_fn``)."""
+        if self.branches == 1:
+            return velocity
+        commanded, hover = velocity.chunk(2)  # (1, C, b, h, w) each
+        guided = hover + self.guidance * (commanded - hover)
+        return guided if self.rescale == 0.0 else rescale_guided(guided, commanded, self.rescale, False)
+
+    def _commit(self) -> None:
+        """The clean pass of the last block: its keys and values join the cache (the window rolls)."""
+        if self._pending is None:
+            return
+        x, action_emb = self._pending
+        self._pending = None
+        with torch.no_grad():
+            forward_block(self.dit, self.controller, x.expand(self.branches, -1, -1, -1, -1), 0.0, self.context,
+                          self.cache, action_emb, write=True)
+
+
+def describe(stream: Optional[WorldStream]) -> dict:
+    """What a stream holds, for logs and benches: cache bytes and frames, blocks made."""
+    if stream is None or stream.closed:
+        return {}
+    return {"blocks": stream.blocks, "cache_bytes": stream.cache.nbytes, "cache_frames": stream.cache.frames}

@@ -1,0 +1,114 @@
+"""models.causal: the block-causal mask, causality of the training forward, and the stream's exactness against it."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.action_format import constant_actions, split_actions
+from models.causal import CausalSettings, forward_block, frame_mask, model_fn_causal
+from models.loading import build_pipeline
+
+PROMPT = "a drone flies over a green field"
+ACTIONS = [constant_actions(1, {"Forward": 0.01}), constant_actions(1, {"Yaw Left": 1.0}),
+           constant_actions(1, {"Back": 0.01}), constant_actions(1, {"Pitch Up": 1.0}),
+           constant_actions(1, {"Left": 0.02})]
+
+
+def image():
+    return Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
+
+
+def prompt_context(pipe):
+    unit = next(u for u in pipe.units if type(u).__name__ == "CachedPromptEmbedder")
+    return unit.process(pipe, PROMPT, True)["context"]  # (1, S, D_text)
+
+
+def test_frame_mask_is_blocks_plus_window_plus_sink():
+    expected = torch.tensor([  # frame 0 = the first image; blocks of 2; window 1
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 0, 1, 1, 1, 0, 0],  # the sink, the one frame before the block, the block
+        [1, 0, 1, 1, 1, 0, 0],
+        [1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(frame_mask(7, CausalSettings(block_frames=2, window=1, sink=True)), expected)
+    no_sink = frame_mask(7, CausalSettings(block_frames=2, window=1, sink=False))
+    assert not no_sink[3, 0] and no_sink[1, 0]  # frame 0 is then only context while it is in the window
+
+
+@pytest.mark.parametrize("field, value, message", [("block_frames", 0, "block_frames must be an integer >= 1"),
+                                                   ("window", -1, "window must be an integer >= 0"),
+                                                   ("sink", 1, "sink must be true or false")])
+def test_settings_are_checked_by_name(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        CausalSettings(**{field: value})
+    with pytest.raises(ValueError, match="window must be >= 1 without a sink"):
+        CausalSettings(window=0, sink=False)
+
+
+def test_a_later_frame_never_changes_an_earlier_prediction():
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0})
+    settings = CausalSettings(block_frames=1, window=2)
+    latents = torch.randn(1, 48, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    timesteps = torch.tensor([[0.0, 300.0, 500.0, 700.0, 900.0]])
+    binary, magnitude = split_actions(torch.cat(ACTIONS[:4])[None])  # (1, 4, 8)
+    context = prompt_context(pipe)
+    with torch.no_grad():
+        base = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, context, settings, binary,
+                               magnitude)
+        later = latents.clone()
+        later[:, :, 3:] = torch.randn(1, 48, 2, 4, 4)
+        binary[:, 3:], magnitude[:, 3:] = 1 - binary[:, 3:], magnitude[:, 3:] + 5
+        changed = model_fn_causal(pipe.dit, pipe.action_controller, later, timesteps, context, settings, binary,
+                                  magnitude)
+    assert torch.equal(base[:, :, :3], changed[:, :, :3])
+    assert not torch.allclose(base[:, :, 3:], changed[:, :, 3:])
+
+
+@pytest.mark.parametrize("injection_type", ["cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual"])
+@pytest.mark.parametrize("block_frames", [1, 2])
+def test_the_stream_predicts_what_the_training_forward_predicts(injection_type, block_frames):
+    """A block denoised against the cache = the same frames through the block-causal mask in one forward."""
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "injection_type": injection_type})
+    stream = pipe.open_stream(image(), PROMPT, seed=1, steps=2, window=8, block_frames=block_frames)
+    done = [constant_actions(block_frames, {"Forward": 0.01}), constant_actions(block_frames, {"Yaw Left": 1.0})]
+    for actions in done:
+        stream.step(actions)
+    following = constant_actions(block_frames, {"Pitch Up": 1.0, "Right": 0.02})
+    noise = pipe.generate_noise((1, 48, block_frames, 4, 4), seed=123)
+    timestep = float(stream.scheduler.timesteps[0])
+    steps = torch.cat([stream.history, following[None]], dim=1)
+    with torch.no_grad():
+        streamed = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
+                                 stream._action_emb(*split_actions(steps)))  # (1, C, b, h, w)
+        latents = torch.cat([stream.latents, noise], dim=2)  # (1, C, F, h, w)
+        timesteps = torch.zeros(1, latents.shape[2])
+        timesteps[0, -block_frames:] = timestep
+        binary, magnitude = split_actions(torch.cat(done + [following])[None])
+        whole = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, prompt_context(pipe),
+                                CausalSettings(block_frames, 8, True), binary, magnitude)
+    assert (whole[:, :, -block_frames:] - streamed).abs().max() < 1e-5 < streamed.abs().mean()
+
+
+def test_a_rolled_window_still_predicts_what_the_training_forward_predicts():
+    """Without a sink, positions are relative to the window in both paths: after the window rolled (4 blocks
+    through a 2-frame window) the cached keys and values are still the right frames in the right order."""
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "injection_type": "adaln_tmod"})
+    stream = pipe.open_stream(image(), PROMPT, seed=1, steps=2, window=2, sink=False)
+    for actions in ACTIONS:
+        stream.step(actions)
+    assert stream.cache.frames == 2
+    following = constant_actions(1, {"Right": 0.02})
+    noise = pipe.generate_noise((1, 48, 1, 4, 4), seed=123)
+    timestep = float(stream.scheduler.timesteps[0])
+    with torch.no_grad():
+        streamed = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
+                                 stream._action_emb(*split_actions(following[None])))
+        latents = torch.cat([stream.latents, noise], dim=2)
+        timesteps = torch.zeros(1, latents.shape[2])
+        timesteps[0, -1] = timestep
+        binary, magnitude = split_actions(torch.cat(ACTIONS + [following])[None])
+        whole = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, prompt_context(pipe),
+                                CausalSettings(1, 2, False), binary, magnitude)
+    assert (whole[:, :, -1:] - streamed).abs().max() < 1e-5
