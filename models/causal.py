@@ -20,7 +20,6 @@ frame's index within its block (``block_action_emb``), for the same reason.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -30,33 +29,10 @@ from diffsynth.models.wan_video_dit import flash_attention, modulate, rope_apply
 from einops import rearrange
 
 from .kv_cache import KVCache
+from .options import CausalSettings
 
 _ROPE_CACHE: dict = {}
 _ROPE_CACHE_SIZE = 16
-
-
-@dataclass(frozen=True)
-class CausalSettings:
-    """How a causal world generates: ``block_frames`` latent frames per block (4 video frames each), ``window``
-    latent frames of context besides the sink, ``sink`` keeps the first image's frame in context for ever."""
-    block_frames: int = 1
-    window: int = 3
-    sink: bool = True
-
-    def __post_init__(self):
-        for name, low in (("block_frames", 1), ("window", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.sink, bool):
-            raise ValueError(f"sink must be true or false, got {self.sink!r}")
-        if not self.sink and self.window == 0:
-            raise ValueError("window must be >= 1 without a sink: a block would see no context at all")
-
-    @property
-    def context_frames(self) -> int:
-        """Frames a block attends to besides itself, once the window is full."""
-        return self.window + int(self.sink)
 
 
 # ---- positions and masks -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ settings, evaluation): one rule each, a ValueError naming the option. No torch, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def check_action_guidance(value) -> float:
@@ -17,3 +18,27 @@ def check_action_guidance_rescale(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails too
         raise ValueError(f"action_guidance_rescale must be a number in [0, 1] (0 = off), got {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True)
+class CausalSettings:
+    """How a causal world generates: ``block_frames`` latent frames per block (4 video frames each), ``window``
+    latent frames of context besides the sink, ``sink`` keeps the first image's frame in context for ever."""
+    block_frames: int = 1
+    window: int = 3
+    sink: bool = True
+
+    def __post_init__(self):
+        for name, low in (("block_frames", 1), ("window", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.sink, bool):
+            raise ValueError(f"sink must be true or false, got {self.sink!r}")
+        if not self.sink and self.window == 0:
+            raise ValueError("window must be >= 1 without a sink: a block would see no context at all")
+
+    @property
+    def context_frames(self) -> int:
+        """Frames a block attends to besides itself, once the window is full."""
+        return self.window + int(self.sink)

@@ -19,10 +19,9 @@ from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptE
 
 from .action_format import MAGNITUDE_SCALE, check_scale, check_split_actions, num_actions_for_frames, split_actions
 from .artifacts import apply_artifacts
-from .causal import CausalSettings
 from .model_dir import MODEL_DIR_LAYOUT, check_model_dir
 from .model_fn import model_fn_wan_action
-from .options import check_action_guidance, check_action_guidance_rescale
+from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from .stream import WorldStream
 from .streaming import capture_latents, stream_decode
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config_io import config_from_dict
-from .options import check_action_guidance, check_action_guidance_rescale
+from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 
 SERVE_CONFIG_NAME = "serve.json"
 SAMPLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+GENERATIONS = ("chunked", "causal")
 DEFAULT_PROMPT = "a drone flies over green hills under a blue sky"
 
 
@@ -36,6 +37,12 @@ class ServeConfig:
     sample: Optional[str] = None  # the bundled first frame the UI offers first (web/samples/<name>.png)
     weights: Optional[str] = None  # one line for the UI banner (None: the reader names the world)
     autoregressive: bool = False  # trained on chunk-length clips: longer videos are made chunk by chunk
+    # "chunked": every chunk a TI2V generation from the previous chunk's last frame (the seed's way);
+    # "causal": one block-causal stream per flight (models.stream), with these block/window settings
+    generation: str = "chunked"
+    block_frames: int = 1  # latent frames per block (4 video frames each)
+    window: int = 3  # latent frames of context besides the sink
+    sink: bool = True  # the first image stays in context
 
     def __post_init__(self):
         for name in ("height", "width", "chunk_frames", "fps", "steps"):
@@ -61,6 +68,12 @@ class ServeConfig:
             raise ValueError(f"weights must be a string (the banner line), got {self.weights!r}")
         if not isinstance(self.autoregressive, bool):
             raise ValueError(f"autoregressive must be true or false, got {self.autoregressive!r}")
+        if self.generation not in GENERATIONS:
+            raise ValueError(f"generation must be one of {list(GENERATIONS)}, got {self.generation!r}")
+        self.causal_settings()  # block_frames, window, sink checked by name
+
+    def causal_settings(self) -> CausalSettings:
+        return CausalSettings(block_frames=self.block_frames, window=self.window, sink=self.sink)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

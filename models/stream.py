@@ -22,11 +22,11 @@ from diffsynth.pipelines.wan_video import WanVideoUnit_PromptEmbedder
 from PIL import Image
 
 from .action_format import NUM_ACTIONS, parse_actions, split_actions
-from .causal import CausalSettings, block_action_emb, forward_block
+from .causal import block_action_emb, forward_block
 from .kv_cache import KVCache
 from .media import video_to_frames
 from .model_fn import rescale_guided
-from .options import check_action_guidance, check_action_guidance_rescale
+from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from .streaming import StreamDecoder
 
 

@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from models.action_format import constant_actions, split_actions
-from models.causal import CausalSettings, forward_block, frame_mask, model_fn_causal
+from models.causal import forward_block, frame_mask, model_fn_causal
 from models.loading import build_pipeline
+from models.options import CausalSettings
 
 PROMPT = "a drone flies over a green field"
 ACTIONS = [constant_actions(1, {"Forward": 0.01}), constant_actions(1, {"Yaw Left": 1.0}),

@@ -9,7 +9,8 @@ from models.serve_config import SERVE_CONFIG_NAME, ServeConfig, load_serve_confi
 def test_round_trip_and_defaults(tmp_path):
     assert load_serve_config(str(tmp_path)) is None  # no file: the reader's defaults apply
     config = ServeConfig(height=64, width=96, chunk_frames=5, fps=8, steps=3, action_guidance=3,
-                         action_guidance_rescale=0.7, sample="synthetic-3", autoregressive=True, weights="a line")
+                         action_guidance_rescale=0.7, sample="synthetic-3", autoregressive=True, weights="a line",
+                         generation="causal", block_frames=2, window=5, sink=False)
     save_serve_config(str(tmp_path), config)
     loaded = load_serve_config(str(tmp_path))
     assert loaded == config and isinstance(loaded.action_guidance, float)
@@ -29,6 +30,10 @@ def test_round_trip_and_defaults(tmp_path):
     ("sample", "../etc", "sample must be a bundled sample name"),
     ("autoregressive", "yes", "autoregressive must be true or false"),
     ("chunk_frame", 9, "unknown field\\(s\\) \\['chunk_frame'\\]"),
+    ("generation", "stream", "generation must be one of \\['chunked', 'causal'\\]"),
+    ("block_frames", 0, "block_frames must be an integer >= 1"),
+    ("window", -2, "window must be an integer >= 0"),
+    ("sink", "no", "sink must be true or false"),
 ])
 def test_bad_values_are_refused_naming_the_file_and_field(tmp_path, field, value, message):
     (tmp_path / SERVE_CONFIG_NAME).write_text(json.dumps({field: value}))
