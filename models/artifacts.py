@@ -45,6 +45,9 @@ class ArtifactConfig:
     action_stats: Optional[dict] = None
     heading_frame: bool = False
     training: Optional[dict] = None  # the run's arguments and final step, for the record
+    # how the controller was trained to generate: None (chunked TI2V clips) or {"generation": "causal",
+    # "block_frames", "window", "sink"} for a block-causal run (streams, models.stream)
+    generation: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -13,6 +13,7 @@ import os
 from collections import OrderedDict
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from diffsynth.core import ModelConfig
 from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptEmbedder
@@ -194,7 +195,7 @@ class WanActionPipeline(WanVideoPipeline):
         size defaults to the image's. Streams generate without text CFG (``cfg_scale`` 1)."""
         if cfg_scale != 1:
             raise ValueError(f"cfg_scale: a stream generates without text CFG (1), got {cfg_scale!r}")
-        size = image.size if hasattr(image, "size") and not callable(image.size) else (image.shape[1], image.shape[0])
+        size = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else getattr(image, "size", (0, 0))
         return WorldStream(self, image, prompt, seed=seed, steps=steps,
                            settings=CausalSettings(block_frames=block_frames, window=window, sink=sink),
                            height=height or size[1], width=width or size[0], action_guidance=action_guidance,

@@ -158,6 +158,14 @@ def save_small_world(folder: str, pipe: WanActionPipeline, config: SmallWorldCon
         json.dump({"format": WORLD_FORMAT, "config": config.to_dict(), **(extra or {})}, f, indent=2)
 
 
+def load_world_weights(folder: str, role: str) -> dict:
+    """One part of a world folder's weights (``role`` in WORLD_WEIGHTS: dit, vae, text_encoder) as a state dict."""
+    path = os.path.join(folder, WORLD_WEIGHTS[role])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"world folder {folder!r} has no {WORLD_WEIGHTS[role]}")
+    return load_file(path)
+
+
 def load_small_world(folder: str, device="cpu", torch_dtype=torch.float32) -> WanActionPipeline:
     """Rebuild a small world from its folder; attach its action artifacts when the folder holds them."""
     path = os.path.join(folder, WORLD_CONFIG_NAME)

@@ -12,7 +12,7 @@ import logging
 import torch
 
 from models.action_format import num_actions_for_frames
-from training.smallworld.recipe import ToyRun
+from training.smallworld.recipe import ToyRun, causal_settings, forcing_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--frames", type=int, default=5, help="4k+1 frames per clip")
+    p.add_argument("--frames", type=int, default=None,
+                   help="4k+1 frames per rendered clip (default: 5 for a chunked world; 33 for a causal one, whose "
+                        "DiT trains on the sink + window clips taken from them)")
+    p.add_argument("--generation", choices=["causal", "chunked"], default="causal",
+                   help="causal: one block-causal stream per flight (models.stream); chunked: chunk after chunk")
+    p.add_argument("--block_frames", type=int, default=1, help="causal: latent frames per block")
+    p.add_argument("--window", type=int, default=3, help="causal: latent frames of context besides the sink")
+    p.add_argument("--no_sink", dest="sink", action="store_false", help="causal: no first-image sink")
+    p.add_argument("--teacher_forcing", type=float, default=0.5,
+                   help="causal: share of clips trained as clean context + one noised block (else diffusion forcing)")
+    p.add_argument("--context_noise", type=float, default=0.1, help="causal: max noise level of context frames")
+    p.add_argument("--error_prob", type=float, default=0.5,
+                   help="causal: chance a context frame carries a stored prediction residual (0 = no error buffer)")
+    p.add_argument("--error_buffer", type=int, default=256, help="causal: prediction residuals kept")
+    p.add_argument("--init_vae", default=None,
+                   help="start from this world folder's VAE and skip the VAE stage (e.g. worlds/toy)")
     p.add_argument("--speed", type=float, default=5.0,
                    help="multiplies the synthetic flights' translation and rotation ranges")
     p.add_argument("--move_speed", type=float, default=None,
@@ -50,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dit_lr", type=float, default=1e-3)
     p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
+    p.add_argument("--decoder_frames", type=int, default=17,
+                   help="frames per decoder-stage window (1+4k; a shorter clip is taken whole)")
     p.add_argument("--save_steps", type=int, default=100)
     p.add_argument("--serve_steps", type=int, default=4, help="denoising steps the server uses (serve.json)")
     p.add_argument("--serve_fps", type=int, default=8, help="playback fps the server uses (serve.json)")
@@ -78,7 +95,12 @@ def main(argv=None) -> int:
         parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    num_actions_for_frames(a.frames)
+    a.frames = a.frames or (33 if a.generation == "causal" else 5)
+    try:
+        num_actions_for_frames(a.frames)
+        causal_settings(a), forcing_config(a)  # block/window/forcing values checked by name
+    except ValueError as error:
+        parser.error(str(error))
     report = ToyRun(a).run()
     print(json.dumps(report, indent=2))
     return 0

@@ -13,6 +13,7 @@ from models.tiny import build_tiny_pipeline
 from training.data.synthetic import make_dataset
 from training.train import main
 from training.trainer import checkpoint as ckpt
+from training.trainer import module as module_lib
 from training.trainer.config import TrainConfig, build_parser
 from training.trainer.lora_merge import merge_lora_state
 from training.trainer.module import build_controller
@@ -45,6 +46,10 @@ BAD_FLAGS = [
     (["--min_timestep_boundary", "0.9", "--max_timestep_boundary", "0.5"], "--min_timestep_boundary"),
     (["--resume_from", "/nonexistent/step-000000001"], "--resume_from"),
     (["--num_frames", "85"], "--num_frames"),  # 21 actions > the controller's 20 (found when building it)
+    (["--causal", "--block_frames", "0"], "--block_frames"),
+    (["--causal", "--window", "-1"], "--window"),
+    (["--causal", "--teacher_forcing", "1.5"], "--teacher_forcing"),
+    (["--causal", "--error_buffer", "0"], "--error_buffer"),
 ]
 
 
@@ -149,3 +154,21 @@ def test_help_documents_every_flag(capsys):
                   "save_steps", "use_wandb", "wandb_project", "wandb_run_name", "gradient_accumulation_steps",
                   "height", "width", "num_frames", "output_path", "model_id_with_origin_paths"]
     assert all(name in TrainConfig.__dataclass_fields__ for name in seed_flags)
+
+
+def test_causal_run_trains_block_causally_and_records_how_it_generates(flights, tmp_path, monkeypatch):
+    """--causal: the loss goes through the block-causal forward (a sink + window clip), and the artifacts say how
+    the controller generates, so a server opens streams for it."""
+    seen = []
+    real = module_lib.causal_loss
+
+    def spy(dit, controller, scheduler, latents, *args, **kwargs):
+        seen.append(tuple(latents.shape))
+        return real(dit, controller, scheduler, latents, *args, **kwargs)
+    monkeypatch.setattr(module_lib, "causal_loss", spy)
+    out = tmp_path / "causal"
+    assert main(argv(flights, out, "--max_steps", "2", "--causal", "--window", "1", "--error_prob", "0.5")) == 0
+    assert seen == [(1, 48, 3, 4, 4)] * 2  # 3 latent frames: the sink + the window of 1 + a block of 1
+    config = json.loads((out / "action_train_config.json").read_text())
+    assert config["generation"] == {"generation": "causal", "block_frames": 1, "window": 1, "sink": True}
+    assert config["training"]["config"]["causal"] is True

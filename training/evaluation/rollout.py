@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from models.action_format import num_actions_for_frames
+from models.options import CausalSettings
 from models.serve_config import ServeConfig
 from training.evaluation.sources import rendered_first_frames
-from training.evaluation.suite import generate_clip, suite_actions, suite_magnitudes
+from training.evaluation.suite import generate_clip, stream_clip, suite_actions, suite_magnitudes
 
 FLIGHTS = ("hover", "yaw_right", "forward")
 HIST_BINS = 8  # per RGB channel
@@ -36,10 +37,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rollout(pipe, first: np.ndarray, prompt: str, actions: np.ndarray, chunk_frames: int, steps: int, seed: int,
-            cfg_scale: float = 1.0, action_guidance: float = 1.0,
-            action_guidance_rescale: float = 0.0) -> list[np.ndarray]:
-    """The last frame (H, W, 3) uint8 of each chunk of a flight; ``actions`` (chunks * chunk_steps, 2, 8)."""
+            cfg_scale: float = 1.0, action_guidance: float = 1.0, action_guidance_rescale: float = 0.0,
+            causal: CausalSettings | None = None) -> list[np.ndarray]:
+    """The last frame (H, W, 3) uint8 of each chunk of a flight; ``actions`` (chunks * chunk_steps, 2, 8). A causal
+    world flies one stream, a chunk being one block (``chunk_frames`` = 1 + 4 x block_frames)."""
     chunk_steps = num_actions_for_frames(chunk_frames)
+    if causal is not None:
+        frames = stream_clip(pipe, first, prompt, actions, steps, seed, causal, action_guidance=action_guidance,
+                             action_guidance_rescale=action_guidance_rescale)  # (4T + 1, H, W, 3)
+        return [frames[4 * end] for end in range(chunk_steps, len(actions) + 1, chunk_steps)]
     image, lasts = first, []
     for number, start in enumerate(range(0, len(actions), chunk_steps)):
         frames = generate_clip(pipe, image, prompt, actions[start:start + chunk_steps], chunk_frames, steps,
@@ -61,7 +67,8 @@ def measure(pipe, serve: ServeConfig, chunks: int, scenes: int, seed: int = 0, f
         distances, psnrs = [], []
         for _, first, prompt in rendered_first_frames(scenes, h, w, seed=seed):
             lasts = rollout(pipe, first, prompt, suite_actions(flight, total_steps, magnitudes), f, serve.steps,
-                            seed, serve.cfg_scale, serve.action_guidance, serve.action_guidance_rescale)
+                            seed, serve.cfg_scale, serve.action_guidance, serve.action_guidance_rescale,
+                            serve.causal_settings() if serve.generation == "causal" else None)
             distances.append([palette_distance(frame, first) for frame in lasts])
             if flight == "hover":  # only hovering should keep the first frame's picture
                 psnrs.append([psnr(frame, first) for frame in lasts])

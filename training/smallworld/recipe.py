@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 
 import numpy as np
@@ -30,12 +31,21 @@ import torch
 from models.action_format import num_actions_for_frames, split_actions
 from models.artifacts import ArtifactConfig, save_action_artifacts
 from models.controller import ActionControllerConfig
+from models.options import CausalSettings
 from models.serve_config import ServeConfig, save_serve_config
-from models.small_world import BASE_VOCAB, SmallWorldConfig, build_world_pipeline, prompt_words, save_small_world
+from models.small_world import (
+    BASE_VOCAB,
+    SmallWorldConfig,
+    build_world_pipeline,
+    load_world_weights,
+    prompt_words,
+    save_small_world,
+)
 from training.data.action_stats import compute_action_stats
 from training.data.synthetic import render_random_flight
 from training.smallworld.samples import sample_scene
 from training.smallworld.stages import (
+    CausalDitStage,
     DecoderStage,
     DitStage,
     StepBatches,
@@ -46,6 +56,7 @@ from training.smallworld.stages import (
     to_video_tensor,
 )
 from training.trainer.checkpoint import capture_rng_state, restore_rng_state, torch_save_atomic, write_json_atomic
+from training.trainer.forcing import ForcingConfig, sample_window
 from training.trainer.loop import LoopCallbacks, LoopSettings, LoopState, Trainer
 from training.trainer.loss_probe import true_vs_shuffled
 from training.trainer.schedule import build_scheduler
@@ -108,6 +119,18 @@ def controller_config(a) -> dict:
                                   injection_type=a.injection_type).to_dict()
 
 
+def causal_settings(a) -> CausalSettings | None:
+    """The block/window settings of a causal recipe (``--generation causal``), else None."""
+    if a.generation != "causal":
+        return None
+    return CausalSettings(block_frames=a.block_frames, window=a.window, sink=a.sink)
+
+
+def forcing_config(a) -> ForcingConfig:
+    return ForcingConfig(teacher_forcing=a.teacher_forcing, context_noise=a.context_noise, error_prob=a.error_prob,
+                         error_buffer=a.error_buffer)
+
+
 def build_models(a, config):
     """(pipe, controller), deterministic per seed (independent of the global RNG)."""
     pipe = build_world_pipeline(config, a.seed, controller_config=controller_config(a))
@@ -133,6 +156,13 @@ class ToyRun:
         self.data = load_or_render(self.out, a)
         self.config = world_config(a, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         self.pipe, self.controller = build_models(a, self.config)
+        self.causal = causal_settings(a)
+        if a.init_vae:  # start from a world's trained VAE; the VAE stage is then skipped
+            try:
+                self.pipe.vae.model.load_state_dict(load_world_weights(a.init_vae, "vae"))
+            except RuntimeError as error:
+                raise ValueError(f"--init_vae {a.init_vae}: its VAE does not fit --vae_dim {a.vae_dim} "
+                                 f"({str(error).splitlines()[0]})") from None
         self.state = {"stage": "vae", "step": 0, "plan": None, "losses": {"vae": [], "dit": [], "decoder": []},
                       "times": {}}
         self.resume_from = None
@@ -152,15 +182,17 @@ class ToyRun:
             self.state["plan"].setdefault("decoder_steps", a.decoder_steps)  # checkpoints from before that stage
             self.state["losses"].setdefault("decoder", [])
             return self.state["plan"]
-        plan = {"vae_steps": a.vae_steps, "dit_steps": a.dit_steps, "decoder_steps": a.decoder_steps}
+        plan = {"vae_steps": 0 if a.init_vae else a.vae_steps, "dit_steps": a.dit_steps,
+                "decoder_steps": a.decoder_steps}
         if plan["vae_steps"] is None or plan["dit_steps"] is None:
             budget = a.minutes * 60.0
             with torch.random.fork_rng(devices=[]):
                 t_vae = self._time_step(vae_stage, self._vae_batch(0))
                 latents = torch.randn(a.batch, 48, num_actions_for_frames(a.frames) + 1, a.height // 16,
-                                      a.width // 16)
+                                      a.width // 16)  # (B, C, F, h, w)
                 t_dit = self._time_step(dit_stage, self._dit_batch(0, latents))
-            plan["vae_steps"] = plan["vae_steps"] or max(10, int(0.40 * budget / t_vae))
+            plan["vae_steps"] = plan["vae_steps"] if plan["vae_steps"] is not None else \
+                max(10, int(0.40 * budget / t_vae))
             plan["dit_steps"] = plan["dit_steps"] or max(10, int(0.50 * budget / t_dit))
             plan["timed_step_s"] = {"vae": t_vae, "dit": t_dit}
         logger.info("plan: %s", plan)
@@ -179,22 +211,29 @@ class ToyRun:
     # ---- batches ----
     def _vae_batch(self, step, stage: int = 1):
         """Stage 1 (VAE): windows of --vae_frames (1+4k) frames at random 4-frame offsets (the causal VAE's cost is
-        per frame). Stage 4 (decoder): whole clips, so the decoder also learns the later latent frames, which it
-        decodes with the cache of the earlier ones exactly as in serving."""
+        per frame). Stage 4 (decoder): windows of --decoder_frames (whole chunk-length clips), so the decoder also
+        learns later latent frames, which it decodes with the cache of the earlier ones exactly as in serving."""
         frames = self.data["frames"]
         idx = batch_indices(self.a.seed, stage, step, len(frames), self.a.vae_batch)
-        span = min(self.a.vae_frames, frames.shape[1]) if stage == 1 else frames.shape[1]
+        span = min(self.a.vae_frames if stage == 1 else self.a.decoder_frames, frames.shape[1])
         offsets = np.random.default_rng([self.a.seed, 3 if stage == 1 else 5, step])
         starts = 4 * offsets.integers(0, (frames.shape[1] - span) // 4 + 1, len(idx))
         return to_video_tensor(np.stack([frames[i, s:s + span] for i, s in zip(idx, starts)]))
 
     def _dit_batch(self, step, latents):
+        """Clips of the step; a causal recipe takes from each flight the sink + a window at a random place."""
         idx = batch_indices(self.a.seed, 2, step, len(latents), self.a.batch)
         prompts = self.data["prompts"] if len(latents) == len(self.data["prompts"]) else self.data["held_prompts"]
         context = torch.cat([self.contexts[str(prompts[i])] for i in idx])
         actions = self.data["actions"] if len(latents) == len(self.data["actions"]) else self.data["held_actions"]
-        binary, magnitude = split_actions(torch.from_numpy(actions[idx]))
-        return latents[idx], context, binary, magnitude
+        binary, magnitude = split_actions(torch.from_numpy(actions[idx]))  # (B, T, 8) each
+        if self.causal is None:
+            return latents[idx], context, binary, magnitude
+        rng = random.Random(self.a.seed * 1_000_003 + step)  # a pure function of the step: resumable
+        clips = [sample_window(latents[i:i + 1], binary[k:k + 1], magnitude[k:k + 1], self.causal, rng)
+                 for k, i in enumerate(idx)]
+        return (torch.cat([c[0] for c in clips]), context, torch.cat([c[1] for c in clips]),
+                torch.cat([c[2] for c in clips]))
 
     # ---- one stage on the shared loop ----
     def run_stage(self, name: str, module, make_batch, total: int, lr: float):
@@ -234,6 +273,9 @@ class ToyRun:
     def save_state(self, optimizer=None, scheduler=None):
         blob = {"state": self.state, "vae": self.pipe.vae.model.state_dict(), "dit": self.pipe.dit.state_dict(),
                 "controller": self.controller.state_dict(), "rng": capture_rng_state()}
+        errors = getattr(getattr(self, "dit_stage", None), "errors", None)
+        if errors is not None:  # the causal stage's recent residuals: a resumed run continues with them
+            blob["error_buffer"] = {"items": errors.items, "next": errors.next}
         if optimizer is not None:
             blob.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         torch_save_atomic(os.path.join(self.out, STATE_FILE), blob)
@@ -243,10 +285,16 @@ class ToyRun:
         a = self.a
         vae_stage = VaeStage(self.pipe.vae, a.vae_motion_weight)
         self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
-        dit_stage = DitStage(self.pipe, self.controller, a.cond_noise)
+        dit_stage = DitStage(self.pipe, self.controller, a.cond_noise) if self.causal is None else \
+            CausalDitStage(self.pipe, self.controller, self.causal, forcing_config(a))
+        self.dit_stage = dit_stage
+        if self.resume_from is not None and "error_buffer" in self.resume_from:
+            dit_stage.errors.items = self.resume_from["error_buffer"]["items"]
+            dit_stage.errors.next = self.resume_from["error_buffer"]["next"]
         plan = self.plan(vae_stage, dit_stage)
         if self.state["stage"] == "vae" and not a.export_only:
-            self.run_stage("vae", vae_stage, self._vae_batch, plan["vae_steps"], a.vae_lr)
+            if plan["vae_steps"]:
+                self.run_stage("vae", vae_stage, self._vae_batch, plan["vae_steps"], a.vae_lr)
             self.state.update(stage="dit", step=0)
             self.save_state()
         vae_stage.model.eval().requires_grad_(False)
@@ -285,11 +333,19 @@ class ToyRun:
             return {}
         contexts = [self.contexts[str(p)] for p in self.data["held_prompts"]]
         actions = torch.from_numpy(self.data["held_actions"])  # (N, T, 2, 8) raw
+        if self.causal is not None:  # the flights' first window: clean context, the last block noised (a stream)
+            frames = 1 + self.causal.window + self.causal.block_frames
+            held_latents, actions = held_latents[:, :, :frames], actions[:, :frames - 1]
+            probe_forcing = ForcingConfig(teacher_forcing=1.0, context_noise=0.0, error_prob=0.0)
 
-        def loss(i, action):
-            return dit_stage((held_latents[i:i + 1], contexts[i], *split_actions(action)))
+            def loss(i, action):
+                return dit_stage((held_latents[i:i + 1], contexts[i], *split_actions(action)), probe_forcing)
+        else:
+            def loss(i, action):
+                return dit_stage((held_latents[i:i + 1], contexts[i], *split_actions(action)))
 
-        cond_noise, dit_stage.cond_noise = dit_stage.cond_noise, 0.0  # clean first frames, as the suite generates
+        cond_noise = getattr(dit_stage, "cond_noise", 0.0)
+        dit_stage.cond_noise = 0.0  # clean first frames, as the suite generates
         try:
             probe = true_vs_shuffled(loss, actions, draws, seed=self.a.seed)
         finally:
@@ -305,10 +361,14 @@ class ToyRun:
             action_controller_config={}, base_model_id="wanfly-toy-world",
             action_stats=compute_action_stats(list(self.data["actions"])), training={"recipe": recipe}))
         save_serve_config(self.out, ServeConfig(
-            height=a.height, width=a.width, chunk_frames=a.frames, fps=a.serve_fps, steps=a.serve_steps,
+            height=a.height, width=a.width,
+            chunk_frames=a.frames if self.causal is None else 1 + 4 * self.causal.block_frames,
+            fps=a.serve_fps, steps=a.serve_steps,
             cfg_scale=1.0, action_guidance=a.serve_guidance, action_guidance_rescale=a.serve_guidance_rescale,
             prompt=sample_scene(SERVE_SAMPLE_INDEX, a.height, a.width)[1],
-            sample=SERVE_SAMPLE, autoregressive=True,  # trained on chunk-length clips only
+            sample=SERVE_SAMPLE, autoregressive=self.causal is None,  # a chunked world knows chunk-length clips only
+            generation=a.generation, **(self.causal.__dict__ if self.causal else {}),
             weights=f"toy world, the Wan2.2-TI2V architecture trained from scratch on synthetic flights "
-                    f"({a.height}x{a.width}, {a.frames}-frame chunks; docs/toyworld.md)"))
+                    f"({a.height}x{a.width}, " + (f"{a.frames}-frame chunks" if self.causal is None else
+                                                  "one continuous block-causal stream") + "; docs/toyworld.md)"))
         write_json_atomic(os.path.join(self.out, "toyworld_report.json"), report)

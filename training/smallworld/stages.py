@@ -8,6 +8,8 @@ driven by the training package's loop (``training.trainer.loop.Trainer``) with i
     DitStage  the TI2V ``WanModel`` + action controller with diffsynth's ``FlowMatchSFTLoss`` through the pipeline's
               ``model_fn`` (fused first frame excluded from the loss, per-token timestep); ``cond_noise`` > 0 adds
               N(0, U(0, cond_noise)^2) to that first frame's latent, so the model does not trust it pixel for pixel.
+    CausalDitStage  the same DiT + controller trained block-causally (``training.trainer.forcing``: diffusion
+              forcing, teacher forcing with noised context and an error buffer) for a causal world's streams.
     DecoderStage  the VAE decoder alone, after the DiT: sharper frames, same latent space.
 """
 from __future__ import annotations
@@ -16,6 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffsynth.diffusion.loss import FlowMatchSFTLoss
+
+from models.options import CausalSettings
+from training.trainer.forcing import ErrorBuffer, ForcingConfig, causal_loss
 
 LATENT_NOISE = 0.05  # std of the noise added to normalised latents before decoding (VAE stage)
 MOMENT_WEIGHT = 0.05
@@ -116,6 +121,30 @@ class DitStage(torch.nn.Module):
             self.pipe, input_latents=latents, first_frame_latents=first, context=context,
             action_binary=binary, action_magnitude=magnitude, fuse_vae_embedding_in_latents=True,
             max_timestep_boundary=1.0, min_timestep_boundary=0.0)
+
+
+class CausalDitStage(torch.nn.Module):
+    """Block-causal flow-matching loss of the DiT + controller; ``batch`` = (latents (B, C, F, h, w) of sink +
+    window clips, context, binary, magnitude). Keeps the error buffer of recent prediction residuals."""
+
+    def __init__(self, pipe, controller, settings: CausalSettings, forcing: ForcingConfig):
+        super().__init__()
+        self.pipe, self.settings, self.forcing = pipe, settings, forcing
+        self.dit, self.controller = pipe.dit, controller
+        self.errors = ErrorBuffer(forcing.error_buffer)
+        pipe.action_controller = controller
+        self.dit.train().requires_grad_(True)
+        self.controller.train().requires_grad_(True)
+        pipe.scheduler.set_timesteps(1000, training=True)
+
+    def forward(self, batch, forcing: ForcingConfig | None = None) -> torch.Tensor:
+        latents, context, binary, magnitude = batch
+        if not self.pipe.scheduler.training:
+            self.pipe.scheduler.set_timesteps(1000, training=True)
+        forcing = forcing or self.forcing
+        errors = self.errors if forcing.error_prob > 0 else None
+        return causal_loss(self.dit, self.controller, self.pipe.scheduler, latents, context, binary, magnitude,
+                           self.settings, forcing, errors)
 
 
 @torch.no_grad()

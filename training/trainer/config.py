@@ -20,7 +20,9 @@ from models.controller import (
     ActionControllerConfig,
     resolve_controller_config,
 )
+from models.options import CausalSettings
 from training.trainer.checkpoint import resolve_resume
+from training.trainer.forcing import ForcingConfig
 
 DEFAULT_OUTPUT = "./outputs/train/Wan2.2-TI2V-5B_action_controller"
 TRAINABLE_CHOICES = ("action_controller",)
@@ -65,6 +67,20 @@ class TrainConfig:
     trainable_models: str = _opt("action_controller", "comma-separated models trained in full: only "
                                  "'action_controller' (or '' to train only a LoRA); the DiT trains through --lora_*",
                                  "controller", str)
+    # ---- block-causal training (streams) --------------------------------------------------------------------
+    causal: bool = _opt(False, "train block-causally for streams (models.causal): diffusion forcing, teacher forcing "
+                        "with noised context and an error buffer (training.trainer.forcing)", "causal")
+    block_frames: int = _opt(1, "--causal: latent frames per block (4 video frames each)", "causal", int)
+    window: int = _opt(3, "--causal: latent frames of context besides the sink; a clip trains on the sink + "
+                       "window + block_frames frames taken anywhere in the video", "causal", int)
+    no_sink: bool = _opt(False, "--causal: no first-image sink in the context", "causal")
+    teacher_forcing: float = _opt(0.5, "--causal: share of clips trained as clean context + one noised block "
+                                  "(the rest: every block at its own noise level)", "causal", float)
+    context_noise: float = _opt(0.1, "--causal: max noise level of context frames in teacher forcing", "causal",
+                                float)
+    error_prob: float = _opt(0.5, "--causal: chance a context frame carries a stored prediction residual (0 = no "
+                             "error buffer)", "causal", float)
+    error_buffer: int = _opt(256, "--causal: prediction residuals kept", "causal", int)
     # ---- LoRA ---------------------------------------------------------------------------------------------
     lora_base_model: Optional[str] = _opt(None, "'dit' to train a LoRA on the DiT as well", "lora", str, ("dit",))
     lora_target_modules: str = _opt("q,k,v,o,ffn.0,ffn.2", "comma-separated DiT Linear names the LoRA patches",
@@ -128,7 +144,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-GROUP_TITLES = {"model": "base model", "controller": "action controller", "lora": "LoRA", "data": "data",
+GROUP_TITLES = {"model": "base model", "controller": "action controller", "causal": "block-causal training",
+                "lora": "LoRA", "data": "data",
                 "optim": "optimisation", "output": "output, checkpoints and logging"}
 
 
@@ -273,6 +290,30 @@ def controller_config(c: TrainConfig) -> ActionControllerConfig:
     return config
 
 
+def causal_settings(c: TrainConfig) -> Optional[CausalSettings]:
+    """The block/window settings of a --causal run (checked by name), else None."""
+    if not c.causal:
+        return None
+    try:
+        return CausalSettings(block_frames=c.block_frames, window=c.window, sink=not c.no_sink)
+    except ValueError as error:
+        raise ConfigError(_flag_message(error)) from None
+
+
+def forcing_config(c: TrainConfig) -> ForcingConfig:
+    try:
+        return ForcingConfig(teacher_forcing=c.teacher_forcing, context_noise=c.context_noise,
+                             error_prob=c.error_prob, error_buffer=c.error_buffer)
+    except ValueError as error:
+        raise ConfigError(_flag_message(error)) from None
+
+
+def _flag_message(error: ValueError) -> str:
+    """"window must be ..." -> "--window: must be ..." (the CLI's form: the flag first)."""
+    name, _, rest = str(error).partition(" ")
+    return f"--{name}: {rest}"
+
+
 def validate(c: TrainConfig) -> TrainConfig:
     """Check every flag; raises ConfigError naming the first bad one. File checks happen here, model loading not."""
     _check_model_source(c)
@@ -281,6 +322,7 @@ def validate(c: TrainConfig) -> TrainConfig:
     _check_optim(c)
     _check_output(c)
     controller_config(c)  # preset + overrides valid, enough num_latent_frames for --num_frames
+    causal_settings(c), forcing_config(c)
     return c
 
 

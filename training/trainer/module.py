@@ -8,8 +8,10 @@ frozen base is in bf16/fp16 the DiT forward runs under autocast so the two meet.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import random
 from typing import Optional
 
 import torch
@@ -22,7 +24,8 @@ from models.artifacts import DEFAULT_BASE_MODEL_ID, ArtifactConfig, LoraConfig
 from models.controller import ActionControllerConfig, WanActionController
 from models.loading import build_pipeline as build_named_pipeline
 from models.pipeline import WanActionPipeline
-from training.trainer.config import ConfigError, TrainConfig
+from training.trainer.config import ConfigError, TrainConfig, causal_settings, forcing_config
+from training.trainer.forcing import ErrorBuffer, causal_loss, sample_window
 
 logger = logging.getLogger(__name__)
 TINY_SEED = 0  # the tiny preset's base weights: fixed, so artifacts load into models.tiny.build_tiny_pipeline(0)
@@ -91,6 +94,8 @@ class ActionTrainingModule(DiffusionTrainingModule):
         self.lora_base_model = c.lora_base_model
         self.cache_units, self.train_units = list(pipe.units), []  # no cache: every unit runs per step
         self.magnitude_scale = tuple(MAGNITUDE_SCALE)
+        self.causal, self.forcing = causal_settings(c), forcing_config(c)
+        self.errors = ErrorBuffer(self.forcing.error_buffer) if self.causal and self.forcing.error_prob > 0 else None
         self.flags = {"max_timestep_boundary": c.max_timestep_boundary,
                       "min_timestep_boundary": c.min_timestep_boundary,
                       "use_gradient_checkpointing": True,  # forced on, as in the seed
@@ -136,7 +141,17 @@ class ActionTrainingModule(DiffusionTrainingModule):
             shared, posi, _ = self.encode(sample)
         shared.update(self.action_inputs(sample["action"] if action is None else action))
         with self._autocast():
+            if self.causal is not None:
+                return self.causal_loss(shared, posi)
             return FlowMatchSFTLoss(self.pipe, **shared, **posi)
+
+    def causal_loss(self, shared: dict, posi: dict) -> torch.Tensor:
+        """--causal: the block-causal objective (``training.trainer.forcing``) on the sink + a window of the clip."""
+        latents, binary, magnitude = sample_window(shared["input_latents"], shared["action_binary"],
+                                                   shared["action_magnitude"], self.causal, random)
+        return causal_loss(self.pipe.dit, self.pipe.action_controller, self.pipe.scheduler, latents,
+                           posi["context"], binary, magnitude, self.causal, self.forcing, self.errors,
+                           use_gradient_checkpointing=True)
 
     def _autocast(self):
         dtype = self.pipe.torch_dtype
@@ -181,7 +196,14 @@ def artifact_config(controller: WanActionController, c: TrainConfig, base: dict,
                     heading_frame: bool = False) -> ArtifactConfig:
     return ArtifactConfig(action_controller_config=controller.config.to_dict(), base_model_id=base["base_model_id"],
                           base_model_dir=base["base_model_dir"], action_magnitude_scale=list(MAGNITUDE_SCALE),
-                          lora=lora_config(c), action_stats=stats, heading_frame=heading_frame, training=training)
+                          lora=lora_config(c), action_stats=stats, heading_frame=heading_frame, training=training,
+                          generation=generation_record(c))
+
+
+def generation_record(c: TrainConfig) -> Optional[dict]:
+    """What action_train_config.json says of how the controller generates (None: chunked TI2V clips)."""
+    settings = causal_settings(c)
+    return None if settings is None else {"generation": "causal", **dataclasses.asdict(settings)}
 
 
 def strip_for_cache(inputs: tuple[dict, dict, dict]) -> tuple[dict, dict, dict]:

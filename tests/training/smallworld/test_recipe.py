@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from models.small_world import load_small_world
@@ -26,7 +27,7 @@ SCENES = 2  # rendered first frames per flight in the steering test
 
 
 def _tiny_recipe(out, *extra):
-    return ["--out", out, "--height", "32", "--width", "32", "--frames", "5", "--clips", "3", "--holdout", "2",
+    return ["--out", out, "--height", "32", "--width", "32", "--clips", "3", "--holdout", "2",
             "--vae_dim", "8", "--dim", "48", "--heads", "1", "--layers", "1", "--vae_steps", "2", "--dit_steps", "3",
             "--vae_batch", "1", "--batch", "2", "--save_steps", "1", "--speed", "4", "--decoder_steps", "2",
             "--injection_type", "adaln_tmod", "--no_progress", *extra]
@@ -38,9 +39,16 @@ def _weights(folder):
                                                                       "action_controller.safetensors")}
 
 
-def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_world(tmp_path, monkeypatch, forward_clip):
+GENERATIONS = {"chunked": ("--generation", "chunked", "--frames", "5"),
+               "causal": ("--generation", "causal", "--frames", "9", "--window", "1", "--decoder_frames", "5")}
+
+
+@pytest.mark.parametrize("generation", sorted(GENERATIONS))
+def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_world(tmp_path, monkeypatch, forward_clip,
+                                                                                  generation):
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-    assert toyworld_main(_tiny_recipe(whole)) == 0
+    extra = GENERATIONS[generation]
+    assert toyworld_main(_tiny_recipe(whole, *extra)) == 0
     report = json.load(open(os.path.join(whole, "toyworld_report.json")))
     assert report["plan"] == {"vae_steps": 2, "dit_steps": 3, "decoder_steps": 2}
     assert report["decoder_loss_first10"] is not None
@@ -50,7 +58,11 @@ def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_worl
     video = forward_clip(pipe, 32, 32, 5)
     assert video.shape == (1, 3, 5, 32, 32) and torch.isfinite(video).all()
     hints = json.load(open(os.path.join(whole, "serve.json")))
-    assert (hints["height"], hints["width"], hints["chunk_frames"]) == (32, 32, 5)
+    assert (hints["height"], hints["width"], hints["chunk_frames"], hints["generation"]) == (32, 32, 5, generation)
+    if generation == "causal":
+        assert (hints["block_frames"], hints["window"], hints["sink"], hints["autoregressive"]) == (1, 1, True, False)
+        stream = pipe.open_stream(np.zeros((32, 32, 3), np.uint8), "a field", steps=1, window=1)
+        assert stream.step(np.zeros((1, 2, 8))).shape == (5, 32, 32, 3)
     assert hints["sample"] == toyworld.SERVE_SAMPLE and "32x32" in hints["weights"]
     assert hints["action_guidance"] == toyworld_parser().get_default("serve_guidance")
     assert hints["action_guidance_rescale"] == toyworld_parser().get_default("serve_guidance_rescale")
@@ -58,24 +70,25 @@ def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_worl
     magnitudes = data["actions"][:, :, 1]  # (clips, T, 8); --speed 4 scales the ranges' low ends too
     assert magnitudes[:, :, :4][magnitudes[:, :, :4] > 0].min(initial=1.0) >= 4 * 0.005 - 1e-6
     assert magnitudes[:, :, 4:][magnitudes[:, :, 4:] > 0].min(initial=9.0) >= 4 * 0.4 - 1e-6
-    forward, calls = toyworld_stages.DitStage.forward, []
+    stage = toyworld_stages.CausalDitStage if generation == "causal" else toyworld_stages.DitStage
+    forward, calls = stage.forward, []
 
-    def crash_on_second_step(self, batch):
+    def crash_on_second_step(self, batch, *args):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # as if the machine went away during DiT step 2 (step 1 is checkpointed)
-        return forward(self, batch)
+        return forward(self, batch, *args)
 
-    monkeypatch.setattr(toyworld_stages.DitStage, "forward", crash_on_second_step)
+    monkeypatch.setattr(stage, "forward", crash_on_second_step)
     try:
-        toyworld_main(_tiny_recipe(broken))
+        toyworld_main(_tiny_recipe(broken, *extra))
     except KeyboardInterrupt:
         pass
-    monkeypatch.setattr(toyworld_stages.DitStage, "forward", forward)
+    monkeypatch.setattr(stage, "forward", forward)
     state = torch.load(os.path.join(broken, toyworld.STATE_FILE), weights_only=False)["state"]
     assert (state["stage"], state["step"]) == ("dit", 1)
     assert state["times"]["dit"] > 0  # the time before the interruption is kept ...
-    assert toyworld_main(_tiny_recipe(broken)) == 0  # the same command resumes
+    assert toyworld_main(_tiny_recipe(broken, *extra)) == 0  # the same command resumes
     resumed = json.load(open(os.path.join(broken, "toyworld_report.json")))["times_s"]
     assert resumed["dit"] > state["times"]["dit"]  # ... and counted in the resumed run's report
     first, second = _weights(whole), _weights(broken)

@@ -1,0 +1,89 @@
+"""training.trainer.forcing: the block-causal objective (windows, per-block noise, teacher forcing, error buffer)."""
+import random
+
+import pytest
+import torch
+from diffsynth.diffusion.flow_match import FlowMatchScheduler
+
+from models.action_format import constant_actions, split_actions
+from models.loading import build_pipeline
+from models.options import CausalSettings
+from training.trainer import forcing as forcing_lib
+from training.trainer.forcing import ErrorBuffer, ForcingConfig, causal_loss, sample_window
+
+
+def clip(frames: int):
+    latents = torch.arange(frames, dtype=torch.float32).view(1, 1, frames, 1, 1).expand(2, 48, frames, 4, 4)
+    raw = torch.stack([torch.cat([constant_actions(1, {"Forward": 0.001 * (t + 1)}) for t in range(frames - 1)])] * 2)
+    return (latents.clone(), *split_actions(raw))  # (2, C, F, h, w), (2, F-1, 8) x 2
+
+
+def test_a_window_is_the_sink_plus_consecutive_frames_with_their_actions():
+    latents, binary, magnitude = clip(9)
+    settings = CausalSettings(block_frames=1, window=2)
+    starts = set()
+    for seed in range(30):
+        window, b, m = sample_window(latents, binary, magnitude, settings, random.Random(seed))
+        frames = window[0, 0, :, 0, 0].long().tolist()
+        assert len(frames) == 4 and frames[0] == 0 and frames[1:] == list(range(frames[1], frames[1] + 3))
+        assert torch.allclose(m[0, :, 0], torch.tensor([0.1 * f for f in frames[1:]]))  # action t drives frame t+1
+        starts.add(frames[1])
+    assert starts == set(range(1, 7))  # anywhere in the clip
+    short = sample_window(*clip(3), settings, random.Random(0))
+    assert short[0].shape[2] == 3  # a clip shorter than sink + window + block is taken whole
+
+
+def test_error_buffer_keeps_the_newest_residuals():
+    buffer = ErrorBuffer(3)
+    buffer.add(torch.arange(5.0).view(5, 1, 1, 1))
+    assert len(buffer) == 3 and sorted(float(t) for t in buffer.items) == [2.0, 3.0, 4.0]
+    assert float(buffer.sample(random.Random(0))) in (2.0, 3.0, 4.0)
+
+
+@pytest.mark.parametrize("field, value", [("teacher_forcing", 1.5), ("context_noise", -0.1), ("error_prob", "a"),
+                                          ("error_buffer", 0)])
+def test_forcing_values_are_checked_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        ForcingConfig(**{field: value})
+
+
+def test_teacher_forcing_noises_the_last_block_only_and_fills_the_error_buffer(monkeypatch):
+    pipe = build_pipeline(preset="tiny")
+    scheduler = FlowMatchScheduler("Wan")
+    scheduler.set_timesteps(1000, training=True)
+    settings = CausalSettings(block_frames=1, window=2)
+    seen = {}
+
+    def spy(dit, controller, noisy, timesteps, *args, **kwargs):
+        seen["timesteps"] = timesteps.clone()
+        return torch.zeros_like(noisy)
+    monkeypatch.setattr(forcing_lib, "model_fn_causal", spy)
+    latents, binary, magnitude = clip(4)
+    errors = ErrorBuffer(16)
+    config = ForcingConfig(teacher_forcing=1.0, context_noise=0.1, error_prob=1.0)
+    causal_loss(pipe.dit, pipe.action_controller, scheduler, latents, torch.zeros(2, 8, 32), binary, magnitude,
+                settings, config, errors, random.Random(0))
+    t = seen["timesteps"]  # (B, F)
+    assert (t[:, 0] == 0).all() and (t[:, 1:3] <= 100).all() and (t[:, 3] > 0).all()
+    assert len(errors) == 2  # one residual per frame in the loss: the last frame of each clip
+    diffusion = ForcingConfig(teacher_forcing=0.0, context_noise=0.0, error_prob=0.0)
+    torch.manual_seed(1)
+    causal_loss(pipe.dit, pipe.action_controller, scheduler, latents, torch.zeros(2, 8, 32), binary, magnitude,
+                settings, diffusion, None, random.Random(0))
+    assert (seen["timesteps"][:, 0] == 0).all() and len(set(seen["timesteps"][0, 1:].tolist())) == 3
+
+
+def test_the_loss_trains_the_dit_and_the_controller():
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0})
+    pipe.dit.train().requires_grad_(True)
+    pipe.action_controller.train().requires_grad_(True)
+    scheduler = FlowMatchScheduler("Wan")
+    scheduler.set_timesteps(1000, training=True)
+    latents = torch.randn(2, 48, 4, 4, 4)
+    _, binary, magnitude = clip(4)
+    loss = causal_loss(pipe.dit, pipe.action_controller, scheduler, latents, torch.zeros(2, 8, 32), binary,
+                       magnitude, CausalSettings(block_frames=1, window=2), ForcingConfig(), ErrorBuffer(8),
+                       random.Random(0))
+    loss.backward()
+    assert torch.isfinite(loss) and pipe.dit.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+    assert pipe.action_controller.action_embed[0].weight.grad.abs().sum() > 0

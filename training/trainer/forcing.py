@@ -1,0 +1,136 @@
+"""Block-causal training (``models.causal``): diffusion forcing with teacher forcing, noised context and an error
+buffer. One objective for the trainer (``--causal``) and the small-world recipe.
+
+Axis legend: B clips, C latent channels (48), F latent frames (frame 0 = the first image), h/w latent grid,
+T = F - 1 action steps, A actions (8).
+
+A training clip is the sink (frame 0) plus a window of ``window + block_frames`` consecutive frames taken anywhere
+in the video (``sample_window``): once a stream's window is full, that is exactly what a block sees, so a long video
+also teaches the model a first image far in the past. Per clip, one of two modes:
+
+    diffusion forcing (1 - teacher_forcing)  every block at its own noise level; the loss on every block
+    teacher forcing (teacher_forcing)        the last block noised, the earlier ones are context: clean frames plus
+                                             the defences below; the loss on the last block only
+
+Defences against the model's own errors (a stream conditions on what it generated, never on ground truth):
+    noised context  context frames at a small known noise level (timestep up to ``context_noise`` x 1000), so the
+                    model does not trust them pixel for pixel
+    error buffer    prediction residuals (predicted clean latent - true clean latent) of recent training steps are
+                    stored and, with probability ``error_prob`` per context frame, added to clean context frames
+                    (as Stable Video Infinity / Matrix-Game 3.0): the context then carries the model's own kind of
+                    error, without a rollout
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from models.causal import block_of_frames, model_fn_causal
+from models.options import CausalSettings
+
+
+@dataclass
+class ForcingConfig:
+    teacher_forcing: float = 0.5  # share of clips trained as "context + one noised block"
+    context_noise: float = 0.1  # max noise level (sigma) of context frames in teacher forcing; 0 = clean context
+    error_prob: float = 0.5  # chance a context frame gets a stored prediction residual; 0 = no error buffer
+    error_buffer: int = 256  # residuals kept (frames)
+
+    def __post_init__(self):
+        for name in ("teacher_forcing", "context_noise", "error_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if isinstance(self.error_buffer, bool) or not isinstance(self.error_buffer, int) or self.error_buffer < 1:
+            raise ValueError(f"error_buffer must be a positive integer, got {self.error_buffer!r}")
+
+
+class ErrorBuffer:
+    """The last ``size`` per-frame prediction residuals (C, h, w), on the CPU in float32."""
+
+    def __init__(self, size: int):
+        self.size, self.items, self.next = size, [], 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, residuals: torch.Tensor) -> None:
+        """(n, C, h, w) residuals of n frames."""
+        for residual in residuals.detach().to("cpu", torch.float32):
+            if len(self.items) < self.size:
+                self.items.append(residual)
+            else:
+                self.items[self.next] = residual
+            self.next = (self.next + 1) % self.size
+
+    def sample(self, rng: random.Random) -> torch.Tensor:
+        return self.items[rng.randrange(len(self.items))]
+
+
+def sample_window(latents: torch.Tensor, binary: torch.Tensor, magnitude: torch.Tensor, settings: CausalSettings,
+                  rng: random.Random):
+    """Frame 0 plus ``window + block_frames`` consecutive later frames (all of them when the clip is shorter), with
+    the actions that drive those frames. latents (B, C, F, h, w), actions (B, F-1, A) -> the same, cropped."""
+    frames = latents.shape[2]
+    span = settings.window + settings.block_frames
+    if frames <= 1 + span:
+        return latents, binary, magnitude
+    start = rng.randrange(1, frames - span + 1)  # the window's first frame
+    keep = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + span)])  # (1 + span,)
+    steps = keep[1:] - 1  # action t drives frame t + 1
+    return latents[:, :, keep], binary[:, steps], magnitude[:, steps]
+
+
+def causal_loss(dit, controller, scheduler, latents: torch.Tensor, context: torch.Tensor, binary: torch.Tensor,
+                magnitude: torch.Tensor, settings: CausalSettings, forcing: ForcingConfig,
+                errors: Optional[ErrorBuffer] = None, rng: Optional[random.Random] = None,
+                use_gradient_checkpointing: bool = False) -> torch.Tensor:
+    """The flow-matching loss of a block-causal clip. ``latents`` (B, C, F, h, w) clean, frame 0 the first image;
+    ``context`` (B, S, D_text); ``binary``/``magnitude`` (B, F-1, A) scaled; ``scheduler`` in training mode
+    (diffsynth's Wan FlowMatchScheduler: sigma = timestep / 1000). Randomness: torch's RNG for noise and
+    timesteps, ``rng`` for the mode and the error buffer."""
+    rng = rng or random.Random(int(torch.randint(0, 2 ** 31, (1,))))
+    B, _, frames, _, _ = latents.shape
+    block = block_of_frames(frames, settings.block_frames).to(latents.device)  # (F,)
+    blocks = int(block.max())
+    teacher = torch.tensor([rng.random() < forcing.teacher_forcing for _ in range(B)], device=latents.device)  # (B,)
+    ids = torch.randint(0, len(scheduler.timesteps), (B, blocks))  # (B, blocks) per block
+    block_t = scheduler.timesteps[ids].to(latents.device, torch.float32)  # (B, blocks)
+    context_t = torch.rand(B, blocks, device=latents.device) * forcing.context_noise * 1000  # (B, blocks)
+    last = torch.arange(1, blocks + 1, device=latents.device) == blocks  # (blocks,)
+    block_t = torch.where(teacher[:, None] & ~last[None], context_t, block_t)  # (B, blocks)
+    timesteps = torch.cat([torch.zeros(B, 1, device=latents.device), block_t[:, block[1:] - 1]], 1)  # (B, F)
+    in_loss = torch.where(teacher[:, None], (block == blocks)[None], (block > 0)[None])  # (B, F)
+
+    clean = latents.clone()
+    if errors is not None and len(errors) and forcing.error_prob > 0:
+        for b in range(B):  # context frames of teacher-forced clips carry a recent residual of the model
+            for f in range(1, frames):
+                if teacher[b] and not in_loss[b, f] and rng.random() < forcing.error_prob:
+                    clean[b, :, f] += errors.sample(rng).to(clean.device, clean.dtype)
+    sigma = (timesteps / 1000).to(latents.dtype)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+    noise = torch.randn_like(latents)
+    noisy = (1 - sigma) * clean + sigma * noise  # (B, C, F, h, w); frame 0 stays clean (sigma 0)
+    prediction = model_fn_causal(dit, controller, noisy, timesteps, context, settings, binary, magnitude,
+                                 use_gradient_checkpointing)  # (B, C, F, h, w)
+    target = noise - latents  # the velocity towards the true clip
+    weights = _weights(scheduler, timesteps)  # (B, F)
+    per_frame = (prediction.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # (B, F)
+    mask = in_loss.float() * weights
+    loss = (per_frame * mask).sum() / in_loss.float().sum().clamp_min(1)
+    if errors is not None:
+        with torch.no_grad():
+            predicted_clean = noisy - sigma * prediction  # (B, C, F, h, w)
+            frames_in_loss = in_loss.nonzero()  # (n, 2): (clip, frame)
+            errors.add((predicted_clean - latents)[frames_in_loss[:, 0], :, frames_in_loss[:, 1]])  # (n, C, h, w)
+    return loss
+
+
+def _weights(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """(B, F) the scheduler's training weight of each frame's timestep (Wan: larger in the middle of the schedule)."""
+    table = scheduler.timesteps.to(timesteps.device)  # (1000,)
+    index = (table[None, None, :] - timesteps[..., None]).abs().argmin(-1)  # (B, F)
+    return scheduler.linear_timesteps_weights.to(timesteps.device)[index]
