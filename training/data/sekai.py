@@ -15,7 +15,8 @@ metadata.json (conventions incl.
 ``heading_frame``: use the same at inference), report.json + summary.md (every video and window, accepted or
 rejected with a reason), action_stats.json + action_hist.png.
 Rejection codes: missing_pose_file, bad_pose_file, nan_poses, poses_out_of_range, unreadable_video,
-pose_count_mismatch, too_short, error (whole video); vertical_motion, roll, static, video_ended (one window);
+pose_count_mismatch, too_short, tilt_near_vertical, error (whole video); implausible_motion, vertical_motion, roll,
+static, video_ended (one window);
 no_windows (a video whose windows were all rejected). A bad video never stops the batch.
 """
 from __future__ import annotations
@@ -41,6 +42,15 @@ from training.data.captions import clean_caption
 
 POSE_LIMIT = 1.0 + 1e-3  # Sekai translations are normalised to +-1; a little slack for float rounding
 VERTICAL_SHARE_MAX = 0.5  # reject a window when more of its path is vertical than this (no action channel)
+# An interval moving implausibly far for its clip (a 180-degree Euler flip of a pose estimator, a tracking jump) is
+# no flight: its window is rejected. Limits per clip: RELATIVE_LIMIT x the clip's 95th percentile (a floor of
+# MOTION_FLOOR x the action threshold keeps a near-static clip from rejecting its own small moves), never above
+# the absolute caps (a drone does not turn 45 degrees or cross a quarter of the scene in 4 frames).
+RELATIVE_LIMIT = 8.0
+MOTION_FLOOR = 10.0
+ROTATION_CAP_DEG = 45.0  # per 4-frame interval
+TRANSLATION_CAP = 0.25  # per 4-frame interval, Sekai-normalised units (poses stay within +-1)
+TILT_MAX_DEG = 70.0  # --heading_frame: a camera this close to straight down has no usable heading
 ROLL_SHARE_MAX = 0.5  # ... or when roll is more than this share of all rotation
 
 
@@ -125,8 +135,33 @@ def window_starts(num_poses: int, span: int, stride: int) -> list[int]:
     return list(range(0, num_poses - span + 1, stride))
 
 
-def check_window(motion: dict[str, np.ndarray], actions: np.ndarray, tau_t: float, tau_r: float):
+def interval_sizes(motion: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per interval (T,): the rotation (degrees) and the translation (units) of ``measure_motion``'s output."""
+    rotation = np.sqrt(motion["yaw"] ** 2 + motion["pitch"] ** 2 + motion["roll"] ** 2)
+    translation = np.sqrt(motion["forward"] ** 2 + motion["right"] ** 2 + motion["down"] ** 2)
+    return rotation, translation
+
+
+def motion_limits(motion: dict[str, np.ndarray], tau_t: float, tau_r: float) -> dict[str, float]:
+    """The clip's plausible rotation and translation per interval (module constants), from all its intervals."""
+    rotation, translation = interval_sizes(motion)
+    return {"rotation_limit_deg": float(min(ROTATION_CAP_DEG, max(RELATIVE_LIMIT * np.percentile(rotation, 95),
+                                                                  MOTION_FLOOR * tau_r))),
+            "translation_limit": float(min(TRANSLATION_CAP, max(RELATIVE_LIMIT * np.percentile(translation, 95),
+                                                                MOTION_FLOOR * tau_t)))}
+
+
+def check_window(motion: dict[str, np.ndarray], actions: np.ndarray, tau_t: float, tau_r: float,
+                 limits: dict | None = None):
     """(code, detail) of why a window cannot be trained on, or None."""
+    if limits is not None:
+        rotation, translation = interval_sizes(motion)
+        for name, sizes, limit, unit in (("rotation", rotation, limits["rotation_limit_deg"], " degrees"),
+                                         ("translation", translation, limits["translation_limit"], "")):
+            if (sizes > limit).any():
+                k = int(np.argmax(sizes))
+                return "implausible_motion", (f"interval {k} has a {name} of {sizes[k]:.3g}{unit}, over the clip's "
+                                              f"limit of {limit:.3g}{unit} (a pose jump, not a flight)")
     horizontal = np.hypot(motion["forward"], motion["right"])  # (T,)
     path = np.sqrt(horizontal ** 2 + motion["down"] ** 2).sum()
     vertical = np.abs(motion["down"]).sum()
@@ -162,19 +197,26 @@ def plan_video(poses: np.ndarray, source_fps: float, settings: Settings) -> tupl
     median = pa.median_step(poses, spacing)
     tau_t, tau_r = pa.translation_threshold(median, step), pa.rotation_threshold(step)
     up, up_source, spread = pa.estimate_up(poses) if settings.heading_frame else (None, "camera", None)
+    if up is not None and pa.mean_tilt_deg(poses, up) > TILT_MAX_DEG:
+        raise Reject("tilt_near_vertical", f"--heading_frame: the cameras look {pa.mean_tilt_deg(poses, up):.0f} "
+                                           f"degrees down (over {TILT_MAX_DEG:g}): a camera rolling about its optical "
+                                           "axis reads as a downward camera yawing; convert without --heading_frame")
+    every = np.arange(0, len(poses), spacing)  # every interval of the clip: its own distribution of motion
+    limits = motion_limits(pa.measure_motion(poses[every], settings.heading_frame, up), tau_t, tau_r) \
+        if len(every) > 1 else None
     windows = []
     for start in starts:
         boundaries = start + pa.latent_indices(num_steps, step)
         motion = pa.normalise_spacing(pa.measure_motion(poses[boundaries], settings.heading_frame, up),
                                       num_steps, step)
         actions = pa.motion_to_actions(motion, tau_t, tau_r)
-        problem = check_window(motion, actions, tau_t, tau_r)
+        problem = check_window(motion, actions, tau_t, tau_r, limits)
         windows.append({"start": start, "frames": (start + np.round(step * np.arange(settings.frames))).astype(int),
                         "actions": actions, "status": "rejected" if problem else "ok",
                         "code": problem[0] if problem else None, "detail": problem[1] if problem else None})
     facts = {"step": step, "median_step": median, "tau_t": tau_t, "tau_r": tau_r, "up_source": up_source,
              "up": None if up is None else [round(float(v), 5) for v in up], "up_spread": spread,
-             "tilt_deg": None if up is None else round(pa.mean_tilt_deg(poses, up), 2)}
+             "tilt_deg": None if up is None else round(pa.mean_tilt_deg(poses, up), 2), **(limits or {})}
     return windows, facts
 
 
