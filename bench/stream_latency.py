@@ -20,7 +20,9 @@ soon as it is decoded: ``key_to_wire_ms``. ``block_ms`` excludes that JPEG and h
 its delivery thread); ``fps`` = 4 * block_frames / block_ms; ``fps_vs_chunked`` = fps / the chunked mode's (same
 mode, cells at the chunk's size only). Memory per stream: the K/V cache and the decoder's causal caches (bytes),
 on CUDA the memory the open stream holds and the peak while it runs. Random weights (bench/common.py): speed does
-not depend on them. The result (bench.schema) is rewritten after every cell (partial until the end).
+not depend on them. The result (bench.schema) is rewritten after every cell (partial until the end); a cell or
+chunked mode that fails is reported in ``details.failed`` and the run goes on (after a compiled cell fails, the
+later compiled cells are not run).
 """
 from __future__ import annotations
 
@@ -209,6 +211,11 @@ def run_chunked(pipe, size, frames: int, steps: int, runs: int, tiled: bool, syn
 
 
 # ---- the result ----------------------------------------------------------------------------------------------------
+def failed(results: dict, name: str, error: Exception) -> None:
+    results["failed"][name] = f"{type(error).__name__}: {error}"[:1000]
+    print(f"{name} FAILED: {results['failed'][name]}", flush=True)
+
+
 def figures(results: dict) -> list[dict]:
     specs = [(f"chunked.{mode}.{key}", unit) for mode in MODES for key, unit in CHUNK_FIGURES]
     specs += [(f"cells.{name}.{key}", unit) for name in results["cells"] for key, unit in CELL_FIGURES]
@@ -269,28 +276,43 @@ def main(argv=None) -> dict:
                "block_frames": args.block_frames, "windows": args.windows, "steps": args.steps, "modes": modes,
                "compile_mode": args.compile_mode, "blocks": blocks, "chunk_frames": args.chunk_frames,
                "chunk_runs": args.chunk_runs, "time_limit_s": args.time_limit,
-               "build_s": round(now(sync) - started, 2), "chunked": {}, "cells": {}}
+               "build_s": round(now(sync) - started, 2), "chunked": {}, "cells": {}, "failed": {}}
     print(f"{results['device']}: {results['preset']}, {len(cells)} cells", flush=True)
 
     chunk_steps = PRESETS["realtime"]["steps"]
     for mode in modes:
         if not deadline.allows(f"chunked {mode}"):
             continue
-        if mode == "compiled":
-            pipe.compile_for_inference(mode=args.compile_mode)  # the DiT blocks: what the chunked mode runs
-        chunked = run_chunked(pipe, sizes[0], args.chunk_frames, chunk_steps, args.chunk_runs, tiled, sync, device,
-                              handoff)
+        try:
+            if mode == "compiled":
+                pipe.compile_for_inference(mode=args.compile_mode)  # the DiT blocks: what the chunked mode runs
+            chunked = run_chunked(pipe, sizes[0], args.chunk_frames, chunk_steps, args.chunk_runs, tiled, sync,
+                                  device, handoff)
+        except Exception as error:  # one GPU run is precious: report, keep measuring the rest
+            failed(results, f"chunked {mode}", error)
+            continue
         results["chunked"][mode] = chunked
         print(f"chunked {mode} {chunked['size']} {chunk_steps} steps: chunk {chunked['chunk_ms']:.0f} ms, "
               f"{chunked['fps']:.2f} frames/s, key to wire {chunked['key_to_wire_ms']:.0f} ms", flush=True)
 
     spent: dict = {}  # (size, mode) -> seconds of the last such cell: the estimate for the next
+    broken: dict = {}  # mode -> the cell where it failed (compiled: later compiled cells are not run)
     for cell in cells:
         name = cell_name(cell)
         if not deadline.allows(name, spent.get((cell["size"], cell["mode"]), 0.0)):
             continue
+        if cell["mode"] in broken:
+            results["failed"][name] = f"not run: the {cell['mode']} mode failed in {broken[cell['mode']]}"
+            continue
         cell_started = now(sync)
-        out = run_cell(pipe, cell, blocks, tiled, sync, device, handoff, args.compile_mode)
+        try:
+            out = run_cell(pipe, cell, blocks, tiled, sync, device, handoff, args.compile_mode)
+        except Exception as error:  # a compile or memory failure: report it, keep measuring the other cells
+            compile_stream(pipe.dit, None)
+            failed(results, name, error)
+            if cell["mode"] == "compiled":
+                broken.setdefault("compiled", name)
+            continue
         spent[(cell["size"], cell["mode"])] = out["cell_s"] = round(now(sync) - cell_started, 2)
         chunked = results["chunked"].get(cell["mode"]) or results["chunked"].get("eager")
         if chunked and out["size"] == chunked["size"].rsplit("x", 1)[0]:

@@ -67,3 +67,28 @@ def test_stream_latency_small(tmp_path):
     assert figures["chunked.eager.key_to_wire_ms"][1] == "ms"
     assert f"{name}.peak_gpu_gb" not in figures  # null on CPU: left out
     assert written["details"]["cells"] == results["cells"] and written["details"]["skipped"] == []
+
+
+def test_a_failing_cell_is_reported_and_the_run_goes_on(tmp_path, monkeypatch):
+    """One GPU run is precious: a compiled cell that fails (a compiler error, out of memory) is reported in
+    details.failed, the later compiled cells are not run, and the eager cells are still measured."""
+    chunked = {"size": "32x32x5", "fps": 10.0, "chunk_ms": 400.0, "key_to_wire_ms": 400.0, "peak_gpu_gb": None}
+    monkeypatch.setattr(stream_latency, "run_chunked", lambda *args: dict(chunked))
+
+    def run_cell(pipe, cell, *args):
+        if cell["mode"] == "compiled":
+            raise RuntimeError("inductor says no")
+        return {"size": "32x32", "fps": 20.0, "block_ms": 200.0, "block_p90_ms": 210.0, "denoise_ms": 50.0,
+                "decode_ms": 140.0, "commit_ms": 10.0, "key_to_wire_ms": 120.0, "kv_cache_bytes": 512,
+                "decoder_cache_bytes": 1024, "stream_gpu_gb": None, "peak_gpu_gb": None}
+    monkeypatch.setattr(stream_latency, "run_cell", run_cell)
+    out = tmp_path / "stream.json"
+    results = stream_latency.main(["--small", "--sizes", "32x32", "--block_frames", "1", "--windows", "1",
+                                   "--steps", "1,2", "--modes", "eager,compiled", "--out", str(out)])
+    assert list(results["cells"]) == ["32x32_b1_w1_s1_eager", "32x32_b1_w1_s2_eager"]
+    assert results["failed"] == {"32x32_b1_w1_s1_compiled": "RuntimeError: inductor says no",
+                                 "32x32_b1_w1_s2_compiled": "not run: the compiled mode failed in "
+                                                            "32x32_b1_w1_s1_compiled"}
+    assert results["cells"]["32x32_b1_w1_s1_eager"]["fps_vs_chunked"] == 2.0
+    written = validate(json.loads(out.read_text()))
+    assert written["details"]["failed"] == results["failed"] and "note" not in written
