@@ -1,6 +1,6 @@
 """Combine the results of bench/gpu.sh's runs into OUT_DIR/results.json, one result (bench.schema) of its own:
 every part's figures, named ``<part>.<figure>`` (``chunk_latency.realtime_factor``,
-``controller_overhead.controller_overhead.adaln_tmod``, ...), and each part's whole result in ``details.benches``.
+``stream_latency.cells.480x832_b1_w3_s4_eager.fps``, ...), and each part's whole result in ``details.benches``.
 
     python -m bench.combine OUT_DIR
 """
@@ -12,7 +12,7 @@ import sys
 
 from bench.schema import command_line, figure, load_result, write_result
 
-PARTS = ("controller_overhead", "chunk_latency", "train_step")
+PARTS = ("controller_overhead", "chunk_latency", "stream_latency", "train_step")
 
 
 def load(folder: str, name: str) -> dict | None:

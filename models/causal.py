@@ -33,6 +33,8 @@ from .options import CausalSettings
 
 _ROPE_CACHE: dict = {}
 _ROPE_CACHE_SIZE = 16
+_COMPILED = "_stream_compiled_parts"  # the DiT attribute compile_stream sets
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # ---- positions and masks -------------------------------------------------------------------------------------
@@ -96,9 +98,9 @@ def _attention(q, k, v, heads: int, mask: Optional[torch.Tensor]) -> torch.Tenso
     return rearrange(out, "b n s d -> b s (n d)")
 
 
-def block_forward(block, x, context, t_mod, freqs, past_k=None, past_v=None, mask=None):
-    """``DiTBlock.forward`` with its self-attention extended by cached context (``past_k`` already rotated,
-    ``past_v``; (B, M, D)) and/or a mask. Returns (x (B, L, D), k before RoPE (B, L, D), v (B, L, D))."""
+def attention_inputs(block, x, t_mod, freqs):
+    """A DiT block up to its self-attention: (q rotated, k before RoPE, k rotated, v; (B, L, D) each) and the
+    modulations the rest of the block needs (gate_msa, shift_mlp, scale_mlp, gate_mlp; (B|1, L, D) each)."""
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         block.modulation.to(dtype=t_mod.dtype, device=t_mod.device) + t_mod).chunk(6, dim=2)  # (B|1, L, 1, D) each
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -107,14 +109,28 @@ def block_forward(block, x, context, t_mod, freqs, past_k=None, past_v=None, mas
     y = modulate(block.norm1(x), shift_msa, scale_msa)  # (B, L, D)
     q, k, v = attn.norm_q(attn.q(y)), attn.norm_k(attn.k(y)), attn.v(y)  # (B, L, D) each
     q_rot, k_rot = rope_apply(q, freqs, attn.num_heads), rope_apply(k, freqs, attn.num_heads)
+    return (q_rot, k, k_rot, v), (gate_msa, shift_mlp, scale_mlp, gate_mlp)
+
+
+def block_output(block, x, attended, context, gate_msa, shift_mlp, scale_mlp, gate_mlp):
+    """A DiT block after its self-attention: the attended values (B, L, D) -> the block's output (B, L, D)."""
+    x = block.gate(x, gate_msa, block.self_attn.o(attended))  # (B, L, D)
+    x = x + block.cross_attn(block.norm3(x), context)
+    return block.gate(x, gate_mlp, block.ffn(modulate(block.norm2(x), shift_mlp, scale_mlp)))  # (B, L, D)
+
+
+def block_forward(block, x, context, t_mod, freqs, past_k=None, past_v=None, mask=None, parts=None):
+    """``DiTBlock.forward`` with its self-attention extended by cached context (``past_k`` already rotated,
+    ``past_v``; (B, M, D)) and/or a mask. Returns (x (B, L, D), k before RoPE (B, L, D), v (B, L, D)).
+    ``parts``: (attention_inputs, block_output) to use instead of the eager ones (``compile_stream``)."""
+    before, after = parts or (attention_inputs, block_output)
+    (q_rot, k, k_rot, v), modulations = before(block, x, t_mod, freqs)
     if past_k is not None:
         k_rot, v_all = torch.cat([past_k, k_rot], dim=1), torch.cat([past_v, v], dim=1)  # (B, M+L, D)
     else:
         v_all = v
-    x = block.gate(x, gate_msa, attn.o(_attention(q_rot, k_rot, v_all, attn.num_heads, mask)))  # (B, L, D)
-    x = x + block.cross_attn(block.norm3(x), context)
-    x = block.gate(x, gate_mlp, block.ffn(modulate(block.norm2(x), shift_mlp, scale_mlp)))  # (B, L, D)
-    return x, k, v
+    attended = _attention(q_rot, k_rot, v_all, block.self_attn.num_heads, mask)  # (B, L, D)
+    return after(block, x, attended, context, *modulations), k, v
 
 
 def _timestep_modulation(dit, timesteps: torch.Tensor, tokens_per_frame: int):
@@ -193,11 +209,12 @@ def forward_block(dit, controller, latents: torch.Tensor, timestep: float, conte
     t, t_mod = _timestep_modulation(dit, timesteps, n)  # (1, L, D), (1, L, 6, D)
     positions = cache.block_positions(f)
     freqs = rope_table(dit, positions, h, w, x.device)  # (L, 1, D_head/2)
+    parts = getattr(dit, _COMPILED, None)  # compile_stream's (attention_inputs, block_output), else eager
     for block_idx, block in enumerate(dit.blocks):
         block_t_mod = _inject(controller, block_idx, t_mod, x, action_emb, f, n, True, first_frame_is_image)
         past_k, past_v = cache.context(block_idx, lambda k, pos: rope_apply(k, rope_table(dit, pos, h, w, x.device),
                                                                          block.self_attn.num_heads))
-        x, k, v = block_forward(block, x, context, block_t_mod, freqs, past_k, past_v)  # (B, L, D) each
+        x, k, v = block_forward(block, x, context, block_t_mod, freqs, past_k, past_v, parts=parts)  # (B, L, D)
         if write:
             cache.write(block_idx, k, v)
         x = _inject(controller, block_idx, t_mod, x, action_emb, f, n, False, first_frame_is_image)
@@ -205,3 +222,24 @@ def forward_block(dit, controller, latents: torch.Tensor, timestep: float, conte
         cache.advance(f)
     x = dit.head(x, t.expand(B, -1, -1))  # (B, L, C * 4)
     return dit.unpatchify(x, (f, h, w))  # (B, C, b, h, w)
+
+
+def compile_stream(dit, mode: Optional[str] = "default", backend="inductor") -> None:
+    """torch.compile the per-layer work of ``forward_block`` for this DiT, in place (``mode`` None: eager again).
+
+    Streams call ``block_forward`` on a block's submodules, never ``DiTBlock.forward``, so the pipeline's
+    ``compile_for_inference`` does not reach them. Compiled here is the block without its self-attention
+    (``attention_inputs``, ``block_output``): their shapes depend on the block's own tokens, never on the cached
+    context, which grows while the window fills. So nothing recompiles as the window fills or rolls: one graph per
+    block shape (a stream's first block compiles it; the first image's sink pass has ``block_frames`` 1's shape),
+    shared by all layers (parameters are graph inputs). The attention over the cache (a length that changes while
+    the window fills) stays eager: it is one kernel either way. ``backend``: torch.compile's (tests count graphs)."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"mode: expected one of {', '.join(COMPILE_MODES)} or None (eager), got {mode!r}")
+    if mode is None:
+        if hasattr(dit, _COMPILED):
+            delattr(dit, _COMPILED)
+        return
+    options = {"mode": mode} if backend == "inductor" else {}
+    setattr(dit, _COMPILED, tuple(torch.compile(part, backend=backend, dynamic=False, **options)
+                                  for part in (attention_inputs, block_output)))
