@@ -19,6 +19,7 @@ the step counts, a run is deterministic per seed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ from training.trainer.schedule import build_scheduler
 
 logger = logging.getLogger("training.toyworld")
 STATE_FILE = os.path.join("checkpoints", "toyworld_state.pt")
+LATENTS_FILE = os.path.join("checkpoints", "toyworld_latents.pt")
 DATA_FILE = "toyworld_data.npz"
 DEFAULT_PROMPT = "a drone flies over a green meadow with tall pillars at noon"
 SERVE_SAMPLE_INDEX = 2  # the demo opens on web/samples/synthetic-3.png (a desert: the most contrast), its prompt
@@ -299,9 +301,8 @@ class ToyRun:
             self.save_state()
         vae_stage.model.eval().requires_grad_(False)
         began = time.perf_counter()
-        latents = encode_clips(vae_stage, self.data["frames"], progress=a.progress)
-        held_latents = encode_clips(vae_stage, self.data["held_frames"], progress=False)
-        self.state["times"]["encode"] = time.perf_counter() - began
+        latents, held_latents = self.encoded(vae_stage)
+        self.state["times"].setdefault("encode", time.perf_counter() - began)
         if self.state["stage"] == "dit" and not a.export_only:
             self.run_stage("dit", dit_stage, lambda s: self._dit_batch(s, latents), plan["dit_steps"], a.dit_lr)
             self.state.update(stage="decoder", step=0)
@@ -326,6 +327,22 @@ class ToyRun:
             report[f"{name}_loss_last10pct"] = float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None
         self.write_world(report)
         return report
+
+    def encoded(self, vae_stage) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clips' latents with the trained encoder, kept in DIR/checkpoints (encoding long flights takes
+        minutes): reused while the encoder's weights and the data are the same, else encoded again."""
+        digest = hashlib.sha256(str(self.data["key"]).encode())
+        for name, tensor in sorted(vae_stage.model.encoder.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+        path = os.path.join(self.out, LATENTS_FILE)
+        if os.path.isfile(path):
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached["digest"] == digest.hexdigest():
+                return cached["latents"], cached["held_latents"]
+        latents = encode_clips(vae_stage, self.data["frames"], progress=self.a.progress)
+        held_latents = encode_clips(vae_stage, self.data["held_frames"], progress=False)
+        torch_save_atomic(path, {"digest": digest.hexdigest(), "latents": latents, "held_latents": held_latents})
+        return latents, held_latents
 
     def heldout_losses(self, dit_stage, held_latents, draws: int = 8) -> dict:
         """Held-out flow-matching loss with the true actions vs another clip's (``training.trainer.loss_probe``)."""
