@@ -64,9 +64,8 @@ class GpuMemory:
     def __init__(self, period_ms: int = 500):
         self.peak_mib, self.process = None, None
         if shutil.which("nvidia-smi"):
-            self.process = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                             f"-lms={period_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                            text=True)
+            query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", f"--loop-ms={period_ms}"]
+            self.process = subprocess.Popen(query, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             self.thread = threading.Thread(target=self._read, daemon=True)
             self.thread.start()
 

@@ -206,3 +206,46 @@ def test_the_shell_script_dry_run_prints_the_plan(tmp_path):
     assert any(line.startswith("train: ") and "--model_dir" in line for line in lines)
     assert any(line.startswith("flight: python -m server --model_dir") for line in lines)
     assert not (tmp_path / "out" / "real_weights.json").exists()
+
+
+def test_gpu_memory_is_the_peak_nvidia_smi_reported(tmp_path, monkeypatch):
+    fake_smi = tmp_path / "nvidia-smi"
+    fake_smi.write_text("#!/bin/sh\nfor mib in 100 2048 512; do echo $mib; done\nexec sleep 30\n")
+    fake_smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    sampler = rw.GpuMemory()
+    time.sleep(1.0)
+    assert sampler.stop() == round(2048 * 2**20 / 1e9, 3)  # MiB -> GB
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert rw.GpuMemory().stop() is None
+
+
+def test_merge_and_compare_on_the_generators_folder_format(tmp_path, monkeypatch):
+    """The merge step's CPU proxy: the generator's shards + index (the tiny DiT's keys), merge_lora with a LoRA on
+    one layer, then check_merge and the reload's weight comparison."""
+    import torch
+    from safetensors.torch import save_file
+
+    from models.model_dir import check_model_dir
+
+    dit = tuple((k, tuple(v.shape)) for k, v in build_tiny_pipeline(seed=0).dit.state_dict().items())
+    small = {"dit": dit, "vae": (("encoder.conv1.weight", (4, 3, 3, 3, 3)),),
+             "text_encoder": (("token_embedding.weight", (32, 8)),)}
+    monkeypatch.setattr(fake_model_dir, "component_tensors", small.__getitem__)
+    monkeypatch.setattr(fake_model_dir, "SHARD_BYTES_FP32", 400_000)
+    fake = tmp_path / "fake"
+    fake_model_dir.write_files(str(fake), fake_model_dir.layout_files("bf16"), log=lambda line: None)
+    assert len(list(fake.glob("diffusion_pytorch_model-*.safetensors"))) >= 2  # sharded, with an index
+    q = dict(dit)["blocks.0.self_attn.q.weight"]  # (out, in)
+    generator = torch.Generator().manual_seed(0)
+    lora = {"blocks.0.self_attn.q.lora_A.default.weight": torch.randn(4, q[1], generator=generator),
+            "blocks.0.self_attn.q.lora_B.default.weight": torch.randn(q[0], 4, generator=generator)}
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    merged = tmp_path / "merged"
+    assert merge_lora.main(["--model_dir", str(fake), "--lora_path", str(tmp_path / "lora.safetensors"),
+                            "--output_dir", str(merged)]) == 0
+    check_model_dir(str(merged))
+    assert rw.check_merge(str(merged))({}) == {"merged_modules": 1}
+    change = steps.weight_change(str(fake), str(merged))
+    assert change["blocks.0.self_attn.q.weight"] > 0.1
+    assert change["blocks.0.self_attn.o.weight"] == change["blocks.0.ffn.0.weight"] == 0.0
