@@ -1,10 +1,10 @@
 """``python -m models.fake_model_dir OUT [--dtype bf16|fp32] [--only dit,vae,text_encoder,tokenizer] [--seed 0]``
 
 Writes a folder in the original Wan2.2-TI2V-5B layout (``models.model_dir.MODEL_DIR_LAYOUT``) with RANDOM weights:
-the original file names, keys, shapes and dtypes, so diffsynth recognises every file exactly like the real one
-(it identifies a file by the MD5 of its sorted ``key:shape`` strings). For checking the real-weights path
-(``from_model_dir``, ``python -m server --model_dir``, ``training.train --model_dir``, ``training.merge_lora``)
-on a machine that cannot download the weights. What it writes:
+the original file names, keys and shapes (with ``--dtype fp32`` also its dtypes), so diffsynth recognises every file
+exactly like the real one (it identifies a file by the MD5 of its sorted ``key:shape`` strings). For checking the
+real-weights path (``from_model_dir``, ``python -m server --model_dir``, ``training.train --model_dir``,
+``training.merge_lora``) on a machine that cannot download the weights. What it writes:
 
     diffusion_pytorch_model-0000N-of-00003.safetensors   the DiT (``WAN_5B_DIT``), split at 10 GB of float32 per
                                                          shard as the original, written shard by shard

@@ -19,6 +19,7 @@ from bench import real_weights_steps as steps
 from bench.schema import load_result
 from models import fake_model_dir
 from models.media import probe_video
+from models.model_dir import check_model_dir
 from models.tiny import build_tiny_pipeline
 from server.settings import Settings
 from training import merge_lora
@@ -225,8 +226,6 @@ def test_merge_and_compare_on_the_generators_folder_format(tmp_path, monkeypatch
     one layer, then check_merge and the reload's weight comparison."""
     import torch
     from safetensors.torch import save_file
-
-    from models.model_dir import check_model_dir
 
     dit = tuple((k, tuple(v.shape)) for k, v in build_tiny_pipeline(seed=0).dit.state_dict().items())
     small = {"dit": dit, "vae": (("encoder.conv1.weight", (4, 3, 3, 3, 3)),),
