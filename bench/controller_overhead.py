@@ -18,7 +18,7 @@ from bench.common import device_name
 from bench.schema import command_line, figures_at, split, write_result
 from models.action_format import num_actions_for_frames
 from models.controller import INJECTION_TYPES, WanActionController
-from models.loading import WAN_5B_DIT
+from models.model_dir import WAN_5B_DIT
 from models.model_fn import model_fn_wan_action
 from models.pipeline import compile_dit_and_controller
 

@@ -35,8 +35,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .loading import WAN_5B_DIT
-from .model_dir import MODEL_DIR_LAYOUT
+from .model_dir import MODEL_DIR_LAYOUT, WAN_5B_DIT
 
 ROLES = tuple(MODEL_DIR_LAYOUT)  # dit, text_encoder, vae, tokenizer
 # diffsynth 2.1.12's registered MD5 and class for each Wan2.2-TI2V-5B file (its configs/model_configs.py).

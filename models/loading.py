@@ -17,16 +17,13 @@ from typing import Optional
 import torch
 
 from .controller import WanActionController
-from .model_dir import check_model_dir
+from .model_dir import WAN_5B_DIT, check_model_dir
 from .pipeline import WanActionPipeline
 from .small_world import load_small_world
 from .tiny import build_tiny_controller, build_tiny_pipeline
 
 PRESETS = ("tiny", "random-5b")
-# The Wan2.2-TI2V-5B DiT (diffsynth's registered config for it).
-WAN_5B_DIT = dict(dim=3072, num_heads=24, num_layers=30, ffn_dim=14336, in_dim=48, out_dim=48, text_dim=4096,
-                  freq_dim=256, eps=1e-6, patch_size=(1, 2, 2), has_image_input=False, seperated_timestep=True,
-                  require_clip_embedding=False, require_vae_embedding=False, fuse_vae_embedding_in_latents=True)
+
 
 
 def build_pipeline(*, preset: Optional[str] = None, world: Optional[str] = None, model_dir: Optional[str] = None,

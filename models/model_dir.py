@@ -1,4 +1,5 @@
-"""The original Wan2.2-TI2V-5B folder layout (as its publisher ships it) and the check of a folder against it.
+"""The original Wan2.2-TI2V-5B folder layout (as its publisher ships it), the DiT's settings, and the check of a
+folder against the layout.
 
 No torch or diffsynth here, so command lines can check a ``--model_dir`` before they load anything heavy.
 """
@@ -14,6 +15,12 @@ MODEL_DIR_LAYOUT = {
     "vae": "Wan2.2_VAE.pth",
     "tokenizer": "google/umt5-xxl/",
 }
+
+
+# The Wan2.2-TI2V-5B DiT (diffsynth's registered config for it).
+WAN_5B_DIT = dict(dim=3072, num_heads=24, num_layers=30, ffn_dim=14336, in_dim=48, out_dim=48, text_dim=4096,
+                  freq_dim=256, eps=1e-6, patch_size=(1, 2, 2), has_image_input=False, seperated_timestep=True,
+                  require_clip_embedding=False, require_vae_embedding=False, fuse_vae_embedding_in_latents=True)
 
 
 def find_missing_model_files(model_dir: str) -> list[str]:

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from models import fake_model_dir as fake
-from models.loading import WAN_5B_DIT
-from models.model_dir import MODEL_DIR_LAYOUT, check_model_dir
+from models.model_dir import MODEL_DIR_LAYOUT, WAN_5B_DIT, check_model_dir
 
 # diffsynth 2.1.12's registered values for the Wan2.2-TI2V-5B files (issue 21), written out here on purpose: the
 # module's own REGISTERED must not be the only witness.
