@@ -7,9 +7,10 @@ against the frame budget 1/fps. ``--jpeg_sizes`` also times simplejpeg alone at 
 result (bench.schema); its device is the one the started server resolves (a server at ``--url``: unknown).
 
 ``--sample_s S`` also reads /metrics every S seconds during the flight: the server's chunk (a causal world: block)
-time, whole turns from ``wanfly_chunk_seconds``, its resident memory and stalls per interval (``samples``), and, for
-flights of two minutes or more, the first minute against the last (``flatness``: mean block time and RSS, and their
-ratios last / first; a flat flight has both near 1).
+time per interval, whole turns (``wanfly_chunk_seconds``) in wall time and in CPU time of its generation thread
+(``wanfly_chunk_cpu_seconds_total``: the work, apart from what other processes on a shared machine take), its
+resident memory and stalls (``samples``), and, for flights of two minutes or more, the first minute against the
+last (``flatness``: block time, block CPU time, median RSS, and their ratios last / first; flat is near 1).
 """
 from __future__ import annotations
 
@@ -56,43 +57,46 @@ async def sample(url: str, token: str | None, period: float, started: float, out
             pass
 
 
+def between(a: dict, b: dict) -> dict:
+    """Two /metrics samples -> the chunks (blocks) made between them, their mean whole-turn wall time and mean CPU
+    time of the generation thread (the work, apart from what other processes took), stalls."""
+    count = b.get("wanfly_chunk_seconds_count", 0) - a.get("wanfly_chunk_seconds_count", 0)
+    wall = b.get("wanfly_chunk_seconds_sum", 0) - a.get("wanfly_chunk_seconds_sum", 0)
+    cpu = b.get("wanfly_chunk_cpu_seconds_total", 0) - a.get("wanfly_chunk_cpu_seconds_total", 0)
+    return {"chunks": int(count), "chunk_ms_mean": round(1000 * wall / count, 2) if count else None,
+            "chunk_cpu_ms_mean": round(1000 * cpu / count, 2) if count else None,
+            "stalls": b.get("wanfly_stalls_total", 0) - a.get("wanfly_stalls_total", 0)}
+
+
 def intervals(samples: list) -> list[dict]:
-    """Consecutive /metrics samples -> per interval: end time, chunks (blocks) made, their mean whole-turn time,
-    stalls, the server's RSS at the end."""
-    rows = []
-    for (t0, a), (t1, b) in zip(samples, samples[1:]):
-        count = b.get("wanfly_chunk_seconds_count", 0) - a.get("wanfly_chunk_seconds_count", 0)
-        total = b.get("wanfly_chunk_seconds_sum", 0) - a.get("wanfly_chunk_seconds_sum", 0)
-        rows.append({"t_s": round(t1, 1), "chunks": int(count),
-                     "chunk_ms_mean": round(1000 * total / count, 1) if count else None,
-                     "stalls": b.get("wanfly_stalls_total", 0) - a.get("wanfly_stalls_total", 0),
-                     "rss_mb": round(b["process_resident_memory_bytes"] / 2**20, 1)
-                     if "process_resident_memory_bytes" in b else None})
-    return rows
+    """Consecutive /metrics samples -> per interval: its end, ``between``'s numbers, the server's RSS at the end."""
+    return [{"t_s": round(t1, 1), **between(a, b),
+             "rss_mb": round(b["process_resident_memory_bytes"] / 2**20, 1)
+             if "process_resident_memory_bytes" in b else None}
+            for (_, a), (t1, b) in zip(samples, samples[1:])]
 
 
 def flatness(samples: list, window_s: float = 60.0) -> dict | None:
-    """The first ``window_s`` seconds of the flight against the last: mean chunk (block) time and mean RSS of the
-    samples inside, their ratios last / first. None when the flight is shorter than two windows."""
-    if len(samples) < 3 or samples[-1][0] - samples[0][0] < 2 * window_s:
+    """The flight's first ``window_s`` seconds against its last: ``between``'s numbers from the samples nearest the
+    window's ends, the median RSS of the samples in it (the one at the flight's start, before its stream, aside),
+    and the ratios last / first. None when the flight is shorter than two windows."""
+    if len(samples) < 4 or samples[-1][0] - samples[0][0] < 2 * window_s:
         return None
-    end = samples[-1][0]
+    start, end = samples[0][0], samples[-1][0]
 
     def window(lo: float, hi: float) -> dict:
-        inside = [s for s in samples if lo - 1e-6 <= s[0] <= hi + 1e-6]
-        (t0, a), (t1, b) = inside[0], inside[-1]
-        count = b["wanfly_chunk_seconds_count"] - a["wanfly_chunk_seconds_count"]
-        total = b["wanfly_chunk_seconds_sum"] - a["wanfly_chunk_seconds_sum"]
-        rss = [s[1]["process_resident_memory_bytes"] for s in inside if "process_resident_memory_bytes" in s[1]]
-        return {"from_s": round(t0, 1), "to_s": round(t1, 1), "chunks": int(count),
-                "chunk_ms_mean": round(1000 * total / max(count, 1), 2),
-                "rss_bytes_mean": round(float(np.mean(rss))) if rss else None,
-                "stalls": b.get("wanfly_stalls_total", 0) - a.get("wanfly_stalls_total", 0)}
-    first, last = window(samples[0][0], samples[0][0] + window_s), window(end - window_s, end)
-    rss_ratio = None if not first["rss_bytes_mean"] or not last["rss_bytes_mean"] else \
-        round(last["rss_bytes_mean"] / first["rss_bytes_mean"], 4)
-    return {"first_minute": first, "last_minute": last,
-            "chunk_ms_ratio": round(last["chunk_ms_mean"] / first["chunk_ms_mean"], 4), "rss_ratio": rss_ratio}
+        a = min(samples, key=lambda s: abs(s[0] - lo))
+        b = min(samples, key=lambda s: abs(s[0] - hi))
+        rss = [m["process_resident_memory_bytes"] for t, m in samples[1:]
+               if a[0] < t <= b[0] and "process_resident_memory_bytes" in m]
+        return {"from_s": round(a[0], 1), "to_s": round(b[0], 1), **between(a[1], b[1]),
+                "rss_bytes_median": round(float(np.median(rss))) if rss else None}
+    first, last = window(start, start + window_s), window(end - window_s, end)
+
+    def ratio(key):
+        return round(last[key] / first[key], 4) if first[key] and last[key] else None
+    return {"first_minute": first, "last_minute": last, "chunk_ms_ratio": ratio("chunk_ms_mean"),
+            "chunk_cpu_ms_ratio": ratio("chunk_cpu_ms_mean"), "rss_ratio": ratio("rss_bytes_median")}
 
 
 async def fly(url: str, seconds: float, token: str | None, result: dict) -> None:
@@ -204,8 +208,10 @@ def figures(report: dict) -> list[dict]:
                       + [(f"jpeg_only.{size}.{key}", unit) for size in report.get("jpeg_only", {})
                          for key, unit in (("ms", "ms"), ("bytes", "bytes"))]
                       + [(f"flight.flatness.{minute}_minute.{key}", unit) for minute in ("first", "last")
-                         for key, unit in (("chunk_ms_mean", "ms"), ("rss_bytes_mean", "bytes"), ("stalls", "count"))]
-                      + [(f"flight.flatness.{key}", "ratio") for key in ("chunk_ms_ratio", "rss_ratio")])
+                         for key, unit in (("chunk_ms_mean", "ms"), ("chunk_cpu_ms_mean", "ms"),
+                                           ("rss_bytes_median", "bytes"), ("stalls", "count"))]
+                      + [(f"flight.flatness.{key}", "ratio")
+                         for key in ("chunk_ms_ratio", "chunk_cpu_ms_ratio", "rss_ratio")])
 
 
 def main(argv=None) -> int:

@@ -252,6 +252,7 @@ class Engine:
                     self._cond.wait(timeout=item)
                 self._running = item if kind == "flight" else None
                 self._update_gauges()
+            cpu_started = time.thread_time()
             try:
                 self._run_flight(item) if kind == "flight" else self._run_job(item)
             except Exception:  # a failing chunk or job must not kill the worker
@@ -260,6 +261,8 @@ class Engine:
                     self.finish_flight(item)
                     item.notify(Error(code="generation_failed", message="generation failed; the flight was stopped"))
             finally:
+                if kind == "flight":  # the work itself, apart from what other processes took of the CPU
+                    self.metrics.inc("wanfly_chunk_cpu_seconds_total", time.thread_time() - cpu_started)
                 with self._cond:
                     self._running = None
                     if kind == "flight" and item.stopped:  # it stopped during its turn: its stream goes now

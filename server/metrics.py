@@ -23,6 +23,8 @@ COUNTERS = {
     "wanfly_first_frame_seconds_total": "time from a chunk's last denoising step to its first frame handed to the "
                                         "connection (streaming flights of chunked worlds)",
     "wanfly_chunks_delivered_total": "chunks counted in wanfly_first_frame_seconds_total",
+    "wanfly_chunk_cpu_seconds_total": "CPU time of the generation thread in flight chunks (blocks): the work, apart "
+                                      "from the CPU other processes take (with --threads 1, all of it on CPU)",
 }
 GAUGES = {
     "wanfly_sessions_active": "flight sessions generating",

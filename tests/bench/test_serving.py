@@ -57,27 +57,32 @@ def test_main_writes_the_result(tmp_path, monkeypatch):
     assert {f["name"] for f in written["figures"]} >= {"flight.chunk_ms_p90", "flight.server_stalls"}
 
 
-def metrics_at(count, total, rss, stalls=0):
+def metrics_at(count, total, cpu, rss, stalls=0):
     return {"wanfly_chunk_seconds_count": count, "wanfly_chunk_seconds_sum": total,
-            "process_resident_memory_bytes": rss, "wanfly_stalls_total": stalls}
+            "wanfly_chunk_cpu_seconds_total": cpu, "process_resident_memory_bytes": rss, "wanfly_stalls_total": stalls}
 
 
 def test_flatness_compares_the_first_minute_with_the_last():
-    # 2 blocks/s; blocks take 0.15 s in the first minute, 0.18 s later; RSS grows 100 -> 110 MB
-    samples, count, total = [], 0, 0.0
+    # 2 blocks/s; blocks take 0.15 s (0.1 s of CPU) in the first minute, 0.18 s (0.1 s) later; RSS 100 -> 110 MiB
+    samples, count, total, cpu = [], 0, 0.0, 0.0
     for t in range(0, 181, 30):
-        samples.append((float(t), metrics_at(count, total, (100 + 10 * (t >= 120)) * 2**20, stalls=t // 60)))
-        count, total = count + 60, total + 60 * (0.15 if t < 60 else 0.18)
+        rss = (90 if t == 0 else 100 + 10 * (t >= 120)) * 2**20  # before the flight's stream: less
+        samples.append((float(t), metrics_at(count, total, cpu, rss, stalls=t // 60)))
+        count, total, cpu = count + 60, total + 60 * (0.15 if t < 60 else 0.18), cpu + 60 * 0.1
     flat = serving.flatness(samples)
-    assert flat["first_minute"]["chunk_ms_mean"] == 150.0 and flat["last_minute"]["chunk_ms_mean"] == 180.0
-    assert flat["chunk_ms_ratio"] == 1.2
-    assert flat["first_minute"]["rss_bytes_mean"] == 100 * 2**20
-    assert flat["rss_ratio"] == 1.1  # the samples at 120, 150 and 180 s
-    assert (flat["first_minute"]["stalls"], flat["last_minute"]["stalls"]) == (1, 1)
+    first, last = flat["first_minute"], flat["last_minute"]
+    assert (first["from_s"], first["to_s"], last["from_s"], last["to_s"]) == (0, 60, 120, 180)
+    assert (first["chunk_ms_mean"], last["chunk_ms_mean"], flat["chunk_ms_ratio"]) == (150.0, 180.0, 1.2)
+    assert (first["chunk_cpu_ms_mean"], flat["chunk_cpu_ms_ratio"]) == (100.0, 1.0)
+    assert first["rss_bytes_median"] == 100 * 2**20 and flat["rss_ratio"] == 1.1  # the start's 90 MiB aside
+    assert (first["stalls"], last["stalls"]) == (1, 1)
     assert serving.flatness(samples[:4]) is None  # 90 s: shorter than two minutes
     rows = serving.intervals(samples[:3])
-    assert rows == [{"t_s": 30.0, "chunks": 60, "chunk_ms_mean": 150.0, "stalls": 0, "rss_mb": 100.0},
-                    {"t_s": 60.0, "chunks": 60, "chunk_ms_mean": 150.0, "stalls": 1, "rss_mb": 100.0}]
+    assert rows == [{"t_s": 30.0, "chunks": 60, "chunk_ms_mean": 150.0, "chunk_cpu_ms_mean": 100.0, "stalls": 0,
+                     "rss_mb": 100.0},
+                    {"t_s": 60.0, "chunks": 60, "chunk_ms_mean": 150.0, "chunk_cpu_ms_mean": 100.0, "stalls": 1,
+                     "rss_mb": 100.0}]
     figures = {f["name"]: (f["value"], f["unit"]) for f in serving.figures({"flight": {"flatness": flat}})}
     assert figures["flight.flatness.chunk_ms_ratio"] == (1.2, "ratio")
-    assert figures["flight.flatness.last_minute.rss_bytes_mean"] == (flat["last_minute"]["rss_bytes_mean"], "bytes")
+    assert figures["flight.flatness.chunk_cpu_ms_ratio"] == (1.0, "ratio")
+    assert figures["flight.flatness.last_minute.rss_bytes_median"] == (110 * 2**20, "bytes")
