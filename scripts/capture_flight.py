@@ -3,7 +3,8 @@
 Starts ``python -m server`` (the toy world by default; options this script does not know go to the server, e.g.
 ``--generation causal``) on loopback, opens the UI in headless Chromium (Playwright, /usr/bin/chromium), holds a
 fixed key sequence (W, A, arrow left, arrow up, ...) on the player, then, with ``--presses N``, presses N keys more
-(held ~1 s, at random moments, so they fall at every phase of a chunk) and writes to OUT:
+(at random moments, so they fall at every phase of a chunk, each held until the UI has measured it) and writes to
+OUT:
     sheet.png        the player canvas every --every seconds, a row per key held, labelled
     flight.mp4       the server's recording of the flight (the frames the browser was sent)
     flight.json      the recording's actions per chunk + the key timeline + the measured numbers below
@@ -72,16 +73,23 @@ def fly(page, base_url: str, every: float) -> tuple[list[tuple[str, list[bytes]]
 
 
 def press(page, count: int, seed: int = 0) -> list[dict]:
-    """``count`` single key presses, each held 0.9-1.3 s (longer than a key takes to show, so the UI measures it)
-    after a random 0.4-1.0 s pause: their moments fall at every phase of a chunk."""
+    """``count`` single key presses after random 0.4-1.0 s pauses (so they fall at every phase of a chunk), each
+    held until the UI has measured it (its key-to-screen latency; a key released sooner would not be measured, which
+    would leave out the slow ones) or 5 s, then 0-0.3 s more."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     rng, presses = random.Random(seed), []
     for i in range(count):
         page.wait_for_timeout(int(rng.uniform(400, 1000)))
-        key = PRESS_KEYS[i % len(PRESS_KEYS)]
+        key, measured = PRESS_KEYS[i % len(PRESS_KEYS)], page.evaluate("window.wanfly.latencies.length")
         page.keyboard.down(key)
-        page.wait_for_timeout(int(rng.uniform(900, 1300)))
+        try:
+            page.wait_for_function(f"window.wanfly.latencies.length > {measured}", timeout=5000)
+            shown = True
+        except PlaywrightTimeout:
+            shown = False
+        page.wait_for_timeout(int(rng.uniform(0, 300)))
         page.keyboard.up(key)
-        presses.append({"key": key})
+        presses.append({"key": key, "shown_within_5_s": shown})
     return presses
 
 
@@ -159,7 +167,8 @@ def main(argv=None) -> int:
                "shown_fps": round(timeline[-1]["frames_shown_while_flying"] / timeline[-1]["t_s"], 2),
                "stalls": stats["stalls"], "server_stalls": stats["server_stalls"],
                "key_to_screen_ms": stats["latencies"], "key_to_screen_summary_ms": summary(stats["latencies"]),
-               "presses": len(presses), "banner": stats["world"]}
+               "presses": len(presses), "presses_not_shown_within_5_s": sum(not p["shown_within_5_s"] for p in presses),
+               "banner": stats["world"]}
     (out / "flight.json").write_text(json.dumps({"numbers": numbers, "keys": timeline, "presses": presses,
                                                  "recording": record}, indent=1))
     print(json.dumps(numbers, indent=1))
