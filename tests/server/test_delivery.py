@@ -1,6 +1,7 @@
 """server.delivery: what a flight receives from the delivery thread. Frame groups of a streaming flight go out as
 the VAE decodes them (ChunkFrames, then MoreFrames), a non-streaming flight gets each chunk whole, binary frames carry
-chunk and global frame indices, and a stop in the middle of a streamed chunk records exactly what was sent."""
+chunk and global frame indices, and a stop in the middle of a streamed chunk (or a causal block) records exactly what
+was sent, with the action steps those frames show."""
 import dataclasses
 import json
 import struct

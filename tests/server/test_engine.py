@@ -1,7 +1,9 @@
 """server.engine scheduling (narrow unit tests with a stand-in generator): round-robin, jobs alternating with flights,
 pacing (no running ahead of playback), a flight whose client is gone is dropped, a failing chunk stops its flight.
-What reaches a flight from the delivery thread is in test_delivery.py; the default path with the real pipeline in
-test_session.py."""
+Causal worlds with the real tiny stream: one stream per flight, one block per turn, round-robin between two flights,
+the stream closed on stop, error, disconnect and shutdown, the just-in-time rule (a fake clock), jobs block by block
+between flight blocks. What reaches a flight from the delivery thread is in test_delivery.py; the default path with
+the real pipeline in test_session.py."""
 import dataclasses
 import json
 import threading
