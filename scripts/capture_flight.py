@@ -1,23 +1,31 @@
 """Fly a world in a real browser and keep what it showed: ``python scripts/capture_flight.py --out docs/flight``.
 
-Starts ``python -m server`` (the toy world by default) on loopback, opens the UI in headless Chromium (Playwright,
-/usr/bin/chromium), holds a fixed key sequence (W, A, arrow left, arrow up, ...) on the player and writes to OUT:
+Starts ``python -m server`` (the toy world by default; options this script does not know go to the server, e.g.
+``--generation causal``) on loopback, opens the UI in headless Chromium (Playwright, /usr/bin/chromium), holds a
+fixed key sequence (W, A, arrow left, arrow up, ...) on the player, then, with ``--presses N``, presses N keys more
+(at random moments, so they fall at every phase of a chunk, each held until the UI has measured it) and writes to
+OUT:
     sheet.png        the player canvas every --every seconds, a row per key held, labelled
     flight.mp4       the server's recording of the flight (the frames the browser was sent)
     flight.json      the recording's actions per chunk + the key timeline + the measured numbers below
 Measured: chunk generation time (``gen_ms`` of every chunk message), frames shown per second in the browser,
-stalls, key-to-screen latency; printed and stored in flight.json. Needs the ``dev`` extra (playwright).
+stalls (the browser's player and the server's count), key-to-screen latency (the UI's own measure: key down to the
+first frame drawn of the first chunk whose actions have that key; median, p90, max); printed and stored in
+flight.json. Needs the ``dev`` extra (playwright).
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import random
 import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from server.testing import server_process
@@ -30,6 +38,7 @@ CHROMIUM = "/usr/bin/chromium"
 SEQUENCE = (("W: forward", ("KeyW",), 4.0), ("A: left", ("KeyA",), 4.0), ("Left arrow: yaw left", ("ArrowLeft",), 4.0),
             ("Right arrow: yaw right", ("ArrowRight",), 4.0), ("Up arrow: pitch up", ("ArrowUp",), 4.0),
             ("S: back", ("KeyS",), 4.0))
+PRESS_KEYS = ("KeyW", "KeyA", "ArrowLeft", "KeyD", "ArrowRight", "KeyS", "ArrowUp", "ArrowDown")
 TIMEOUT_MS = 120_000
 
 
@@ -63,6 +72,42 @@ def fly(page, base_url: str, every: float) -> tuple[list[tuple[str, list[bytes]]
     return rows, timeline
 
 
+def press(page, count: int, seed: int = 0) -> list[dict]:
+    """``count`` single key presses after random 0.4-1.0 s pauses (so they fall at every phase of a chunk), each
+    held until the UI has measured it (its key-to-screen latency; a key released sooner would not be measured, which
+    would leave out the slow ones) or 5 s, then 0-0.3 s more."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    rng, presses = random.Random(seed), []
+    for i in range(count):
+        page.wait_for_timeout(int(rng.uniform(400, 1000)))
+        key, measured = PRESS_KEYS[i % len(PRESS_KEYS)], page.evaluate("window.wanfly.latencies.length")
+        page.keyboard.down(key)
+        try:
+            page.wait_for_function(f"window.wanfly.latencies.length > {measured}", timeout=5000)
+            shown = True
+        except PlaywrightTimeout:
+            shown = False
+        page.wait_for_timeout(int(rng.uniform(0, 300)))
+        page.keyboard.up(key)
+        presses.append({"key": key, "shown_within_5_s": shown})
+    return presses
+
+
+def server_stalls(base_url: str) -> float:
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("wanfly_stalls_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def summary(values: list) -> dict:
+    if not values:
+        return {"count": 0}
+    return {"count": len(values), "median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
+            "max": float(max(values)), "min": float(min(values))}
+
+
 def contact_sheet(rows, path: Path, tile: int = 160) -> None:
     """One row of canvas captures per key (each ``tile`` pixels wide), its label on the left."""
 
@@ -89,22 +134,25 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="server torch threads (1: what python -m server uses on 2 cores, all but one; the browser "
                              "gets the other)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--presses", type=int, default=0, help="key presses at random moments after the sequence")
+    args, server_args = parser.parse_known_args(argv)
     from playwright.sync_api import sync_playwright
-
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with server_process("--world", args.world, "--gradio", "0", threads=args.threads,
+    with server_process("--world", args.world, "--gradio", "0", *server_args, threads=args.threads,
                         log_path=out / "server.log") as base_url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
         page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
         gen_ms = []
         page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: record_gen(payload, gen_ms)))
+        stalls_before = server_stalls(base_url)
         rows, timeline = fly(page, base_url, args.every)
+        presses = press(page, args.presses)
         stats = page.evaluate("({shown: window.wanfly.player.shown, stalls: window.wanfly.player.stalls, "
                               "latencies: window.wanfly.latencies, world: document.getElementById('banner')"
                               ".innerText})")
+        stats["server_stalls"] = server_stalls(base_url) - stalls_before
         page.screenshot(path=str(out / "page.png"))
         page.click("#stop")
         link = page.wait_for_selector("#rec-video", timeout=TIMEOUT_MS)
@@ -112,13 +160,17 @@ def main(argv=None) -> int:
         record = page.request.get(base_url + page.get_attribute("#rec-actions", "href")).json()
         browser.close()
     contact_sheet(rows, out / "sheet.png")
-    numbers = {"world": args.world, "server_threads": args.threads, "chunks": len(gen_ms),
+    numbers = {"world": args.world, "server_args": server_args, "server_threads": args.threads,
+               "generation": record.get("generation"), "chunks": len(gen_ms),
                "chunk_gen_ms_median": statistics.median(gen_ms) if gen_ms else None,
                "frames_shown": stats["shown"], "seconds_flown_with_keys": timeline[-1]["t_s"],
                "shown_fps": round(timeline[-1]["frames_shown_while_flying"] / timeline[-1]["t_s"], 2),
-               "stalls": stats["stalls"], "key_to_screen_ms": stats["latencies"], "banner": stats["world"]}
-    (out / "flight.json").write_text(json.dumps({"numbers": numbers, "keys": timeline, "recording": record},
-                                                indent=1))
+               "stalls": stats["stalls"], "server_stalls": stats["server_stalls"],
+               "key_to_screen_ms": stats["latencies"], "key_to_screen_summary_ms": summary(stats["latencies"]),
+               "presses": len(presses), "presses_not_shown_within_5_s": sum(not p["shown_within_5_s"] for p in presses),
+               "banner": stats["world"]}
+    (out / "flight.json").write_text(json.dumps({"numbers": numbers, "keys": timeline, "presses": presses,
+                                                 "recording": record}, indent=1))
     print(json.dumps(numbers, indent=1))
     return 0
 

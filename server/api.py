@@ -1,7 +1,9 @@
 """REST: ``POST /generate`` -> 202 job, ``GET /jobs/{id}``, ``GET /jobs/{id}/video``, recordings download.
 
 Validation errors are 422 in FastAPI's shape (``{"detail": [{"loc": ["body", field], "msg": ...}]}``) naming the
-field; a full job queue is 429 with ``Retry-After``. Jobs run on the engine's worker, alternating with flight chunks.
+field; a full job queue is 429 with ``Retry-After``. Jobs run on the engine's worker, alternating with flight chunks;
+a causal world makes a job through one stream, one block per turn, up to ``--max_job_frames`` (its num_frames must
+be whole blocks: 4 * block_frames * n + 1, else 422 naming num_frames).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from models.action_format import num_actions_for_frames, parse_actions
 from models.media import fit_image
 
 from .engine import EngineFull
-from .generators import GenRequest
+from .generators import GenRequest, check_video_steps
 from .images import decode_data_url, load_sample
 from .protocol import MAX_SEED
 
@@ -52,9 +54,10 @@ def build_request(body: GenerateBody, state) -> GenRequest:
     settings, world = state.settings, state.world
     if len(body.prompt) > settings.max_prompt_chars:
         raise invalid("prompt", f"{len(body.prompt)} characters, more than {settings.max_prompt_chars}")
-    max_frames = min(settings.max_job_frames, world.max_frames)
+    max_frames = job_frames_limit(settings, world)
     try:
         steps_needed = num_actions_for_frames(body.num_frames)
+        check_video_steps(world, steps_needed, "num_frames")
     except ValueError as error:
         raise invalid("num_frames", str(error)) from None
     if not 5 <= body.num_frames <= max_frames:
@@ -84,6 +87,11 @@ def build_request(body: GenerateBody, state) -> GenRequest:
         raise invalid(field, str(error)) from None
     return GenRequest(prompt=body.prompt, image=fit_image(image, world.width, world.height), actions=actions,
                       num_frames=body.num_frames, steps=steps, seed=body.seed, cfg_scale=cfg)
+
+
+def job_frames_limit(settings, world) -> int:
+    """The longest job: ``--max_job_frames``, and for chunked worlds what one generation can make."""
+    return settings.max_job_frames if world.max_frames is None else min(settings.max_job_frames, world.max_frames)
 
 
 def job_view(job, state) -> dict:

@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -34,7 +35,8 @@ from .images import list_samples
 from .metrics import Metrics
 from .recording import FileStore
 from .session import CLOSE_POLICY, Connection
-from .settings import Settings
+from .settings import DEFAULT_MAX_SESSIONS, Settings
+from .streams import StreamCost, block_play_s, derive_max_sessions, free_memory, measure_stream
 from .worlds import World, load_world, world_summary
 
 log = logging.getLogger("wanfly.app")
@@ -50,6 +52,7 @@ class AppState:
         self.results = FileStore(None, keep=settings.jobs_kept, prefix="wanfly-jobs-")
         self.engine: Engine | None = None
         self.load_error: str | None = None
+        self.stream_cost: StreamCost | None = None  # causal worlds: one stream's measured memory and block time
 
     @property
     def ready(self) -> bool:
@@ -62,8 +65,23 @@ class AppState:
             log.info("torch.compile enabled: the warm-up generation includes compilation")
         generator = PipelineGenerator(world)
         log.info("warm-up generation took %.2f s", warm_up(generator))
+        self.settings = replace(self.settings, max_sessions=self._max_sessions(generator))
         self.engine = Engine(generator, self.settings, self.metrics, self.recordings, self.results).start()
         self.metrics.set("wanfly_ready", 1)
+
+    def _max_sessions(self, generator) -> int:
+        """``--max_sessions``, or its default: 4 for chunked worlds, from one measured stream for causal ones."""
+        world, given = generator.world, self.settings.max_sessions
+        if not world.causal:
+            return given or DEFAULT_MAX_SESSIONS
+        self.stream_cost = cost = measure_stream(generator)
+        self.metrics.set("wanfly_stream_bytes", cost.bytes)
+        sessions, why = derive_max_sessions(cost, free_memory(world.device), block_play_s(world))
+        if given:
+            log.info("max_sessions %d (given); the default would be %s", given, why)
+            return given
+        log.info("max_sessions %s", why)
+        return sessions
 
     def load(self) -> None:
         try:
@@ -163,7 +181,8 @@ def public_config(state: AppState) -> dict:
         "limits": {"max_upload_bytes": s.max_upload_bytes, "max_message_bytes": s.max_message_bytes,
                    "max_prompt_chars": s.max_prompt_chars, "max_steps": s.max_steps,
                    "max_sessions": s.max_sessions, "max_waiting": s.max_waiting, "max_jobs": s.max_jobs,
-                   "max_job_frames": s.max_job_frames},
+                   "max_job_frames": s.max_job_frames,
+                   "stream_bytes": state.stream_cost.bytes if state.stream_cost else None},
         "samples": list_samples(s.web_dir),
         "token_required": s.token is not None,
         "gradio": s.gradio,

@@ -113,7 +113,9 @@ class Delivery:
         chunk = flight.open_chunk  # stopped mid-chunk: what the client was already sent belongs in the recording
         if chunk is not None and flight.stream and chunk.sent and not flight.closed:
             sent = np.concatenate(chunk.frames)[:chunk.sent]  # (n, H, W, 3)
-            self._record(flight, chunk.message.model_copy(update={"frames": len(sent)}), sent)
+            steps = steps_shown(len(sent), chunk.message.index == 0)  # the action steps of the frames sent
+            self._record(flight, chunk.message.model_copy(
+                update={"frames": len(sent), "actions": chunk.message.actions[:steps]}), sent)
         flight.open_chunk = None
         info = None
         if flight.recorder is not None and not flight.recording_failed:
@@ -123,3 +125,8 @@ class Delivery:
                 log.exception("closing the recording of flight %s failed", flight.id)
         if offer and not flight.closed:
             flight.notify(Recording.of() if info is None else Recording.of(**info))
+
+
+def steps_shown(frames: int, first: bool) -> int:
+    """Action steps whose frames are all among a chunk's first ``frames`` (4 per step, after the flight's frame 0)."""
+    return max(0, frames - int(first)) // 4

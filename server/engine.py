@@ -1,22 +1,30 @@
 """The engine: one generation worker thread owns the pipeline; flights and jobs share it.
 
     Generator        the interface between scheduling and a model (``server.generators``)
-    Engine           scheduling: up to ``max_sessions`` active flights served round-robin, one chunk each in turn,
-                     a bounded waiting line with positions, a bounded job queue; jobs alternate with flight chunks
+    Engine           scheduling: up to ``max_sessions`` active flights served round-robin, one chunk (or block)
+                     each in turn, a bounded waiting line with positions, a bounded job queue; job parts alternate
+                     with flight turns
     Delivery         JPEG encoding, hand-off to the connection and recording, on its own thread (``server.delivery``)
 
-A flight chunk is a TI2V generation of ``chunk_frames`` (4k+1) frames from the previous chunk's last frame (the
-uploaded image for the first) with k actions cut from the flight's input timeline. The first chunk sends all its
-frames, later ones drop their first frame (it repeats the previous chunk's last). A flight is due for its next
-chunk once at most one chunk of playback is left at the client (server-side estimate), so the next chunk is
-generated while the current one plays. JPEG encoding, recording and hand-off to the connection run on the
-delivery thread (``server.delivery``), and the hand-off (``flight.notify``) must never block: the worker never
-waits for a client.
+Chunked worlds: a flight chunk is a TI2V generation of ``chunk_frames`` (4k+1) frames from the previous chunk's last
+frame (the uploaded image for the first) with k actions cut from the flight's input timeline (averaged over the
+chunk's window). The first chunk sends all its frames, later ones drop their first frame (it repeats the previous
+chunk's last). A flight is due for its next chunk once at most one chunk of playback is left at the client
+(server-side estimate), so the next chunk is generated while the current one plays.
 
-Frames arrive from ``Generator.generate_stream`` in groups as the VAE decodes them (``models.streaming``); each
-group goes to the delivery thread at once, so JPEG encoding overlaps decoding. A flight created with
-``stream=True`` also gets each group on the wire at once; otherwise the chunk is handed over whole when it is
-complete.
+Causal worlds: a flight owns a ``models.stream.WorldStream`` (its K/V and decoder caches stay resident), opened at
+its first turn as an active flight and closed when it ends, whatever ends it (stop, disconnect, error, shutdown).
+Each turn makes ONE block (``block_frames`` latent frames, 4 video frames each) from the input state at the block's
+start (``InputTimeline.block_actions``); the first block also sends the first image (frame 0), later blocks repeat
+nothing. A flight is due just in time: when its client's playback left is down to ``Pacer.lead`` (the measured time
+of a block to its first frames, the turns that may run before it, ``--block_margin_s``), so a key shows about half a
+block plus the lead after it is pressed. Jobs run one block per turn too, alternating with flights.
+
+JPEG encoding, recording and hand-off to the connection run on the delivery thread (``server.delivery``), and the
+hand-off (``flight.notify``) must never block: the worker never waits for a client. Frames arrive in groups as the
+VAE decodes them (``models.streaming``); each group goes to the delivery thread at once, so JPEG encoding overlaps
+decoding. A flight created with ``stream=True`` also gets each group on the wire at once; otherwise the chunk is
+handed over whole when it is complete.
 """
 from __future__ import annotations
 
@@ -27,8 +35,9 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
+import numpy as np
 from PIL import Image
 
 from models.action_format import num_actions_for_frames
@@ -39,6 +48,8 @@ from .generators import Generator, GenRequest
 from .metrics import Metrics
 from .protocol import Chunk, Error, Queue
 from .recording import FileStore, write_mp4
+from .settings import DEFAULT_MAX_SESSIONS
+from .streams import Pacer, block_play_s
 
 log = logging.getLogger("wanfly.engine")
 STALL_TOLERANCE_S = 0.02
@@ -60,6 +71,8 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: Optional[float] = None
     done: threading.Event = field(default_factory=threading.Event)
+    parts: Optional[Iterator[np.ndarray]] = None  # Generator.generate_parts, while running
+    made: list = field(default_factory=list)  # the parts made so far, (n, H, W, 3) each
 
 
 class Engine:
@@ -70,14 +83,18 @@ class Engine:
         self.recordings = recordings or FileStore(settings.recordings_dir, keep=settings.recordings_kept)
         self.results = results or FileStore(None, keep=settings.jobs_kept, prefix="wanfly-jobs-")
         self.clock = clock
+        self.max_sessions = settings.max_sessions or DEFAULT_MAX_SESSIONS
         self.chunk_steps = num_actions_for_frames(self.world.chunk_frames)
         self.chunk_seconds = (self.world.chunk_frames - 1) / self.world.fps
+        self.pacer = Pacer(block_play_s(self.world), settings.block_margin_s) if self.world.causal else None
         self._cond = threading.Condition()
         self._active: list[Flight] = []
         self._waiting: deque[Flight] = deque()
         self._queued_jobs: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._rr = 0
+        self._running: Optional[Flight] = None  # the flight whose turn the worker is running (it uses its stream)
+        self._job: Optional[Job] = None  # the job being made, part by part
         self._job_turn = itertools.cycle((False, True))
         self._stopping = False
         self._worker = threading.Thread(target=self._run, name="wanfly-generation", daemon=True)
@@ -97,13 +114,17 @@ class Engine:
             self.remove_flight(flight)
         if self._worker.is_alive():
             self._worker.join(timeout=30)
+        job = self._job
+        if job is not None and job.parts is not None:  # frees its stream
+            job.parts.close()
+            self._end_job(job, "failed", "the server shut down")
         self._delivery.shutdown()
 
     # ---- flights -------------------------------------------------------------------------------------------
     def add_flight(self, flight: Flight) -> int:
         """Active at once (0) or the 1-based position in the waiting line; EngineFull beyond it."""
         with self._cond:
-            if len(self._active) < self.settings.max_sessions:
+            if len(self._active) < self.max_sessions:
                 self._active.append(flight)
                 position = 0
             elif len(self._waiting) < self.settings.max_waiting:
@@ -128,10 +149,19 @@ class Engine:
                 self._waiting.remove(flight)
             elif flight in self._active:
                 self._active.remove(flight)
+            if self._running is not flight:  # else the worker releases it when its turn ends
+                self._release(flight)
             self._promote(renumber=was_waiting)
             self._update_gauges()
             self._delivery.finish(flight, offer_recording)
             self._cond.notify_all()
+
+    def _release(self, flight: Flight) -> None:
+        """Close a stopped flight's stream (its caches go); under the lock, never while its turn runs."""
+        if flight.world_stream is not None:
+            flight.world_stream.close()
+            flight.world_stream = None
+            self.metrics.set("wanfly_streams_open", self.metrics.value("wanfly_streams_open") - 1)
 
     def remove_flight(self, flight: Flight) -> None:
         """The connection is gone: deliver nothing more and free everything."""
@@ -140,7 +170,7 @@ class Engine:
 
     def _promote(self, renumber: bool = False) -> None:
         """Fill free slots from the waiting line; tell everyone whose position changed."""
-        while self._waiting and len(self._active) < self.settings.max_sessions:
+        while self._waiting and len(self._active) < self.max_sessions:
             flight = self._waiting.popleft()
             self._active.append(flight)
             flight.notify(Queue(position=0))
@@ -181,21 +211,30 @@ class Engine:
         with self._cond:
             return {"active": len(self._active), "waiting": len(self._waiting), "jobs_queued": len(self._queued_jobs)}
 
+    def lead_s(self) -> float:
+        """Seconds of client playback left when an active flight becomes due (under the lock)."""
+        if self.pacer is None:
+            return self.chunk_seconds
+        others = max(0, len(self._active) - 1) + int(self._job is not None or bool(self._queued_jobs))
+        return self.pacer.lead(others)
+
     # ---- the worker ----------------------------------------------------------------------------------------
     def _pick(self):
         """(kind, item) to run now, or (None, seconds to wait)."""
-        now = self.clock()
+        now, lead = self.clock(), self.lead_s()
         flight, wait, next_rr = None, None, self._rr
         count = len(self._active)
         for offset in range(count):
             candidate = self._active[(self._rr + offset) % count]
-            due_in = candidate.play_end - self.chunk_seconds - now
+            due_in = candidate.play_end - lead - now
             if due_in <= 0:
                 flight, next_rr = candidate, (self._rr + offset + 1) % count
                 break
             wait = due_in if wait is None else min(wait, due_in)
-        if self._queued_jobs and (flight is None or next(self._job_turn)):
-            return "job", self._queued_jobs.popleft()
+        if (self._job is not None or self._queued_jobs) and (flight is None or next(self._job_turn)):
+            if self._job is None:
+                self._job = self._queued_jobs.popleft()
+            return "job", self._job
         if flight is not None:
             self._rr = next_rr
             return "flight", flight
@@ -211,7 +250,9 @@ class Engine:
                     if kind is not None:
                         break
                     self._cond.wait(timeout=item)
+                self._running = item if kind == "flight" else None
                 self._update_gauges()
+            cpu_started = time.thread_time()
             try:
                 self._run_flight(item) if kind == "flight" else self._run_job(item)
             except Exception:  # a failing chunk or job must not kill the worker
@@ -219,8 +260,17 @@ class Engine:
                 if kind == "flight":
                     self.finish_flight(item)
                     item.notify(Error(code="generation_failed", message="generation failed; the flight was stopped"))
+            finally:
+                if kind == "flight":  # the work itself, apart from what other processes took of the CPU
+                    self.metrics.inc("wanfly_chunk_cpu_seconds_total", time.thread_time() - cpu_started)
+                with self._cond:
+                    self._running = None
+                    if kind == "flight" and item.stopped:  # it stopped during its turn: its stream goes now
+                        self._release(item)
 
     def _run_flight(self, flight: Flight) -> None:
+        if self.world.causal:
+            return self._run_block(flight)
         raw, input_seq = flight.timeline.actions(self.chunk_steps)  # (k, 2, 8) raw
         request = GenRequest(prompt=flight.prompt, image=flight.last_frame, actions=raw,
                              num_frames=self.world.chunk_frames, steps=flight.steps, seed=flight.seed + flight.index,
@@ -242,6 +292,31 @@ class Engine:
         self.metrics.inc("wanfly_chunks_total")
         if chunk is not None and self._unless_stopped(flight, self._delivery.close_chunk, chunk, gen_s):
             flight.last_frame = Image.fromarray(last[-1])
+
+    def _run_block(self, flight: Flight) -> None:
+        """One block of a causal flight's stream (opened at its first turn), its groups delivered as decoded."""
+        started = time.perf_counter()
+        if flight.world_stream is None:
+            stream = self.generator.open_stream(flight.prompt, flight.last_frame, flight.seed, flight.steps)
+            with self._cond:  # a stop meanwhile: the worker's turn end releases it
+                flight.world_stream = stream
+                self.metrics.set("wanfly_streams_open", self.metrics.value("wanfly_streams_open") + 1)
+        raw, input_seq = flight.timeline.block_actions(self.world.causal_settings.block_frames)  # (b, 2, 8)
+        chunk, first_s = None, 0.0
+        for group in flight.world_stream.step_iter(raw):  # (n, H, W, 3) per latent frame; the cache write follows
+            if chunk is None:
+                first_s = time.perf_counter() - started
+                chunk = self._open_chunk(flight, raw, input_seq, first_s, {})
+            if chunk is None or not self._unless_stopped(flight, self._delivery.group, chunk, group):
+                return  # the flight stopped meanwhile: abandon the block
+        turn_s = time.perf_counter() - started
+        if chunk.message.index > 0:  # the first block also opened the stream and decoded the first image
+            self.pacer.observe(first_s, turn_s)
+        self.metrics.observe_chunk(turn_s)
+        self.metrics.inc("wanfly_chunks_total")
+        with self._cond:
+            self.metrics.set("wanfly_pacing_lead_seconds", self.lead_s())
+        self._unless_stopped(flight, self._delivery.close_chunk, chunk, turn_s)
 
     def _unless_stopped(self, flight: Flight, deliver: Callable, *args) -> bool:
         """Queue ``deliver(flight, *args)`` on the delivery thread unless the flight has stopped. Under the lock, so
@@ -270,16 +345,36 @@ class Engine:
             return flight.open_chunk
 
     def _run_job(self, job: Job) -> None:
-        job.status = "running"
+        """One part of a job (a causal world: one block; else the whole video); the video once all are made."""
         try:
-            frames = self.generator.generate(job.request, progress=lambda i, n: setattr(job, "progress", i / n * 0.95))
+            if job.parts is None:
+                job.status = "running"
+                job.parts = self.generator.generate_parts(
+                    job.request, progress=lambda i, n: setattr(job, "progress", i / n * 0.95))
+            part = next(job.parts, None)  # (n, H, W, 3); None: there are no more
+            if part is not None:
+                job.made.append(part)
+                if sum(len(made) for made in job.made) < job.request.num_frames:
+                    return  # more parts on later turns
+            job.parts.close()  # frees its stream now
+            frames = np.concatenate(job.made)  # (num_frames, H, W, 3)
             self.results.add(job.id)
             write_mp4(self.results.path(job.id, ".mp4"), frames, job.fps)
-            job.frames, job.progress, job.status = len(frames), 1.0, "done"
+            job.frames = len(frames)
+            self._end_job(job, "done")
         except Exception as error:
             log.exception("job %s failed", job.id)
-            job.status, job.error = "failed", f"{type(error).__name__}: {error}"
-        finally:
-            job.finished = time.time()
-            self.metrics.inc("wanfly_jobs_total", status=job.status)
-            job.done.set()
+            if job.parts is not None:
+                job.parts.close()
+            self._end_job(job, "failed", f"{type(error).__name__}: {error}")
+
+    def _end_job(self, job: Job, status: str, error: Optional[str] = None) -> None:
+        with self._cond:
+            if self._job is job:
+                self._job = None
+        job.status, job.error, job.made, job.parts = status, error, [], None
+        if status == "done":
+            job.progress = 1.0
+        job.finished = time.time()
+        self.metrics.inc("wanfly_jobs_total", status=job.status)
+        job.done.set()

@@ -2,7 +2,8 @@
 
 One offline generation with the same world loading, generator and mp4 writer as the server. ``--actions`` is a
 JSON file of raw ``(T, 2, 8)`` actions or a text timeline (``server.inputs.parse_action_spec``: ``forward:20``,
-``forward+yaw_left:10,hover:5``, ``forward=0.5:8``); the video has 4T+1 frames. World options as for
+``forward+yaw_left:10,hover:5``, ``forward=0.5:8``); the video has 4T+1 frames. A causal world makes it through one
+stream, T / block_frames blocks, of any length (T must be a multiple of block_frames). World options as for
 ``python -m server`` (``--world``, ``--model_dir``, ``--artifacts``, ``--device``, ``--height``, ...).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from models.action_format import num_frames_for_actions, parse_actions
 from models.media import fit_image
 
-from .generators import GenRequest, PipelineGenerator
+from .generators import GenRequest, PipelineGenerator, check_video_steps
 from .images import decode_image_bytes, load_sample
 from .inputs import parse_action_spec
 from .recording import write_mp4
@@ -27,7 +28,8 @@ from .settings import Settings
 from .worlds import check_world_args, load_world
 
 WORLD_OPTIONS = ("world", "model_dir", "artifacts", "device", "dtype", "world_seed", "threads", "height", "width",
-                 "fps", "steps", "cfg_scale", "action_guidance", "action_guidance_rescale", "web_dir")
+                 "fps", "steps", "cfg_scale", "action_guidance", "action_guidance_rescale", "generation",
+                 "block_frames", "window", "sink", "web_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
         world = load_world(settings)
         actions = load_actions(args.actions, world.full_scale)  # (T, 2, 8)
         num_frames = num_frames_for_actions(len(actions))
-        if num_frames > world.max_frames:
+        check_video_steps(world, len(actions), "actions")
+        if world.max_frames is not None and num_frames > world.max_frames:
             raise ValueError(f"actions: {len(actions)} steps make {num_frames} frames, more than {world.max_frames}")
         if args.image:
             with open(args.image, "rb") as f:

@@ -1,10 +1,17 @@
 """Generators: the interface between the engine's scheduling and a model.
 
     GenRequest         one generation: prompt, first frame, raw actions ``(T, 2, 8)``, frames, steps, seed, cfg
-    Generator          ``generate(GenRequest) -> (F, H, W, 3) uint8`` and ``generate_stream`` (groups as decoded)
-    PipelineGenerator  the real one, a ``WanActionPipeline`` (TI2V from a first frame), streaming its VAE decode
-                       (``models.streaming``) so the first frames of a chunk are ready before the whole chunk
-    warm_up            one chunk-sized generation at start, so the first user does not pay for lazy set-up
+    Generator          ``generate(GenRequest) -> (F, H, W, 3) uint8``, ``generate_parts`` (the same in parts, so
+                       the engine can take turns between them), ``generate_stream`` (a chunk's groups as decoded)
+                       and, for causal worlds, ``open_stream`` (a flight's ``models.stream.WorldStream``)
+    PipelineGenerator  the real one, a ``WanActionPipeline``: chunked worlds make TI2V chunks from a first frame,
+                       streaming the VAE decode (``models.streaming``) so a chunk's first frames are ready before the
+                       whole chunk; causal worlds make every video, flight or job, through one stream, block by block
+    warm_up            one chunk (or two blocks) at start, so the first user does not pay for lazy set-up
+
+A causal world's job of T action steps is T / block_frames blocks of one stream (1 + 4T frames, as a chunked
+generation); T must be a multiple of block_frames (``check_video_steps`` refuses it by name otherwise: padding with
+hover would make a video the caller did not ask for).
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from models.action_format import num_actions_for_frames
+from models.action_format import NUM_ACTIONS, num_actions_for_frames
 from models.media import video_to_frames
 
 from .worlds import World
@@ -49,6 +56,16 @@ class Generator(ABC):
             timings["denoised"] = time.perf_counter()
         yield frames
 
+    def generate_parts(self, request: GenRequest, progress: Callable[[int, int], None] = None) -> Iterator[np.ndarray]:
+        """``generate``'s frames in consecutive parts (a causal world: one block each; default: all at once). The
+        engine runs one part per turn; closing the iterator early frees what it holds."""
+        yield self.generate(request, progress)
+
+    def open_stream(self, prompt: str, image: Image.Image, seed: int, steps: int):
+        """A causal world's flight: a ``models.stream.WorldStream`` (``step_iter(actions (b, 2, 8))`` -> frame
+        groups, ``close()``). Chunked worlds have none."""
+        raise ValueError(f"generation: the world {self.world.name!r} is chunked; it has no streams")
+
 
 class PipelineGenerator(Generator):
     def __init__(self, world: World, decode_group: int = 1):
@@ -77,7 +94,34 @@ class PipelineGenerator(Generator):
                     tiled=world.tiled,
                     output_type="floatpoint", progress_bar_cmd=steps)
 
+    def open_stream(self, prompt: str, image: Image.Image, seed: int, steps: int):
+        world, causal = self.world, self.world.causal_settings
+        return world.pipe.open_stream(image, prompt, seed=seed, steps=steps, block_frames=causal.block_frames,
+                                      window=causal.window, sink=causal.sink, height=world.height, width=world.width,
+                                      action_guidance=world.action_guidance,
+                                      action_guidance_rescale=world.action_guidance_rescale, tiled=world.tiled,
+                                      keep_latents=False)  # nothing grows with the flight
+
+    def generate_parts(self, request: GenRequest, progress=None) -> Iterator[np.ndarray]:
+        if not self.world.causal:
+            yield self.generate(request, progress)
+            return
+        steps = num_actions_for_frames(request.num_frames)
+        check_video_steps(self.world, steps, "num_frames")
+        b = self.world.causal_settings.block_frames
+        actions = np.zeros((steps, 2, NUM_ACTIONS)) if request.actions is None else np.asarray(request.actions)
+        stream = self.open_stream(request.prompt, request.image, request.seed, request.steps)
+        try:
+            for block in range(steps // b):
+                yield stream.step(actions[block * b:(block + 1) * b])  # (1 + 4b | 4b, H, W, 3)
+                if progress is not None:
+                    progress(block + 1, steps // b)
+        finally:  # also when the caller stops early (GeneratorExit) or a block fails
+            stream.close()
+
     def generate(self, request: GenRequest, progress=None) -> np.ndarray:
+        if self.world.causal:
+            return np.concatenate(list(self.generate_parts(request, progress)))  # (1 + 4T, H, W, 3)
         chunk_steps = num_actions_for_frames(self.world.chunk_frames)
         total_steps = num_actions_for_frames(request.num_frames)
         if not self.world.autoregressive or total_steps <= chunk_steps:
@@ -107,15 +151,33 @@ class PipelineGenerator(Generator):
             yield video_to_frames(video)  # (n, H, W, 3)
 
 
+def check_video_steps(world: World, steps: int, field: str) -> None:
+    """A causal world makes videos of whole blocks: ``steps`` action steps must be a multiple of its block_frames
+    (ValueError naming ``field``)."""
+    b = world.causal_settings.block_frames
+    if world.causal and steps % b:
+        raise ValueError(f"{field}: this causal world makes blocks of {b} action steps ({4 * b} frames); {steps} "
+                         f"steps is not a multiple of {b} (videos have 4 * {b} * n + 1 frames)")
+
+
 def warm_up(generator: Generator) -> float:
-    """One chunk-sized generation, through the flight path (streaming decode), so the first flight does not pay
-    for lazy initialisation (kernels, caches, torch.compile); once per world. Returns the seconds it took (0 if
-    the world was already warm)."""
+    """One chunk-sized generation, through the flight path (streaming decode), or two blocks of a stream for a
+    causal world, so the first flight does not pay for lazy initialisation (kernels, caches, torch.compile); once
+    per world. Returns the seconds it took (0 if the world was already warm)."""
     world = generator.world
     if getattr(world, "warm", False):
         return 0.0
     started = time.perf_counter()
     image = Image.new("RGB", (world.width, world.height), (128, 128, 128))
+    if world.causal:
+        stream = generator.open_stream(world.prompt, image, 0, world.steps)
+        try:
+            for _ in range(2):  # the first block also decodes the first image; the second is a plain one
+                stream.step(np.zeros((world.causal_settings.block_frames, 2, NUM_ACTIONS)))
+        finally:
+            stream.close()
+        world.warm = True
+        return time.perf_counter() - started
     actions = np.zeros((num_actions_for_frames(world.chunk_frames), 2, 8))
     request = GenRequest(prompt=world.prompt, image=image, actions=actions, num_frames=world.chunk_frames, steps=1,
                          seed=0, cfg_scale=world.cfg_scale)

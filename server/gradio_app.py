@@ -11,8 +11,9 @@ import numpy as np
 from models.action_format import ACTION_NAMES, NUM_ACTIONS, num_frames_for_actions
 from models.media import fit_image
 
+from .api import job_frames_limit
 from .engine import EngineFull
-from .generators import GenRequest
+from .generators import GenRequest, check_video_steps
 from .images import list_samples, load_sample
 from .inputs import parse_action_spec
 
@@ -55,9 +56,10 @@ def build_blocks(state):
         try:
             actions = table_to_actions(table, world.full_scale)
             num_frames = num_frames_for_actions(len(actions))
-            if num_frames > min(settings.max_job_frames, world.max_frames):
+            check_video_steps(world, len(actions), "actions")
+            if num_frames > job_frames_limit(settings, world):
                 raise ValueError(f"actions: {len(actions)} steps make {num_frames} frames, more than "
-                                 f"{min(settings.max_job_frames, world.max_frames)}")
+                                 f"{job_frames_limit(settings, world)}")
             first = image if image is not None else load_sample(settings.web_dir, sample or world.sample)
             request = GenRequest(prompt=prompt or "", image=fit_image(first.convert("RGB"), world.width, world.height),
                                  actions=actions, num_frames=num_frames, steps=int(steps), seed=int(seed),

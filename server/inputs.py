@@ -12,6 +12,11 @@ latent frame of playback), and for each action in each interval:
 Two different actions at once (forward + yaw) are independent channels. Opposite actions held together
 (``OPPOSITE_PAIRS``: forward+back, ...) cancel: both are 0 in that interval.
 
+A causal world's block (``block_actions``) is cut just in time, when its frames are about to be needed, so it takes
+the input as of its cut instead of an average over a past window: an action is on when it is held at the cut
+(magnitude: its current one) or was pressed since the previous cut, even if released again (a tap shorter than a
+block is not lost; magnitude: the largest reported while pressed). Every step of the block gets that state.
+
 Full scale (raw units, the magnitude of a held key / a fully deflected stick) is
 ``models.action_format.full_scale_from_stats`` of the artifacts' ``action_stats`` (the evaluation suite commands
 the same magnitudes).
@@ -53,9 +58,11 @@ class InputTimeline:
         self.full_scale = np.asarray(full_scale, dtype=np.float64)  # (8,)
         self.interval_s = FRAMES_PER_LATENT / float(fps)
         self.clock = clock
-        self._samples: deque = deque(maxlen=MAX_SAMPLES)  # (server_time, seq, flags (8,), mags (8,))
+        self._samples: deque = deque(maxlen=MAX_SAMPLES)  # (server_time, seq, flags (8,), mags (8,), arrival)
         self._offset = math.inf
         self._last_t = -math.inf
+        self._count = 0  # samples added so far
+        self._cut_count = 0  # samples added before the previous block cut (block_actions)
         self._lock = threading.Lock()
 
     def add(self, seq: int, t_ms: float, flags: Sequence[int], mags: Sequence[float], received: float = None) -> None:
@@ -68,7 +75,9 @@ class InputTimeline:
             self._last_t = t
             self._offset = min(self._offset, received - t)
             flags_a = np.asarray(flags, dtype=np.float64)
-            self._samples.append((t + self._offset, int(seq), flags_a, np.asarray(mags, dtype=np.float64) * flags_a))
+            self._samples.append((t + self._offset, int(seq), flags_a, np.asarray(mags, dtype=np.float64) * flags_a,
+                                  self._count))
+            self._count += 1
 
     def actions(self, steps: int, end: float = None) -> tuple[np.ndarray, int]:
         """``(steps, 2, 8)`` raw float64 actions for the window ending at ``end`` (default now) and the seq of the
@@ -98,6 +107,38 @@ class InputTimeline:
         raw[:, 1] = np.where(binary, mean_mag * self.full_scale, 0.0)
         inside = [s[1] for s in samples if s[0] < end]
         return raw, (inside[-1] if inside else -1)
+
+    def block_actions(self, steps: int, end: float = None) -> tuple[np.ndarray, int]:
+        """A causal block's ``(steps, 2, 8)`` raw float64 actions cut at ``end`` (default now), every step the input
+        state as of the cut plus the actions pressed since the previous cut (module docstring), and the seq of the
+        last sample (-1 if none). "Since the previous cut" is by arrival: a sample received after it counts even
+        when its client time maps to just before it."""
+        end = self.clock() if end is None else end
+        with self._lock:
+            samples, since = list(self._samples), self._cut_count
+            self._cut_count = self._count
+            while len(self._samples) > 1 and self._samples[1][4] < self._count:  # keep the state at the cut
+                self._samples.popleft()
+        raw = np.zeros((steps, 2, NUM_ACTIONS))
+        if not samples:
+            return raw, -1
+        before = [s for s in samples if s[4] < since]
+        previous = before[-1][2] if before else np.zeros(NUM_ACTIONS)  # (8,) flags held at the previous cut
+        pressed, pressed_mag = np.zeros(NUM_ACTIONS, bool), np.zeros(NUM_ACTIONS)  # (8,) each
+        for _, _, flags, mags, _ in samples[len(before):]:  # the samples since the previous cut, in order
+            pressed |= (flags > 0) & (previous == 0)
+            pressed_mag = np.maximum(pressed_mag, mags)
+            previous = flags
+        last_t, last_seq, last_flags, last_mags, _ = samples[-1]
+        held = (last_flags > 0) & (end - last_t < STALE_AFTER_S)  # (8,) a vanished client stops flying
+        binary = held | pressed  # (8,)
+        for a, b in OPPOSITE_PAIRS:
+            if binary[a] and binary[b]:
+                binary[a] = binary[b] = False
+        magnitude = np.where(held, last_mags, pressed_mag)  # (8,) 0..1
+        raw[:, 0] = binary
+        raw[:, 1] = np.where(binary, magnitude * self.full_scale, 0.0)
+        return raw, last_seq
 
     def _prune(self, window_start: float) -> None:
         """Drop samples that ended before ``window_start`` (keep the one whose state reaches into the window)."""

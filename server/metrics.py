@@ -1,8 +1,10 @@
 """Prometheus metrics (text exposition format 0.0.4), thread-safe, no dependency."""
 from __future__ import annotations
 
+import os
 import threading
 from collections import defaultdict
+from typing import Optional
 
 CHUNK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 
@@ -19,8 +21,10 @@ COUNTERS = {
     "wanfly_jpeg_seconds_total": "time spent encoding JPEG frames",
     "wanfly_send_seconds_total": "time spent in WebSocket sends of frames",
     "wanfly_first_frame_seconds_total": "time from a chunk's last denoising step to its first frame handed to the "
-                                        "connection (streaming flights)",
+                                        "connection (streaming flights of chunked worlds)",
     "wanfly_chunks_delivered_total": "chunks counted in wanfly_first_frame_seconds_total",
+    "wanfly_chunk_cpu_seconds_total": "CPU time of the generation thread in flight chunks (blocks): the work, apart "
+                                      "from the CPU other processes take (with --threads 1, all of it on CPU)",
 }
 GAUGES = {
     "wanfly_sessions_active": "flight sessions generating",
@@ -28,6 +32,9 @@ GAUGES = {
     "wanfly_jobs_queued": "jobs waiting",
     "wanfly_connections": "open WebSocket connections",
     "wanfly_ready": "1 when the model is loaded",
+    "wanfly_streams_open": "causal worlds: flights' streams open (K/V and decoder caches resident)",
+    "wanfly_stream_bytes": "causal worlds: one stream's measured memory (server.streams.measure_stream)",
+    "wanfly_pacing_lead_seconds": "causal worlds: client playback left when a flight's next block starts",
 }
 
 
@@ -77,10 +84,25 @@ class Metrics:
                     lines.append(f"{name}{{{label_text}}} {v:g}" if label_text else f"{name} {v:g}")
             for name, help_text in GAUGES.items():
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {self._gauges.get(name, 0):g}"]
+            rss = resident_bytes()
+            if rss is not None:
+                name = "process_resident_memory_bytes"
+                lines += [f"# HELP {name} resident memory of the server process", f"# TYPE {name} gauge",
+                          f"{name} {rss}"]
             name = "wanfly_chunk_seconds"
-            lines += [f"# HELP {name} generation time of one flight chunk", f"# TYPE {name} histogram"]
+            lines += [f"# HELP {name} generation time of one flight chunk (a causal world: one block's whole turn)",
+                      f"# TYPE {name} histogram"]
             for bound, count in zip(CHUNK_BUCKETS, self._hist):
                 le = "+Inf" if bound == float("inf") else f"{bound:g}"
                 lines.append(f'{name}_bucket{{le="{le}"}} {count}')
             lines += [f"{name}_sum {self._hist_sum:.6f}", f"{name}_count {self._hist_count}"]
         return "\n".join(lines) + "\n"
+
+
+def resident_bytes() -> Optional[int]:
+    """This process's resident memory (Linux ``/proc/self/statm``), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

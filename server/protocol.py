@@ -139,6 +139,7 @@ class Ready(ServerModel):
     seed: int
     steps: int
     full_scale: list[float]
+    generation: Literal["chunked", "causal"]  # causal: chunks are the blocks of one stream (no repeated frame)
 
 
 class Queue(ServerModel):

@@ -82,9 +82,15 @@ class FlightRecorder:
         self.started = time.time()
 
     def add(self, chunk_meta: dict, frames: np.ndarray) -> None:
+        """One chunk's frames and its meta (``frames``, ``actions``: one step per 4 frames after the flight's frame
+        0); past ``max_frames`` the video is cut and the chunk's meta with it, so frames and steps still agree."""
         room = self.max_frames - self.video.count
         if room < len(frames):
             self.truncated = True
+            first = int(self.video.count == 0)
+            steps = max(0, room - first) // 4
+            room = min(room, first + 4 * steps)  # whole steps only
+            chunk_meta = {**chunk_meta, "frames": max(room, 0), "actions": chunk_meta["actions"][:steps]}
         if room > 0:
             self.video.write_frames(frames[:room])
             self.chunks.append(chunk_meta)

@@ -217,7 +217,8 @@ class Connection:
                         timeline=InputTimeline(world.full_scale, world.fps), notify=self.notify, stream=True,
                         meta={"weights": world.weights, "world": world.name, "width": world.width,
                               "height": world.height, "chunk_frames": world.chunk_frames,
-                              "cfg_scale": world.cfg_scale, "actions_names": list(ACTION_NAMES)})
+                              "cfg_scale": world.cfg_scale, "actions_names": list(ACTION_NAMES),
+                              "generation": world.generation, **causal_meta(world)})
         try:
             position = self.state.engine.add_flight(flight)
         except EngineFull as full:
@@ -227,7 +228,8 @@ class Connection:
         self.flight = flight
         self.send(Ready(session=flight.id, fps=world.fps, chunk_frames=world.chunk_frames, actions=list(ACTION_NAMES),
                         weights=world.weights, random_weights=world.random_weights, width=world.width,
-                        height=world.height, seed=seed, steps=steps, full_scale=list(world.full_scale)))
+                        height=world.height, seed=seed, steps=steps, full_scale=list(world.full_scale),
+                        generation=world.generation))
         if position:
             self.send(Queue(position=position))
 
@@ -238,3 +240,11 @@ class Connection:
         else:
             image = load_sample(s.web_dir, message.sample or world.sample)
         return fit_image(image, world.width, world.height)
+
+
+def causal_meta(world) -> dict:
+    """A causal world's stream settings, for the recording."""
+    if not world.causal:
+        return {}
+    c = world.causal_settings
+    return {"block_frames": c.block_frames, "window": c.window, "sink": c.sink}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from models.options import check_action_guidance, check_action_guidance_rescale
+from models.serve_config import GENERATIONS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "WANFLY_"
@@ -26,6 +27,8 @@ ENV_PREFIX = "WANFLY_"
 PRESETS: dict[str, dict] = {
     "realtime": {"height": 480, "width": 832, "chunk_frames": 17, "fps": 24, "steps": 4, "cfg_scale": 1.0},
 }
+DEFAULT_MAX_SESSIONS = 4  # chunked worlds, when --max_sessions is not given
+MAX_SESSIONS_CAP = 8  # causal worlds: the most flights the memory-derived default admits
 
 
 @dataclass
@@ -49,12 +52,17 @@ class Settings:
     cfg_scale: Optional[float] = None
     action_guidance: Optional[float] = None  # >= 1: amplify what the actions change (1 = off)
     action_guidance_rescale: Optional[float] = None  # 0..1: keep guided steps' contrast (0 = off)
+    generation: Optional[str] = None  # "chunked" | "causal" (one block-causal stream per flight, models.stream)
+    block_frames: Optional[int] = None  # causal: latent frames per block (4 video frames each)
+    window: Optional[int] = None  # causal: latent frames of context besides the sink
+    sink: Optional[bool] = None  # causal: the first image stays in context
     max_steps: int = 50
     preset: Optional[str] = None  # a name in PRESETS: fills the generation fields above that are left at None
     # speed
     compile: bool = False  # torch.compile the DiT blocks and the controller; compiled during the warm-up
     # capacity
-    max_sessions: int = 4  # flights generating at once (round-robin, one chunk each in turn)
+    max_sessions: Optional[int] = None  # flights generating at once (round-robin, one chunk or block each in
+    # turn); None: 4 for chunked worlds, from the measured per-stream memory for causal ones (server.streams)
     max_waiting: int = 8  # flights waiting for a turn; beyond: WebSocket close 1013
     max_jobs: int = 4  # REST/gradio jobs waiting; beyond: HTTP 429
     max_job_frames: int = 81
@@ -67,6 +75,8 @@ class Settings:
     max_message_bytes: int = 16 * 1024  # WebSocket messages other than "start"
     max_prompt_chars: int = 2000
     # streaming
+    block_margin_s: float = 0.1  # causal: a flight's next block starts when its client has the measured block
+    # time plus this much playback left (server.streams.Pacer): larger = fewer stalls, smaller = keys show sooner
     send_queue_frames: int = 48  # frames buffered per connection; older ones are dropped beyond it
     send_timeout_s: float = 10.0  # a send blocked this long closes the connection
     idle_timeout_s: float = 120.0  # no message for this long closes the connection
@@ -80,10 +90,19 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self):
-        for name in ("max_sessions", "max_steps", "max_job_frames", "send_queue_frames", "max_message_bytes",
+        for name in ("max_steps", "max_job_frames", "send_queue_frames", "max_message_bytes",
                      "max_upload_bytes", "max_prompt_chars", "jobs_kept", "recordings_kept"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_sessions is not None and self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.generation is not None and self.generation not in GENERATIONS:
+            raise ValueError(f"generation must be one of {list(GENERATIONS)}, got {self.generation!r}")
+        for name, low in (("block_frames", 1), ("window", 0)):
+            if getattr(self, name) is not None and getattr(self, name) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)}")
+        if not 0 <= self.block_margin_s <= 10:
+            raise ValueError(f"block_margin_s must be in 0..10 seconds, got {self.block_margin_s}")
         for name in ("max_waiting", "max_jobs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -9,6 +9,13 @@
 
 Pipelines come from ``models.loading.build_pipeline``. Settings fields that are not None (``--height``, ``--fps``,
 ...) override the world's defaults.
+
+A world generates ``"chunked"`` (each flight chunk a TI2V generation from the previous chunk's last frame) or
+``"causal"`` (a flight is one block-causal stream, ``models.stream``: blocks of ``block_frames`` latent frames, a
+``window`` of context and the first image as a ``sink``), as its ``serve.json`` says; ``--generation``,
+``--block_frames``, ``--window`` and ``--sink`` override it (the random preset and the real model are chunked unless
+told). A causal world's ``chunk_frames`` is ``4 * block_frames + 1``: its first block sends that many frames, like a
+first chunk, and every later block ``4 * block_frames``.
 """
 from __future__ import annotations
 
@@ -21,11 +28,11 @@ from models.action_format import FRAMES_PER_LATENT, full_scale_from_stats, num_a
 from models.artifacts import CONFIG_NAME
 from models.loading import build_pipeline
 from models.model_dir import check_model_dir
-from models.options import check_action_guidance, check_action_guidance_rescale
+from models.options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from models.serve_config import DEFAULT_PROMPT, SERVE_CONFIG_NAME, ServeConfig, load_serve_config
 
 from .images import list_samples
-from .settings import Settings
+from .settings import MAX_SESSIONS_CAP, Settings
 
 log = logging.getLogger("wanfly.worlds")
 
@@ -51,14 +58,23 @@ class World:
     device: str = "cpu"
     full_scale: tuple = ()
     full_scale_source: list = field(default_factory=list)
+    generation: str = "chunked"  # "chunked" | "causal" (models.serve_config.GENERATIONS)
+    causal_settings: CausalSettings = field(default_factory=CausalSettings)  # blocks, window, sink (causal only)
     warm: bool = False  # set by server.generators.warm_up
+
+    @property
+    def causal(self) -> bool:
+        return self.generation == "causal"
 
     @property
     def controller(self) -> bool:
         return getattr(self.pipe, "action_controller", None) is not None
 
     @property
-    def max_frames(self) -> int:
+    def max_frames(self) -> Optional[int]:
+        """The longest video one generation can make; None for a causal world (a stream has no end)."""
+        if self.causal:
+            return None
         controller = getattr(self.pipe, "action_controller", None)
         return FRAMES_PER_LATENT * controller.num_latent_frames + 1 if controller is not None else 81
 
@@ -112,7 +128,8 @@ def _folder_world(folder: str, device: str, dtype) -> World:
                  chunk_frames=serve.chunk_frames, fps=serve.fps, steps=serve.steps, cfg_scale=serve.cfg_scale,
                  action_guidance=serve.action_guidance, action_guidance_rescale=serve.action_guidance_rescale,
                  prompt=serve.prompt, sample=serve.sample, autoregressive=serve.autoregressive, device=device,
-                 weights=serve.weights or f"small world {name} (trained, low resolution)")
+                 weights=serve.weights or f"small world {name} (trained, low resolution)",
+                 generation=serve.generation, causal_settings=serve.causal_settings())
 
 
 # The toy world committed in the repository (``python -m training.toyworld``, docs/toyworld.md).
@@ -174,22 +191,51 @@ def load_world(settings: Settings) -> World:
     overrides = {name: getattr(settings, name) for name in ("height", "width", "chunk_frames", "fps", "steps",
                                                             "cfg_scale", "action_guidance", "action_guidance_rescale")
                  if getattr(settings, name) is not None}
-    world = replace(world, **overrides)
+    world = with_generation(replace(world, **overrides), settings)
     world.full_scale, world.full_scale_source = full_scale_from_stats(getattr(pipe, "action_stats", None))
     check_world(world, settings)
-    pipe.prompt_cache_size = max(getattr(pipe, "prompt_cache_size", 8),
-                                 2 * (settings.max_sessions + settings.max_waiting) + 4)
-    log.info("world %s: %s, %dx%d, chunk %d frames at %d fps, %d steps, cfg %.1f, action guidance %.1f "
-             "(rescale %.2f) on %s", world.name, world.weights, world.width, world.height, world.chunk_frames,
-             world.fps, world.steps, world.cfg_scale, world.action_guidance, world.action_guidance_rescale, device)
+    sessions = settings.max_sessions or MAX_SESSIONS_CAP
+    pipe.prompt_cache_size = max(getattr(pipe, "prompt_cache_size", 8), 2 * (sessions + settings.max_waiting) + 4)
+    log.info("world %s: %s, %dx%d, %s at %d fps, %d steps, cfg %.1f, action guidance %.1f (rescale %.2f) on %s",
+             world.name, world.weights, world.width, world.height, describe_generation(world), world.fps,
+             world.steps, world.cfg_scale, world.action_guidance, world.action_guidance_rescale, device)
     return world
+
+
+def describe_generation(world: World) -> str:
+    if not world.causal:
+        return f"chunked, {world.chunk_frames}-frame chunks"
+    c = world.causal_settings
+    return (f"causal, blocks of {FRAMES_PER_LATENT * c.block_frames} frames, window {c.window} latent frames"
+            f"{' + the first image' if c.sink else ''}")
+
+
+def with_generation(world: World, settings: Settings) -> World:
+    """The world with ``--generation``, ``--block_frames``, ``--window`` and ``--sink`` applied (ValueError naming a
+    bad one); a causal world's ``chunk_frames`` is its first block's frame count."""
+    generation = settings.generation or world.generation
+    given = {name: getattr(settings, name) for name in ("block_frames", "window", "sink")
+             if getattr(settings, name) is not None}
+    causal = replace(world.causal_settings, **given)  # CausalSettings checks each by name
+    if generation != "causal":
+        return replace(world, generation=generation, causal_settings=causal)
+    chunk_frames = FRAMES_PER_LATENT * causal.block_frames + 1
+    if settings.chunk_frames is not None and settings.chunk_frames != chunk_frames:
+        raise ValueError(f"chunk_frames: a causal world makes blocks of block_frames={causal.block_frames} latent "
+                         f"frames ({chunk_frames} frames in the first); set --block_frames, not --chunk_frames "
+                         f"(got {settings.chunk_frames})")
+    return replace(world, generation=generation, causal_settings=causal, chunk_frames=chunk_frames)
 
 
 def check_world(world: World, settings: Settings) -> None:
     world.pipe.check_shape(world.height, world.width, world.chunk_frames)
     if num_actions_for_frames(world.chunk_frames) < 1:
         raise ValueError(f"chunk_frames must be at least 5 (4k+1 with k >= 1), got {world.chunk_frames}")
-    if world.chunk_frames > world.max_frames:
+    if world.causal and not world.controller:
+        raise ValueError("generation: a causal world needs an action controller (--artifacts)")
+    if world.causal and world.cfg_scale != 1:
+        raise ValueError(f"cfg_scale: a causal world generates without text CFG (1), got {world.cfg_scale}")
+    if world.max_frames is not None and world.chunk_frames > world.max_frames:
         raise ValueError(f"chunk_frames {world.chunk_frames} exceeds the controller's {world.max_frames} frames")
     if not 1 <= world.fps <= 120:
         raise ValueError(f"fps must be in 1..120, got {world.fps}")
@@ -212,5 +258,7 @@ def world_summary(world: Optional[World]) -> dict:
             "chunk_frames": world.chunk_frames, "steps": world.steps, "cfg_scale": world.cfg_scale,
             "action_guidance": world.action_guidance, "action_guidance_rescale": world.action_guidance_rescale,
             "prompt": world.prompt, "sample": world.sample, "autoregressive": world.autoregressive,
+            "generation": world.generation, "block_frames": world.causal_settings.block_frames,
+            "window": world.causal_settings.window, "sink": world.causal_settings.sink,
             "full_scale": list(world.full_scale),
             "full_scale_source": world.full_scale_source, "max_frames": world.max_frames}

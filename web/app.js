@@ -59,7 +59,8 @@ async function init() {
   setInterval(updateStats, 250);
   // Guidance changes what a key does (hover + g x the key's effect), so a world that uses it says so.
   const guidance = world.action_guidance !== 1 ? `, action guidance ${world.action_guidance}` : "";
-  setStatus(`ready: ${world.name}, ${world.width}x${world.height}, ${world.fps} fps${guidance}`);
+  const causal = world.generation === "causal" ? ", one causal stream per flight" : "";
+  setStatus(`ready: ${world.name}, ${world.width}x${world.height}, ${world.fps} fps${causal}${guidance}`);
 }
 
 function showPreview() {

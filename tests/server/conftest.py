@@ -34,6 +34,12 @@ def random_world():
     return world
 
 
+@pytest.fixture(scope="session")
+def causal_world(random_world):
+    """The random world generating causally: one stream per flight, blocks of 4 frames (5 in the first)."""
+    return dataclasses.replace(random_world, generation="causal", chunk_frames=5)
+
+
 @pytest.fixture
 def make_client(random_world, tmp_path):
     """``make_client(world_overrides={...}, **settings)`` -> a started TestClient on the shared world.

@@ -5,6 +5,8 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from models.options import CausalSettings
+
 
 def forward(steps):
     return [[[1, 0, 0, 0, 0, 0, 0, 0], [0.01, 0, 0, 0, 0, 0, 0, 0]]] * steps
@@ -76,3 +78,25 @@ def test_queue_full_429_and_video_not_ready_409(make_client):
     assert third.headers["retry-after"]
     assert client.get(f"/jobs/{second.json()['id']}/video").status_code == 409
     assert wait_done(client, second.json()["id"])["status"] == "done"
+
+
+def test_a_causal_world_makes_jobs_of_any_length_through_one_stream(make_client):
+    client = make_client(world_overrides={"generation": "causal", "chunk_frames": 5}, max_job_frames=101)
+    assert client.get("/api/config").json()["world"]["max_frames"] is None  # a stream has no end
+    response = client.post("/generate", json={"prompt": "hills", "num_frames": 85, "steps": 1,
+                                              "actions": forward(21)})  # more than the chunked world's 81
+    assert response.status_code == 202, response.text
+    status = wait_done(client, response.json()["id"])
+    assert status["status"] == "done" and status["frames"] == 85
+    path = client.app.state.wanfly.results.find(status["id"], ".mp4")
+    assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 85
+
+
+def test_a_causal_job_must_be_whole_blocks(make_client):
+    client = make_client(world_overrides={"generation": "causal", "chunk_frames": 9,
+                                          "causal_settings": CausalSettings(block_frames=2)})
+    response = client.post("/generate", json={"prompt": "hills", "num_frames": 13, "steps": 1})  # 3 steps
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "num_frames"] and "not a multiple of 2" in detail["msg"]
+    assert client.post("/generate", json={"prompt": "hills", "num_frames": 17, "steps": 1}).status_code == 202

@@ -6,6 +6,7 @@ import server.app as app_module
 from models.action_format import ACTION_NAMES
 from models.pipeline import WanActionPipeline
 from server.bindings import KEYBOARD, check_bindings
+from server.streams import StreamCost
 
 
 def test_config_health_and_docs(make_client):
@@ -50,3 +51,19 @@ def test_compile_setting_compiles_before_the_warm_up(make_client, monkeypatch):
     client = make_client(world_overrides={"warm": False}, compile=True)
     assert client.get("/readyz").status_code == 200
     assert order == ["compile", "warm_up"]
+
+
+def test_max_sessions_default_chunked_4_causal_from_one_measured_stream(make_client, monkeypatch, caplog):
+    assert make_client().get("/api/config").json()["limits"]["max_sessions"] == 4
+    assert make_client().get("/api/config").json()["limits"]["stream_bytes"] is None
+    cost = StreamCost(bytes=300 * 2**20, source="test", block_s=0.05)
+    monkeypatch.setattr(app_module, "measure_stream", lambda generator: cost)
+    monkeypatch.setattr(app_module, "free_memory", lambda device: 2**30)  # 1 GiB: half of it holds 1 stream
+    causal = {"generation": "causal", "chunk_frames": 5}
+    with caplog.at_level("INFO", logger="wanfly.app"):
+        limits = make_client(world_overrides=causal).get("/api/config").json()["limits"]
+    assert (limits["max_sessions"], limits["stream_bytes"]) == (1, 300 * 2**20)
+    assert any("max_sessions 1 (one stream 300.0 MiB" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(app_module, "free_memory", lambda device: 64 * 2**30)
+    assert make_client(world_overrides=causal).get("/api/config").json()["limits"]["max_sessions"] == 5  # 250/50 ms
+    assert make_client(world_overrides=causal, max_sessions=7).get("/api/config").json()["limits"]["max_sessions"] == 7

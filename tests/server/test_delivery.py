@@ -1,7 +1,9 @@
 """server.delivery: what a flight receives from the delivery thread. Frame groups of a streaming flight go out as
 the VAE decodes them (ChunkFrames, then MoreFrames), a non-streaming flight gets each chunk whole, binary frames carry
-chunk and global frame indices, and a stop in the middle of a streamed chunk records exactly what was sent."""
+chunk and global frame indices, and a stop in the middle of a streamed chunk (or a causal block) records exactly what
+was sent, with the action steps those frames show."""
 import dataclasses
+import json
 import struct
 import threading
 import time
@@ -10,6 +12,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from models.options import CausalSettings
 from server.engine import Engine
 from server.flight import ChunkFrames, Flight, MoreFrames
 from server.generators import Generator
@@ -127,3 +130,70 @@ def test_non_streaming_flight_gets_each_chunk_whole(random_world, tmp_path):
     assert chunks[1].chunk.frames == 8 and chunks[1].chunk.gen_ms > 0
     header = struct.unpack(">II", chunks[1].frames[0][:8])  # the documented header: uint32 BE chunk, frame
     assert header == (1, 9) and simplejpeg.decode_jpeg(chunks[1].frames[0][8:]).shape == (64, 64, 3)
+
+
+class HeldStream:
+    """A causal stream stand-in: each block yields its latent frames' groups (frame 0 alone first, then 4 frames
+    per latent frame), frame i filled with i; waits on ``release`` before a block's last group."""
+
+    def __init__(self, block_frames, size, release):
+        self.block_frames, self.size, self.release, self.frame, self.closed = block_frames, size, release, 0, False
+
+    def _group(self, n):
+        frames = np.zeros((n, *self.size, 3), np.uint8) + np.arange(self.frame, self.frame + n, dtype=np.uint8)[
+            :, None, None, None]  # (n, H, W, 3)
+        self.frame += n
+        return frames
+
+    def step_iter(self, actions):
+        if self.frame == 0:
+            yield self._group(1)
+        for i in range(self.block_frames):
+            if i == self.block_frames - 1:
+                assert self.release.wait(10)
+            yield self._group(4)
+
+    def close(self):
+        self.closed = True
+
+
+class HeldStreamGenerator(Generator):
+    def __init__(self, world):
+        self.world, self.release, self.streams = world, threading.Event(), []
+
+    def generate(self, request, progress=None):
+        raise AssertionError("flights use streams")
+
+    def open_stream(self, prompt, image, seed, steps):
+        self.streams.append(HeldStream(self.world.causal_settings.block_frames, (self.world.height,
+                                                                                  self.world.width), self.release))
+        return self.streams[-1]
+
+
+def test_stop_in_the_middle_of_a_block_records_its_frames_and_steps_alike(causal_world, tmp_path):
+    """Blocks of 2 latent frames: the first block's frame 0 and first 4 frames went out, its last 4 frames were
+    still decoding when the flight stopped; the recording has those 5 frames and 1 action step, not 2."""
+    world = dataclasses.replace(causal_world, fps=1000, chunk_frames=9,
+                                causal_settings=CausalSettings(block_frames=2))
+    generator = HeldStreamGenerator(world)
+    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
+    events = []
+    solo = Flight(prompt="s", image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
+                  timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
+    engine.add_flight(solo)
+    engine.start()
+    try:
+        assert wait_for(lambda: len(events) >= 2)  # frames 0..4 sent, the block's last group still decoding
+        engine.finish_flight(solo)
+        generator.release.set()
+        assert wait_for(lambda: any(isinstance(e, Recording) for e in events))
+    finally:
+        generator.release.set()
+        engine.close()
+    first = events[0]
+    assert (first.chunk.frames, np.array(first.chunk.actions).shape) == (9, (2, 2, 8))
+    recording = next(e for e in events if isinstance(e, Recording))
+    assert (recording.frames, recording.chunks) == (5, 1)
+    record = json.loads((engine.recordings.folder / f"{recording.id}.json").read_text())
+    assert record["chunks"][0]["frames"] == 5 and len(record["chunks"][0]["actions"]) == 1
+    assert len(record["actions"]) == 1 and generator.streams[0].closed

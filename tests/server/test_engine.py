@@ -1,17 +1,22 @@
 """server.engine scheduling (narrow unit tests with a stand-in generator): round-robin, jobs alternating with flights,
 pacing (no running ahead of playback), a flight whose client is gone is dropped, a failing chunk stops its flight.
-What reaches a flight from the delivery thread is in test_delivery.py; the default path with the real pipeline in
-test_session.py."""
+Causal worlds with the real tiny stream: one stream per flight, one block per turn, round-robin between two flights,
+the stream closed on stop, error, disconnect and shutdown, the just-in-time rule (a fake clock), jobs block by block
+between flight blocks. What reaches a flight from the delivery thread is in test_delivery.py; the default path with
+the real pipeline in test_session.py."""
 import dataclasses
+import json
 import threading
 import time
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from server.engine import Engine
-from server.flight import ChunkFrames, Flight
-from server.generators import Generator, GenRequest
+from server.flight import ChunkFrames, Flight, MoreFrames
+from server.generators import Generator, GenRequest, PipelineGenerator
 from server.inputs import InputTimeline
 from server.protocol import Error, Queue, Recording
 from server.settings import Settings
@@ -120,3 +125,158 @@ def test_a_failing_chunk_stops_its_flight_with_an_error(random_world, tmp_path):
     error = next(e for e in events if isinstance(e, Error))
     assert error.code == "generation_failed" and "stopped" in error.message
     assert Recording.of() in events  # nothing was generated, so nothing was recorded
+
+
+# ---- causal worlds: one stream per flight, one block per turn ------------------------------------------------
+class CountingGenerator(PipelineGenerator):
+    """The real tiny pipeline; counts the streams it opens and closes, and can fail a flight's nth block."""
+
+    def __init__(self, world, fail_at=None):
+        super().__init__(world)
+        self.opened, self.closed, self.blocks, self.fail_at = [], [], [], fail_at
+
+    def open_stream(self, prompt, image, seed, steps):
+        stream = super().open_stream(prompt, image, seed, steps)
+        generator, step_iter, close = self, stream.step_iter, stream.close
+
+        def counted_step_iter(actions):
+            generator.blocks.append(prompt)
+            if generator.fail_at is not None and stream.blocks == generator.fail_at:
+                raise RuntimeError("out of memory")
+            yield from step_iter(actions)
+
+        def counted_close():
+            generator.closed.append(prompt)
+            close()
+        stream.step_iter, stream.close = counted_step_iter, counted_close
+        self.opened.append(prompt)
+        return stream
+
+
+def causal_engine(causal_world, tmp_path, fps=1000, fail_at=None, **settings):
+    torch.set_num_threads(1)  # as the server on 2 cores (conftest gives the test's own back)
+    generator = CountingGenerator(dataclasses.replace(causal_world, fps=fps), fail_at)
+    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False, **settings))
+    return engine, generator
+
+
+def causal_flight(name, world, events):
+    return Flight(prompt=name, image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
+                  timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
+
+
+def wait_for(predicate, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def chunks_of(events):
+    return [e.chunk for e in events if isinstance(e, ChunkFrames)]
+
+
+def test_a_causal_flight_is_one_stream_one_block_per_turn_recorded_as_sent(causal_world, tmp_path):
+    engine, generator = causal_engine(causal_world, tmp_path)
+    events = []
+    solo = causal_flight("solo", generator.world, events)
+    engine.add_flight(solo)
+    engine.start()
+    try:
+        assert wait_for(lambda: len(chunks_of(events)) >= 4)
+        engine.finish_flight(solo)
+        assert wait_for(lambda: any(isinstance(e, Recording) for e in events))
+    finally:
+        engine.close()
+    chunks = chunks_of(events)
+    assert [(c.index, c.frames, c.first_frame) for c in chunks[:3]] == [(0, 5, 0), (1, 4, 5), (2, 4, 9)]
+    assert all(np.array(c.actions).shape == (1, 2, 8) for c in chunks)  # one (block_frames, 2, 8) per block
+    sent = sum(len(e.frames) for e in events if isinstance(e, ChunkFrames | MoreFrames))
+    assert sent == 1 + 4 * len(chunks)  # frame 0 once, then 4 per block: nothing repeated
+    recording = next(e for e in events if isinstance(e, Recording))
+    assert (recording.frames, recording.chunks) == (sent, len(chunks))
+    record = json.loads((engine.recordings.folder / f"{recording.id}.json").read_text())
+    assert len(record["actions"]) == len(chunks) and record["frames"] == sent  # one step per 4 frames after frame 0
+    assert generator.opened == ["solo"] and generator.closed == ["solo"] and solo.world_stream is None
+    assert engine.metrics.value("wanfly_streams_open") == 0
+
+
+def test_two_causal_flights_take_turns_block_by_block(causal_world, tmp_path):
+    engine, generator = causal_engine(causal_world, tmp_path)
+    events = {"a": [], "b": []}
+    for name in "ab":
+        engine.add_flight(causal_flight(name, generator.world, events[name]))
+    engine.start()
+    try:
+        assert wait_for(lambda: len(generator.blocks) >= 8)
+    finally:
+        engine.close()
+    assert generator.blocks[:8] == list("abababab")  # one block each in turn
+    assert sorted(generator.opened) == ["a", "b"] and sorted(generator.closed) == ["a", "b"]  # closed at shutdown
+
+
+def test_a_causal_flight_stream_closes_on_error_and_disconnect_and_waiting_flights_hold_none(causal_world, tmp_path):
+    engine, generator = causal_engine(causal_world, tmp_path, fail_at=2, max_sessions=1)
+    failing_events, waiting_events = [], []
+    failing = causal_flight("failing", generator.world, failing_events)
+    waiting = causal_flight("waiting", generator.world, waiting_events)
+    engine.add_flight(failing)
+    assert engine.add_flight(waiting) == 1
+    engine.start()
+    try:
+        assert wait_for(lambda: any(isinstance(e, Error) for e in failing_events))  # its third block failed
+        assert wait_for(lambda: failing.world_stream is None) and generator.closed[:1] == ["failing"]
+        assert wait_for(lambda: len(chunks_of(waiting_events)) >= 1)  # the waiting flight took the free slot
+        engine.remove_flight(waiting)  # its connection is gone
+        assert wait_for(lambda: generator.closed == ["failing", "waiting"])
+    finally:
+        engine.close()
+    assert generator.opened == ["failing", "waiting"] and engine.metrics.value("wanfly_streams_open") == 0
+    assert next(e for e in failing_events if isinstance(e, Error)).code == "generation_failed"
+
+
+def test_a_causal_flight_is_due_when_its_playback_left_is_down_to_the_lead(causal_world, tmp_path):
+    now = [100.0]
+    world = dataclasses.replace(causal_world, fps=8)  # a block plays 4 / 8 = 0.5 s
+    engine = Engine(CountingGenerator(world), Settings(recordings_dir=str(tmp_path), gradio=False,
+                                                       block_margin_s=0.1), clock=lambda: now[0])
+    a, b = causal_flight("a", world, []), causal_flight("b", world, [])
+    engine.add_flight(a)
+    a.play_end = 101.0
+    with engine._cond:
+        assert engine.lead_s() == 0.5  # nothing measured yet: one block ahead
+        kind, wait = engine._pick()
+        assert kind is None and wait == pytest.approx(0.5)
+        engine.pacer.observe(0.15, 0.2)
+        assert engine.lead_s() == pytest.approx(0.25)  # the block's time to its first frames + the margin
+        now[0] = 100.74
+        assert engine._pick()[0] is None
+        now[0] = 100.75
+        assert engine._pick() == ("flight", a)
+    engine.add_flight(b)
+    b.play_end = 200.0
+    with engine._cond:
+        assert engine.lead_s() == pytest.approx(0.15 + 0.2 + 0.1)  # b's turn may come first
+        now[0] = 100.54
+        assert engine._pick()[0] is None
+        now[0] = 100.55
+        assert engine._pick() == ("flight", a)
+
+
+def test_a_causal_job_is_one_stream_made_block_by_block_between_flight_blocks(causal_world, tmp_path):
+    engine, generator = causal_engine(causal_world, tmp_path)
+    world = generator.world
+    engine.add_flight(causal_flight("flight", world, []))
+    actions = np.zeros((5, 2, 8))
+    actions[:, 0, 0], actions[:, 1, 0] = 1, 0.01  # forward
+    job = engine.submit_job(GenRequest("job", Image.new("RGB", (64, 64)), actions, 21, 1, 0, 1.0))
+    engine.start()
+    try:
+        assert job.done.wait(30)
+        time.sleep(0.1)
+    finally:
+        engine.close()
+    assert job.status == "done" and job.frames == 21  # 1 + 4 x 5 blocks
+    job_turns = [i for i, name in enumerate(generator.blocks) if name == "job"]
+    assert len(job_turns) == 5 and all(b - a == 2 for a, b in zip(job_turns, job_turns[1:]))  # a flight block between
+    assert generator.opened.count("job") == 1 and generator.closed.count("job") == 1  # one stream, closed when done

@@ -24,3 +24,15 @@ def test_cli_generate(tmp_path, capsys, random_world):
         generate_cli.main(["--prompt", "x", "--actions", "forward:1", "--out", str(out), "--action_guidance", "0"])
     assert exit_.value.code == 2
     assert "python -m server.generate: error: action_guidance must be" in capsys.readouterr().err  # named by this CLI
+
+
+def test_cli_generates_any_length_through_a_stream_in_a_causal_world(tmp_path, capsys, random_world):
+    out = tmp_path / "long.mp4"
+    assert generate_cli.main(["--prompt", "a drone", "--actions", "forward:22", "--out", str(out)]) == 2
+    assert "more than 81" in capsys.readouterr().err  # one chunked generation has a limit...
+    assert generate_cli.main(["--prompt", "a drone", "--actions", "forward:22", "--out", str(out), "--steps", "1",
+                              "--generation", "causal"]) == 0  # ...a stream has none
+    assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == 89  # 1 + 4 x 22 blocks
+    assert generate_cli.main(["--prompt", "a drone", "--actions", "forward:3", "--out", str(out),
+                              "--generation", "causal", "--block_frames", "2"]) == 2
+    assert "actions: this causal world makes blocks of 2 action steps" in capsys.readouterr().err

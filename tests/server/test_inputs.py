@@ -95,3 +95,51 @@ def test_action_spec():
                        ("forward:0", "name:steps")):
         with pytest.raises(ValueError, match=field):
             parse_action_spec(bad)
+
+
+def test_a_causal_block_takes_the_input_as_of_its_cut():
+    """Just-in-time blocks: a key pressed just before the cut counts in full (a window average would give it
+    half an interval at best), every step of the block gets it, and a released key is off at the next cut."""
+    clock = Clock()
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=clock)
+    feed(timeline, clock, 0.0, 1.0, one_hot())
+    raw, seq = timeline.block_actions(2)
+    assert raw.shape == (2, 2, 8) and not raw.any() and seq == 960
+    feed(timeline, clock, 1.0, 1.02, one_hot(FWD, YAW_L), mags=[0.5, 0, 0, 0, 1, 0, 0, 0])  # one sample, 20 ms ago
+    raw, seq = timeline.block_actions(2)
+    assert seq == 1000
+    np.testing.assert_allclose(raw[:, :, FWD], [[1, 0.005]] * 2)  # its magnitude: half of full scale
+    np.testing.assert_allclose(raw[:, :, YAW_L], [[1, 1.0]] * 2)
+    assert timeline.actions(1)[0][0, 0, FWD] == 0  # the chunked rule: held 20 ms of a 250 ms interval
+    feed(timeline, clock, 1.02, 1.5, one_hot(FWD, YAW_L), mags=[0.5, 0, 0, 0, 1, 0, 0, 0])
+    feed(timeline, clock, 1.5, 1.52, one_hot(YAW_L))  # forward released after the last cut
+    raw, _ = timeline.block_actions(1)
+    assert raw[0, 0].tolist() == one_hot(YAW_L)  # no lingering forward
+
+
+def test_a_tap_between_two_cuts_is_not_lost():
+    clock = Clock()
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=clock)
+    feed(timeline, clock, 0.0, 0.5, one_hot())
+    assert not timeline.block_actions(1)[0].any()
+    feed(timeline, clock, 0.5, 0.56, one_hot(LEFT), mags=one_hot(LEFT, value=0.8))  # a 60 ms tap ...
+    feed(timeline, clock, 0.56, 1.0, one_hot())  # ... released well before the next cut
+    raw, _ = timeline.block_actions(1)
+    assert raw[0, 0].tolist() == one_hot(LEFT) and raw[0, 1, LEFT] == pytest.approx(0.008)
+    assert not timeline.block_actions(1)[0].any()  # counted once: the cut after shows it released
+    # a tap that arrives after a cut, late, with client times that map to just before that cut
+    clock.now = 101.2
+    assert not timeline.block_actions(1)[0].any()
+    timeline.add(2000, 1150.0, one_hot(YAW_L), one_hot(YAW_L), received=101.21)
+    timeline.add(2001, 1160.0, one_hot(), one_hot(), received=101.22)
+    assert timeline.block_actions(1)[0][0, 0].tolist() == one_hot(YAW_L)
+
+
+def test_a_causal_block_cancels_opposites_and_releases_stale_input():
+    clock = Clock()
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=clock)
+    feed(timeline, clock, 0.0, 0.5, one_hot(FWD, BACK, YAW_L))
+    assert timeline.block_actions(1)[0][0, 0].tolist() == one_hot(YAW_L)
+    clock.now += STALE_AFTER_S + 0.5  # the client went silent while holding
+    raw, seq = timeline.block_actions(1)
+    assert not raw.any() and seq == 480

@@ -10,7 +10,10 @@ import time
 import urllib.error
 import urllib.request
 
+import imageio_ffmpeg
+import numpy as np
 import pytest
+import simplejpeg
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -189,3 +192,68 @@ def test_origin_and_token(base):
     code, headers = status(f"/metrics?token={TOKEN}")
     assert code == 200 and "wanfly_token=" in headers.get("set-cookie", "")
     assert status("/healthz")[0] == 200 and status("/readyz")[0] == 200 and status("/api/config")[0] == 200
+
+
+def alignment_error(recorded, sent, offset):
+    """Mean absolute difference between recorded frame i and sent frame i + offset, over the frames both have."""
+    pairs = [(r, sent[i + offset]) for i, r in enumerate(recorded) if 0 <= i + offset < len(sent)]
+    return float(np.mean([np.abs(r.astype(np.int16) - s.astype(np.int16)).mean() for r, s in pairs]))
+
+
+def test_a_causal_flight_over_uvicorn_is_recorded_as_sent(tmp_path):
+    """``--generation causal``: one stream per flight, one block per chunk message (5 frames, then 4), the held key
+    in the blocks' actions, and a recording that is exactly the frames sent (the mp4 matches the JPEGs best at the
+    same index, not shifted by one) with one action step per block."""
+    with server_process("--generation", "causal", "--max_sessions", "2", "--gradio", "0",
+                        log_path=tmp_path / "server.log") as url:
+        config = json.loads(urllib.request.urlopen(url + "/api/config", timeout=10).read())
+        assert config["world"]["generation"] == "causal" and config["chunk_frames"] == 5
+        assert config["limits"]["max_sessions"] == 2 and config["limits"]["stream_bytes"] > 0
+
+        async def main():
+            chunks, frames = [], []
+            async with connect(url.replace("http://", "ws://") + "/ws", compression=None, proxy=None,
+                               max_size=2**22) as ws:
+                await ws.send(json.dumps(START))
+                ready = json.loads(await ws.recv())
+                assert ready["type"] == "ready" and ready["generation"] == "causal"
+                seq = 0
+                while len(chunks) < 8:
+                    await ws.send(json.dumps({"type": "input", "seq": seq, "t": seq * 40.0,
+                                              "flags": [1] + [0] * 7, "mags": [1.0] + [0.0] * 7}))
+                    seq += 1
+                    try:
+                        message = await asyncio.wait_for(ws.recv(), 0.04)
+                    except asyncio.TimeoutError:
+                        continue
+                    if isinstance(message, bytes):
+                        frames.append((*struct.unpack(">II", message[:8]), simplejpeg.decode_jpeg(message[8:])))
+                    elif json.loads(message)["type"] == "chunk":
+                        chunks.append(json.loads(message))
+                await ws.send(json.dumps({"type": "stop"}))
+                while (message := await asyncio.wait_for(ws.recv(), 30)) and (
+                        isinstance(message, bytes) or json.loads(message)["type"] != "recording"):
+                    if isinstance(message, bytes):
+                        frames.append((*struct.unpack(">II", message[:8]), simplejpeg.decode_jpeg(message[8:])))
+                    else:
+                        chunks.append(json.loads(message))
+                return chunks, frames, json.loads(message)
+
+        chunks, frames, recording = asyncio.run(main())
+        assert [(c["index"], c["frames"], c["first_frame"]) for c in chunks[:3]] == [(0, 5, 0), (1, 4, 5), (2, 4, 9)]
+        headers = [(c["index"], c["first_frame"] + i) for c in chunks for i in range(c["frames"])]
+        assert [f[:2] for f in frames] == headers
+        assert any(np.array(c["actions"])[0, :, 0].tolist() == [1, 0.01] for c in chunks)  # the held forward
+        assert (recording["frames"], recording["chunks"]) == (len(frames), len(chunks))
+        record = json.loads(urllib.request.urlopen(url + recording["actions"], timeout=10).read())
+        assert record["generation"] == "causal" and record["block_frames"] == 1
+        assert record["actions"] == [c["actions"][0] for c in chunks]  # one step per block, as sent
+        video = tmp_path / "flight.mp4"
+        video.write_bytes(urllib.request.urlopen(url + recording["video"], timeout=10).read())
+    reader = imageio_ffmpeg.read_frames(str(video))
+    meta = next(reader)
+    recorded = [np.frombuffer(f, np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
+    sent = [f[2] for f in frames]
+    assert len(recorded) == len(sent)
+    errors = {offset: alignment_error(recorded, sent, offset) for offset in (-1, 0, 1)}
+    assert min(errors, key=errors.get) == 0, errors  # frame i is frame i: none dropped or repeated

@@ -1,6 +1,8 @@
 """server.worlds: a small-world folder's serve.json (size, chunk, banner line, first frame) and its checks."""
+import dataclasses
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,13 +11,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.artifacts import ArtifactConfig, save_action_artifacts
+from models.options import CausalSettings
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
 from server import worlds
 from server.app import create_app
 from server.generators import GenRequest, PipelineGenerator
 from server.settings import Settings
-from server.worlds import load_world, world_summary
+from server.worlds import check_world, load_world, with_generation, world_summary
 
 
 @pytest.fixture
@@ -116,3 +119,41 @@ def test_a_serve_json_with_an_unknown_field_is_refused_naming_it(world_folder):
     (world_folder / "serve.json").write_text(json.dumps({**hints, "chunk_frame": 9}))
     with pytest.raises(ValueError, match=r"serve.json: unknown field\(s\) \['chunk_frame'\]"):
         load_world(Settings(world=str(world_folder), gradio=False, threads=1))
+
+
+def test_a_causal_serve_json_makes_a_causal_world_and_options_override_it(world_folder):
+    hints = json.loads((world_folder / "serve.json").read_text())
+    (world_folder / "serve.json").write_text(json.dumps({**hints, "generation": "causal", "block_frames": 1,
+                                                         "window": 2, "sink": False}))
+    threads = torch.get_num_threads()
+    try:
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1))
+        assert world.causal and world.causal_settings == CausalSettings(block_frames=1, window=2, sink=False)
+        assert world.chunk_frames == 5 and world.max_frames is None  # a block's frames, like a first chunk
+        summary = world_summary(world)
+        assert (summary["generation"], summary["block_frames"], summary["window"], summary["sink"]) == \
+            ("causal", 1, 2, False)
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1, block_frames=2, sink=True))
+        assert world.causal_settings == CausalSettings(block_frames=2, window=2, sink=True)
+        assert world.chunk_frames == 9
+        assert not load_world(Settings(world=str(world_folder), gradio=False, threads=1,
+                                       generation="chunked")).causal
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_causal_options_are_checked_by_name(random_world):
+    with pytest.raises(ValueError, match="generation must be one of"):
+        Settings(generation="streamed")
+    with pytest.raises(ValueError, match="block_frames must be an integer >= 1"):
+        Settings(block_frames=0)
+    with pytest.raises(ValueError, match="chunk_frames: a causal world makes blocks of block_frames=1"):
+        with_generation(random_world, Settings(generation="causal", chunk_frames=9))
+    with pytest.raises(ValueError, match="window must be >= 1 without a sink"):
+        with_generation(random_world, Settings(generation="causal", window=0, sink=False))
+    world = with_generation(random_world, Settings(generation="causal"))
+    assert world.causal and world.chunk_frames == 5 and not random_world.causal  # the random preset: chunked
+    with pytest.raises(ValueError, match="cfg_scale: a causal world generates without text CFG"):
+        check_world(dataclasses.replace(world, cfg_scale=5.0), Settings())
+    with pytest.raises(ValueError, match="generation: a causal world needs an action controller"):
+        check_world(dataclasses.replace(world, pipe=SimpleNamespace(check_shape=lambda *a: None)), Settings())

@@ -33,6 +33,14 @@ def base_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def causal_url(tmp_path_factory):
+    """The random preset served causally: one stream per flight, a block of 4 frames per chunk message."""
+    log = tmp_path_factory.mktemp("web") / "server-causal.log"
+    with server_process("--gradio", "0", "--generation", "causal", log_path=log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:

@@ -1,4 +1,5 @@
-"""The web UI in headless Chromium against a real server (tiny preset): keyboard flight, gamepad, recording."""
+"""The web UI in headless Chromium against a real server (tiny preset): keyboard flight, gamepad, recording; a causal
+flight (one stream, blocks as chunks)."""
 import json
 import os
 import shutil
@@ -132,3 +133,33 @@ def test_gamepad_upload_and_reconnect(page, base_url):
                            "window.wanfly.player.shown > 0", timeout=TIMEOUT_MS)
     page.click("#stop")
     page.wait_for_selector("#rec-video", timeout=TIMEOUT_MS)
+
+
+def test_causal_flight(browser, causal_url):
+    """A causal world in the browser: blocks play as chunks did, a key shows, the recording is the frames sent."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors, frames = [], []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("websocket", lambda ws: ws.on("framereceived",
+                                          lambda payload: frames.append(1) if isinstance(payload, bytes) else None))
+    try:
+        page.goto(causal_url + "/")
+        page.wait_for_selector("#start:not([disabled])", timeout=TIMEOUT_MS)
+        assert "one causal stream per flight" in page.inner_text("#status")
+        start_flight(page, causal_url, navigate=False)
+        page.keyboard.down("KeyW")
+        wait_chunk_with(page, f"a.length === 1 && a[0][0][{FORWARD}] === 1")  # one step per block
+        page.wait_for_function("window.wanfly.latencies.length >= 1", timeout=TIMEOUT_MS)
+        page.keyboard.up("KeyW")
+        page.click("#stop")
+        link = page.wait_for_selector("#rec-video", timeout=TIMEOUT_MS)
+        record = page.request.get(causal_url + page.get_attribute("#rec-actions", "href")).json()
+        assert page.request.get(causal_url + link.get_attribute("href")).status == 200
+        assert record["generation"] == "causal" and record["frames"] == len(frames)  # every frame sent, once
+        assert record["frames"] == 1 + 4 * len(record["actions"])
+        assert any(step[0][FORWARD] == 1 for step in record["actions"])
+        assert canvas_variance(page) > 10 and page.evaluate("window.wanfly.player.shown") > 5
+    finally:
+        context.close()
+    assert not errors, errors
