@@ -41,7 +41,7 @@ from bench.schema import command_line, figures_at, split, write_result
 from models.action_format import constant_actions, num_actions_for_frames
 from models.media import video_to_frames
 from models.pipeline import CachedPromptEmbedder
-from server.images import encode_jpeg
+from server.media.images import encode_jpeg
 from server.protocol import frame_message
 from server.settings import PRESETS
 
@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
     pipe = build_tiny_pipeline(device, dtype) if small else build_full_pipeline(device, dtype, args.layers)
     if args.compile:
         pipe.compile_for_inference()
-    tiled = not small  # the real world decodes tiled (server.worlds); at 480x832 that is one tile
+    tiled = not small  # the real world decodes tiled (server.generation.worlds); at 480x832 that is one tile
     results = {"device": device_name(device), "preset": "tiny" if small else f"full size, {args.layers} layers",
                "dtype": str(dtype), "fps": FPS, "text_encoder": "tiny T5" if small else
                "not built: random (1, 512, 4096) prompt embeddings", "tiled_decode": tiled, "compiled": args.compile,

@@ -25,10 +25,10 @@ import urllib.request
 import numpy as np
 
 from bench.schema import command_line, describe_device, figures_at, write_result
-from server.images import encode_jpeg
+from server.generation.worlds import resolve_device
+from server.media.images import encode_jpeg
 from server.settings import Settings
 from server.testing import server_process
-from server.worlds import resolve_device
 
 SERVER_DEFAULTS = ("--gradio", "0")  # and server_process's own: --threads 1, --world random unless given
 

@@ -49,8 +49,8 @@ from bench.common import (
 from bench.schema import command_line, figures_at, split, write_result
 from models.action_format import ACTION_NAMES, DEFAULT_FULL_SCALE, FRAMES_PER_LATENT
 from models.causal import COMPILE_MODES, compile_stream
-from server.images import encode_jpeg
 from server.inputs import InputTimeline
+from server.media.images import encode_jpeg
 from server.protocol import frame_message
 from server.settings import PRESETS
 

@@ -204,7 +204,7 @@ class WanActionPipeline(WanVideoPipeline):
 
     def compile_for_inference(self, mode: str = "default", dynamic: Optional[bool] = None) -> "WanActionPipeline":
         """torch.compile each DiT block and the controller's injection methods, in place. Compilation happens on
-        the first call of each shape: warm up before serving (``server.generators.warm_up``)."""
+        the first call of each shape: warm up before serving (``server.generation.generators.warm_up``)."""
         compile_dit_and_controller(self.dit, self.action_controller, mode=mode, dynamic=dynamic)
         self.compiled = True
         return self

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from .app import create_app
-from .settings import Settings
-from .worlds import check_world_args, with_world_resolved
+from server.app import create_app
+from server.generation.worlds import check_world_args, with_world_resolved
+from server.settings import Settings
 
 
 def main(argv=None) -> None:

@@ -17,11 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.action_format import num_actions_for_frames, parse_actions
 from models.media import fit_image
-
-from .engine import EngineFull
-from .generators import GenRequest, check_video_steps
-from .images import decode_data_url, load_sample
-from .protocol import MAX_SEED
+from server.generation.engine import EngineFull
+from server.generation.generators import GenRequest, check_video_steps
+from server.media.images import decode_data_url, load_sample
+from server.protocol import MAX_SEED
 
 router = APIRouter()
 

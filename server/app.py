@@ -25,19 +25,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from models.action_format import ACTION_NAMES, ROTATION_UNIT, TRANSLATION_UNIT
-
-from .api import router as rest_router
-from .bindings import bindings_config
-from .engine import Engine
-from .generators import PipelineGenerator, warm_up
-from .gradio_app import mount_gradio
-from .images import list_samples
-from .metrics import Metrics
-from .recording import FileStore
-from .session import CLOSE_POLICY, Connection
-from .settings import DEFAULT_MAX_SESSIONS, Settings
-from .streams import StreamCost, block_play_s, derive_max_sessions, free_memory, measure_stream
-from .worlds import World, load_world, world_summary
+from server.api import router as rest_router
+from server.bindings import bindings_config
+from server.generation.engine import Engine
+from server.generation.generators import PipelineGenerator, warm_up
+from server.generation.streams import StreamCost, block_play_s, derive_max_sessions, free_memory, measure_stream
+from server.generation.worlds import World, load_world, world_summary
+from server.gradio_app import mount_gradio
+from server.media.images import list_samples
+from server.media.recording import FileStore
+from server.metrics import Metrics
+from server.session import CLOSE_POLICY, Connection
+from server.settings import DEFAULT_MAX_SESSIONS, Settings
 
 log = logging.getLogger("wanfly.app")
 TOKEN_COOKIE = "wanfly_token"

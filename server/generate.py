@@ -19,13 +19,12 @@ import numpy as np
 
 from models.action_format import num_frames_for_actions, parse_actions
 from models.media import fit_image
-
-from .generators import GenRequest, PipelineGenerator, check_video_steps
-from .images import decode_image_bytes, load_sample
-from .inputs import parse_action_spec
-from .recording import write_mp4
-from .settings import Settings
-from .worlds import check_world_args, load_world
+from server.generation.generators import GenRequest, PipelineGenerator, check_video_steps
+from server.generation.worlds import check_world_args, load_world
+from server.inputs import parse_action_spec
+from server.media.images import decode_image_bytes, load_sample
+from server.media.recording import write_mp4
+from server.settings import Settings
 
 WORLD_OPTIONS = ("world", "model_dir", "artifacts", "device", "dtype", "world_seed", "threads", "height", "width",
                  "fps", "steps", "cfg_scale", "action_guidance", "action_guidance_rescale", "generation",

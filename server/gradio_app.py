@@ -10,12 +10,11 @@ import numpy as np
 
 from models.action_format import ACTION_NAMES, NUM_ACTIONS, num_frames_for_actions
 from models.media import fit_image
-
-from .api import job_frames_limit
-from .engine import EngineFull
-from .generators import GenRequest, check_video_steps
-from .images import list_samples, load_sample
-from .inputs import parse_action_spec
+from server.api import job_frames_limit
+from server.generation.engine import EngineFull
+from server.generation.generators import GenRequest, check_video_steps
+from server.inputs import parse_action_spec
+from server.media.images import list_samples, load_sample
 
 DEFAULT_SPEC = "forward:2,forward+yaw_left:2"
 

@@ -33,7 +33,7 @@ GAUGES = {
     "wanfly_connections": "open WebSocket connections",
     "wanfly_ready": "1 when the model is loaded",
     "wanfly_streams_open": "causal worlds: flights' streams open (K/V and decoder caches resident)",
-    "wanfly_stream_bytes": "causal worlds: one stream's measured memory (server.streams.measure_stream)",
+    "wanfly_stream_bytes": "causal worlds: one stream's measured memory (server.generation.streams.measure_stream)",
     "wanfly_pacing_lead_seconds": "causal worlds: client playback left when a flight's next block starts",
 }
 

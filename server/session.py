@@ -1,7 +1,7 @@
 """One ``Connection`` per WebSocket: validates client messages, runs a flight on the engine, and sends through its own
 bounded send queue.
 
-Send path: engine threads call ``notify`` with a typed event (``server.delivery.FlightEvent``; never blocks:
+Send path: engine threads call ``notify`` with a typed event (``server.media.delivery.FlightEvent``; never blocks:
 ``call_soon_threadsafe``) -> ``_on_event`` queues JSON messages (``server.protocol`` models, serialised by
 ``to_wire``) and binary frames -> one sender task sends them, each send bounded by ``send_timeout_s``. When more than
 ``send_queue_frames`` frames wait, the oldest frames are dropped (counted); a send that times out closes the
@@ -19,12 +19,11 @@ import anyio
 
 from models.action_format import ACTION_NAMES
 from models.media import fit_image
-
-from .engine import EngineFull
-from .flight import ChunkFrames, Flight, FlightEvent, MoreFrames
-from .images import decode_data_url, load_sample
-from .inputs import InputTimeline
-from .protocol import (
+from server.generation.engine import EngineFull
+from server.generation.flight import ChunkFrames, Flight, FlightEvent, MoreFrames
+from server.inputs import InputTimeline
+from server.media.images import decode_data_url, load_sample
+from server.protocol import (
     Error,
     ErrorCode,
     Input,

@@ -2,7 +2,7 @@
 
 Every field is a command-line option of ``python -m server`` with the same name (``--max_sessions 4``) and an
 environment variable (``WANFLY_MAX_SESSIONS=4``); lists are comma-separated, booleans accept 1/0/true/false.
-Fields left at ``None`` take the world's defaults (see ``server.worlds``). ``--preset realtime`` fills the
+Fields left at ``None`` take the world's defaults (see ``server.generation.worlds``). ``--preset realtime`` fills the
 generation fields from ``PRESETS`` (explicit options still win); docs/performance.md gives its measurements.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Settings:
     compile: bool = False  # torch.compile the DiT blocks and the controller; compiled during the warm-up
     # capacity
     max_sessions: Optional[int] = None  # flights generating at once (round-robin, one chunk or block each in
-    # turn); None: 4 for chunked worlds, from the measured per-stream memory for causal ones (server.streams)
+    # turn); None: 4 for chunked worlds, from the measured per-stream memory for causal ones (server.generation.streams)
     max_waiting: int = 8  # flights waiting for a turn; beyond: WebSocket close 1013
     max_jobs: int = 4  # REST/gradio jobs waiting; beyond: HTTP 429
     max_job_frames: int = 81
@@ -76,7 +76,8 @@ class Settings:
     max_prompt_chars: int = 2000
     # streaming
     block_margin_s: float = 0.1  # causal: a flight's next block starts when its client has the measured block
-    # time plus this much playback left (server.streams.Pacer): larger = fewer stalls, smaller = keys show sooner
+    # time plus this much playback left (server.generation.streams.Pacer): larger = fewer stalls, smaller = keys
+    # show sooner
     send_queue_frames: int = 48  # frames buffered per connection; older ones are dropped beyond it
     send_timeout_s: float = 10.0  # a send blocked this long closes the connection
     idle_timeout_s: float = 120.0  # no message for this long closes the connection

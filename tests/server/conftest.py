@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.app import create_app
-from server.generators import PipelineGenerator, warm_up
+from server.generation.generators import PipelineGenerator, warm_up
+from server.generation.worlds import load_world
 from server.settings import Settings
-from server.worlds import load_world
 
 
 @pytest.fixture(autouse=True)

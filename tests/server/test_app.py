@@ -6,7 +6,7 @@ import server.app as app_module
 from models.action_format import ACTION_NAMES
 from models.pipeline import WanActionPipeline
 from server.bindings import KEYBOARD, check_bindings
-from server.streams import StreamCost
+from server.generation.streams import StreamCost
 
 
 def test_config_health_and_docs(make_client):

@@ -15,7 +15,7 @@ import simplejpeg
 from starlette.websockets import WebSocketDisconnect
 
 from models.action_format import ACTION_NAMES
-from server.flight import ChunkFrames
+from server.generation.flight import ChunkFrames
 from server.metrics import Metrics
 from server.protocol import Chunk
 from server.session import Connection

@@ -1,5 +1,5 @@
-"""server.streams: the just-in-time pacing lead, one stream's measured memory (tiny preset, real stream) and the
-max_sessions it gives."""
+"""server.generation.streams: the just-in-time pacing lead, one stream's measured memory (tiny preset, real stream)
+and the max_sessions it gives."""
 import dataclasses
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from server.generators import PipelineGenerator
-from server.streams import (
+from server.generation.generators import PipelineGenerator
+from server.generation.streams import (
     MEMORY_SHARE,
     Pacer,
     StreamCost,

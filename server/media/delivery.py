@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .flight import ChunkFrames, Flight, MoreFrames, OpenChunk
-from .images import encode_jpeg
-from .metrics import Metrics
-from .protocol import Chunk, Recording, frame_message
-from .recording import FileStore, FlightRecorder
+from server.generation.flight import ChunkFrames, Flight, MoreFrames, OpenChunk
+from server.media.images import encode_jpeg
+from server.media.recording import FileStore, FlightRecorder
+from server.metrics import Metrics
+from server.protocol import Chunk, Recording, frame_message
 
 log = logging.getLogger("wanfly.delivery")
 

@@ -25,8 +25,7 @@ from PIL import Image
 
 from models.action_format import NUM_ACTIONS, num_actions_for_frames
 from models.media import video_to_frames
-
-from .worlds import World
+from server.generation.worlds import World
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The engine: one generation worker thread owns the pipeline; flights and jobs share it.
 
-    Generator        the interface between scheduling and a model (``server.generators``)
+    Generator        the interface between scheduling and a model (``server.generation.generators``)
     Engine           scheduling: up to ``max_sessions`` active flights served round-robin, one chunk (or block)
                      each in turn, a bounded waiting line with positions, a bounded job queue; job parts alternate
                      with flight turns
-    Delivery         JPEG encoding, hand-off to the connection and recording, on its own thread (``server.delivery``)
+    Delivery         JPEG encoding, hand-off to the connection and recording, on its own thread
+                     (``server.media.delivery``)
 
 Chunked worlds: a flight chunk is a TI2V generation of ``chunk_frames`` (4k+1) frames from the previous chunk's last
 frame (the uploaded image for the first) with k actions cut from the flight's input timeline (averaged over the
@@ -20,7 +21,7 @@ nothing. A flight is due just in time: when its client's playback left is down t
 of a block to its first frames, the turns that may run before it, ``--block_margin_s``), so a key shows about half a
 block plus the lead after it is pressed. Jobs run one block per turn too, alternating with flights.
 
-JPEG encoding, recording and hand-off to the connection run on the delivery thread (``server.delivery``), and the
+JPEG encoding, recording and hand-off to the connection run on the delivery thread (``server.media.delivery``), and the
 hand-off (``flight.notify``) must never block: the worker never waits for a client. Frames arrive in groups as the
 VAE decodes them (``models.streaming``); each group goes to the delivery thread at once, so JPEG encoding overlaps
 decoding. A flight created with ``stream=True`` also gets each group on the wire at once; otherwise the chunk is
@@ -41,15 +42,14 @@ import numpy as np
 from PIL import Image
 
 from models.action_format import num_actions_for_frames
-
-from .delivery import Delivery
-from .flight import Flight, OpenChunk
-from .generators import Generator, GenRequest
-from .metrics import Metrics
-from .protocol import Chunk, Error, Queue
-from .recording import FileStore, write_mp4
-from .settings import DEFAULT_MAX_SESSIONS
-from .streams import Pacer, block_play_s
+from server.generation.flight import Flight, OpenChunk
+from server.generation.generators import Generator, GenRequest
+from server.generation.streams import Pacer, block_play_s
+from server.media.delivery import Delivery
+from server.media.recording import FileStore, write_mp4
+from server.metrics import Metrics
+from server.protocol import Chunk, Error, Queue
+from server.settings import DEFAULT_MAX_SESSIONS
 
 log = logging.getLogger("wanfly.engine")
 STALL_TOLERANCE_S = 0.02

@@ -1,4 +1,4 @@
-"""server.delivery: what a flight receives from the delivery thread. Frame groups of a streaming flight go out as
+"""server.media.delivery: what a flight receives from the delivery thread. Frame groups of a streaming flight go out as
 the VAE decodes them (ChunkFrames, then MoreFrames), a non-streaming flight gets each chunk whole, binary frames carry
 chunk and global frame indices, and a stop in the middle of a streamed chunk (or a causal block) records exactly what
 was sent, with the action steps those frames show."""
@@ -13,9 +13,9 @@ import simplejpeg
 from PIL import Image
 
 from models.options import CausalSettings
-from server.engine import Engine
-from server.flight import ChunkFrames, Flight, MoreFrames
-from server.generators import Generator
+from server.generation.engine import Engine
+from server.generation.flight import ChunkFrames, Flight, MoreFrames
+from server.generation.generators import Generator
 from server.inputs import InputTimeline
 from server.protocol import FRAME_HEADER, Recording
 from server.settings import Settings

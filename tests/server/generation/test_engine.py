@@ -1,4 +1,5 @@
-"""server.engine scheduling (narrow unit tests with a stand-in generator): round-robin, jobs alternating with flights,
+"""server.generation.engine scheduling (narrow unit tests with a stand-in generator): round-robin, jobs alternating
+with flights,
 pacing (no running ahead of playback), a flight whose client is gone is dropped, a failing chunk stops its flight.
 Causal worlds with the real tiny stream: one stream per flight, one block per turn, round-robin between two flights,
 the stream closed on stop, error, disconnect and shutdown, the just-in-time rule (a fake clock), jobs block by block
@@ -14,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from server.engine import Engine
-from server.flight import ChunkFrames, Flight, MoreFrames
-from server.generators import Generator, GenRequest, PipelineGenerator
+from server.generation.engine import Engine
+from server.generation.flight import ChunkFrames, Flight, MoreFrames
+from server.generation.generators import Generator, GenRequest, PipelineGenerator
 from server.inputs import InputTimeline
 from server.protocol import Error, Queue, Recording
 from server.settings import Settings

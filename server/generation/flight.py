@@ -13,9 +13,9 @@ from typing import Callable, Optional, Union
 import numpy as np
 from PIL import Image
 
-from .inputs import InputTimeline
-from .protocol import Chunk, Error, Queue, Recording
-from .recording import FlightRecorder
+from server.inputs import InputTimeline
+from server.media.recording import FlightRecorder
+from server.protocol import Chunk, Error, Queue, Recording
 
 
 @dataclass
@@ -47,7 +47,7 @@ class OpenChunk:
 
 class Flight:
     """Engine-side state of one flight. ``notify(event)`` is called from engine threads with a
-    ``server.delivery.FlightEvent`` and must not block."""
+    ``server.media.delivery.FlightEvent`` and must not block."""
 
     def __init__(self, prompt: str, image: Image.Image, seed: int, steps: int, timeline: InputTimeline,
                  notify: Callable[[FlightEvent], None], meta: dict = None, stream: bool = False):

@@ -1,11 +1,11 @@
-"""server.generators: an autoregressive world makes long videos chunk by chunk, like a flight."""
+"""server.generation.generators: an autoregressive world makes long videos chunk by chunk, like a flight."""
 import dataclasses
 
 import numpy as np
 import torch
 from PIL import Image
 
-from server.generators import GenRequest, PipelineGenerator
+from server.generation.generators import GenRequest, PipelineGenerator
 
 
 class StubPipe:

@@ -25,8 +25,7 @@ import numpy as np
 from PIL import Image
 
 from models.action_format import FRAMES_PER_LATENT, NUM_ACTIONS
-
-from .settings import MAX_SESSIONS_CAP
+from server.settings import MAX_SESSIONS_CAP
 
 log = logging.getLogger("wanfly.streams")
 RECENT_BLOCKS = 8  # the pacer's estimate: the slowest of the last 8 blocks (~4 s of a toy-world flight)

@@ -1,4 +1,5 @@
-"""server.worlds: a small-world folder's serve.json (size, chunk, banner line, first frame) and its checks."""
+"""server.generation.worlds: a small-world folder's serve.json (size, chunk, banner line, first frame) and its
+checks."""
 import dataclasses
 import json
 import time
@@ -16,9 +17,9 @@ from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
 from server import worlds
 from server.app import create_app
-from server.generators import GenRequest, PipelineGenerator
+from server.generation.generators import GenRequest, PipelineGenerator
+from server.generation.worlds import check_world, load_world, with_generation, world_summary
 from server.settings import Settings
-from server.worlds import check_world, load_world, with_generation, world_summary
 
 
 @pytest.fixture

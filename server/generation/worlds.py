@@ -30,9 +30,8 @@ from models.loading import build_pipeline
 from models.model_dir import check_model_dir
 from models.options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from models.serve_config import DEFAULT_PROMPT, SERVE_CONFIG_NAME, ServeConfig, load_serve_config
-
-from .images import list_samples
-from .settings import MAX_SESSIONS_CAP, Settings
+from server.media.images import list_samples
+from server.settings import MAX_SESSIONS_CAP, Settings
 
 log = logging.getLogger("wanfly.worlds")
 
@@ -60,7 +59,7 @@ class World:
     full_scale_source: list = field(default_factory=list)
     generation: str = "chunked"  # "chunked" | "causal" (models.serve_config.GENERATIONS)
     causal_settings: CausalSettings = field(default_factory=CausalSettings)  # blocks, window, sink (causal only)
-    warm: bool = False  # set by server.generators.warm_up
+    warm: bool = False  # set by server.generation.generators.warm_up
 
     @property
     def causal(self) -> bool:
