@@ -1,0 +1,134 @@
+"""training.evaluation.long_flight: the scripted flights, the window measures and drift, the truth of a held-out
+scene, and both ways a world flies (tiny preset, CPU)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from models.action_format import ACTION_NAMES
+from models.loading import build_pipeline
+from models.serve_config import ServeConfig
+from training.data.synthetic import fly, held_out_start, held_out_view
+from training.evaluation import long_flight as lf
+from training.evaluation.rollout import psnr
+from training.evaluation.suite import suite_magnitudes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+YAW = ACTION_NAMES.index("Yaw Right"), ACTION_NAMES.index("Yaw Left")
+PITCH = ACTION_NAMES.index("Pitch Up"), ACTION_NAMES.index("Pitch Down")
+
+
+@pytest.fixture(scope="module")
+def toy_magnitudes():
+    """What a held key sends in the toy world (its action_stats p90): ~0.07 per interval, ~9.2 degrees."""
+    with open(os.path.join(REPO, "worlds", "toy", "action_train_config.json")) as handle:
+        return suite_magnitudes(json.load(handle)["action_stats"])
+
+
+def _signed(actions, positive, negative):
+    amount = actions[:, 1] * (actions[:, 0] > 0)  # (T, 8)
+    return amount[:, positive] - amount[:, negative]  # (T,)
+
+
+def test_window_bounds_cover_every_generated_frame_once():
+    assert lf.window_bounds(120, 12) == [(a, a + 12) for a in range(0, 120, 12)]
+    assert lf.window_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]  # the last window is shorter
+    frames = [f for a, b in lf.window_bounds(10, 4) for f in range(4 * a + 1, 4 * b + 1)]
+    assert frames == list(range(1, 41))  # frame 0 (the start) belongs to no window
+    assert lf.steps_of(60, 8, "--seconds") == 120 and lf.steps_of(6, 24, "--window_seconds") == 36
+    with pytest.raises(ValueError, match="--seconds: 1.3 s at 8 fps is 2.6 intervals"):
+        lf.steps_of(1.3, 8, "--seconds")
+
+
+def test_drift_is_the_worst_windows_drop_relative_to_the_best():
+    assert lf.drift([0.8, 0.6, 0.7]) == pytest.approx(0.25)
+    assert lf.drift([None, 20.0, 20.0]) == 0.0 and lf.drift([None]) is None
+    windows = [{"accuracy": 0.8, "psnr_db": 20.0, "sharpness_ratio": 1.0, "palette_distance": 0.2},
+               {"accuracy": 0.7, "psnr_db": 15.0, "sharpness_ratio": 0.8, "palette_distance": 0.4},
+               {"accuracy": None, "psnr_db": 16.0, "sharpness_ratio": 1.25, "palette_distance": 0.3}]
+    assert lf.drifts(windows) == pytest.approx({"accuracy": 0.125, "psnr_db": 0.25,
+                                                "sharpness": 0.2,  # 0.8 and 1.25 are equally far from truth
+                                                "palette": 0.25})  # similarities 0.8 .. 0.6
+
+
+def test_sharpness_and_colour_measures_on_known_images():
+    flat = np.full((16, 16, 3), 128, np.uint8)
+    checker = ((np.indices((16, 16)).sum(0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, -1)  # (16, 16, 3)
+    assert lf.sharpness(flat) == 0.0
+    assert lf.sharpness(checker) == pytest.approx((4 * 255) ** 2)  # every Laplacian is +-4 x 255, mean 0
+    half = (checker // 2 + 64).astype(np.uint8)  # 64 / 191: half the contrast, a quarter of the variance
+    assert lf.sharpness(half) == pytest.approx((4 * 127) ** 2)
+    blurred = ((checker.astype(int) + np.roll(checker, 1, 1)) // 2).astype(np.uint8)  # a box blur: flat grey
+    assert lf.sharpness(blurred) < 0.01 * lf.sharpness(checker)
+    same = lf.frame_measures(np.stack([checker, flat]), np.stack([checker, flat]))
+    assert same["palette_distance"].tolist() == [0.0, 0.0] and (same["psnr_db"] > 100).all()
+    assert same["sharp_generated"].tolist() == same["sharp_true"].tolist()
+    other = lf.frame_measures(np.zeros((1, 8, 8, 3), np.uint8), np.full((1, 8, 8, 3), 255, np.uint8))
+    assert other["palette_distance"][0] == 1.0 and other["psnr_db"][0] == pytest.approx(0.0)
+
+
+def test_the_flight_script_repeats_a_balanced_round_and_stays_near_its_start(toy_magnitudes):
+    even = np.array([0.07] * 4 + [9.0] * 4, np.float32)  # opposite actions alike: each round nets no turn at all
+    actions = lf.flight_script(120, even, beat=1, key=[0, 0])  # 60 s at 8 fps
+    assert actions.shape == (120, 2, 8)
+    assert np.array_equal(actions, lf.flight_script(120, even, beat=1, key=[0, 0]))  # deterministic
+    assert not np.array_equal(actions, lf.flight_script(120, even, beat=1, key=[0, 1]))  # another order
+    for a, b in lf.window_bounds(120, 12):  # every 6 s round: each action, the same mix, no net turn
+        window = actions[a:b]
+        assert window[:, 0].sum(0).tolist() == [2, 2, 1, 1, 2, 2, 1, 1]
+        assert (window[:, 0].sum(1) == 0).sum() == 2  # the hover
+        assert _signed(window, *YAW).sum() == pytest.approx(0.0, abs=1e-4)
+        assert _signed(window, *PITCH).sum() == pytest.approx(0.0, abs=1e-4)
+    assert np.abs(np.cumsum(_signed(actions, *PITCH))).max() <= 9.0 + 1e-4  # pitch within one beat of level
+    assert lf.beat_steps(8) == 1 and lf.beat_steps(16) == 2 and lf.beat_steps(24) == 3
+    assert lf.flight_script(24, even, beat=2)[:, 0].sum(0).tolist() == [4, 4, 2, 2, 4, 4, 2, 2]  # held twice as long
+    toy = lf.flight_script(120, toy_magnitudes, key=[0, 0])  # the toy world's keys: Yaw Left 9.18, Right 9.10
+    poses, flown = fly(toy, held_out_start(lf.SCENE_BASE))
+    assert np.array_equal(flown.astype(np.float32), toy)  # nothing clamped: the script is what is flown
+    assert np.hypot(*(poses[:, [0, 2], 3] - poses[:1, [0, 2], 3]).T).max() < 0.3  # a 60 s flight stays local
+
+
+def test_out_and_back_flights_return_to_the_start_frame_in_the_renderer(toy_magnitudes):
+    scripts = lf.out_and_back_scripts(toy_magnitudes)
+    k = round(90 / toy_magnitudes[YAW[0]])  # 10 intervals of 9 degrees each way in the toy world
+    assert [len(a) for a in scripts.values()] == [2 * k, 2 * k]
+    assert _signed(scripts["yaw"][:k], *YAW).sum() == pytest.approx(90.0, abs=1e-4)
+    assert _signed(scripts["yaw"], *YAW).sum() == pytest.approx(0.0, abs=1e-4)
+    truth = lf.scene_truth(lf.SCENE_BASE, {"long": lf.flight_script(4, toy_magnitudes), **scripts}, 48, 48)
+    firsts = [flight["frames"][0] for flight in truth["flights"].values()]
+    assert all(np.array_equal(firsts[0], first) for first in firsts)  # one world, one start for every flight
+    assert held_out_view(lf.SCENE_BASE, 48, 48)[1] == truth["prompt"]  # the held-out world of that seed
+    for name in ("yaw", "forward"):
+        video = truth["flights"][name]["frames"]  # (4 * 2k + 1, 48, 48, 3)
+        assert len(video) == 8 * k + 1
+        assert psnr(video[-1], video[0]) > 60  # back where it started
+        assert psnr(video[4 * k], video[0]) < 25  # and far from it halfway
+    assert truth["flights"]["forward"]["max_distance"] == pytest.approx(k * toy_magnitudes[0], rel=1e-3)
+
+
+@pytest.fixture
+def one_thread():
+    """Generation on one torch thread: on 2 shared cores two threads are several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("generation", ["chunked", "causal"])
+def test_a_world_flies_as_it_is_served(generation, one_thread):
+    """4T+1 frames either way (9-frame chunks: the last chunk is shorter), from the given first frame, deterministic
+    per seed; a shorter flight is the longer one's beginning (the first chunk; a causal stream's first block)."""
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0})
+    serve = ServeConfig(height=64, width=64, chunk_frames=9, steps=1, generation=generation, window=1,
+                        action_guidance=2.0)
+    first = held_out_view(lf.SCENE_BASE, 64, 64)[0]
+    actions = lf.flight_script(3, suite_magnitudes(), key=0)
+    video = lf.generate_flight(pipe, serve, first, "a field", actions, seed=1)
+    assert video.shape == (13, 64, 64, 3) and video.dtype == np.uint8
+    prefix = 2 if generation == "chunked" else 1
+    start = lf.generate_flight(pipe, serve, first, "a field", actions[:prefix], seed=1)
+    assert np.array_equal(start, video[:4 * prefix + 1])
+    assert np.abs(video[1:].astype(int) - video[:-1]).mean() > 0  # it moves
