@@ -155,27 +155,28 @@ def load_worlds(args) -> list[World]:
         overrides = {name: getattr(args, name) for name in ("steps", "action_guidance", "action_guidance_rescale")
                      if getattr(args, name) is not None}
         serve = dataclasses.replace(serve, **overrides)  # re-validated by ServeConfig
-        steps = steps_of(args.seconds, serve.fps, "--seconds")
-        if serve.generation == "causal" and steps % serve.block_frames:
-            raise ValueError(f"--seconds: {steps} intervals are not whole blocks of {serve.block_frames} "
-                             f"(--world {folder} is causal with block_frames {serve.block_frames})")
+        flight_lengths(args, serve.fps)
         worlds.append(World(label, folder, serve))
     return worlds
 
 
 def generate_flight(pipe, serve: ServeConfig, first: np.ndarray, prompt: str, actions: np.ndarray,
                     seed: int) -> np.ndarray:
-    """The world's video ``(4T+1, H, W, 3)`` uint8 of ``actions`` (T, 2, 8) from ``first``, made as it is served."""
+    """The world's video ``(4T+1, H, W, 3)`` uint8 of ``actions`` (T, 2, 8) from ``first``, made as it is served
+    (a causal world's last block is filled up with hovering when T is not a whole number of blocks; the frames of
+    the filling are dropped)."""
     guidance = dict(action_guidance=serve.action_guidance, action_guidance_rescale=serve.action_guidance_rescale)
     if serve.generation == "causal":
         b = serve.block_frames
+        padded = np.concatenate([actions, np.zeros((-len(actions) % b, 2, NUM_ACTIONS), actions.dtype)])
         stream = pipe.open_stream(first, prompt, seed=seed, steps=serve.steps, block_frames=b, window=serve.window,
                                   sink=serve.sink, height=serve.height, width=serve.width, cfg_scale=serve.cfg_scale,
                                   keep_latents=False, **guidance)
         try:
-            return np.concatenate([stream.step(actions[t:t + b]) for t in range(0, len(actions), b)])
+            frames = np.concatenate([stream.step(padded[t:t + b]) for t in range(0, len(padded), b)])
         finally:
             stream.close()
+        return frames[:FRAMES_PER_LATENT * len(actions) + 1]
     chunks = list(chunked_flight(pipe, first, prompt, actions, serve.chunk_frames, serve.steps, seed,
                                  serve.cfg_scale, **guidance))  # each (4k+1, H, W, 3), starting at the last frame
     return np.concatenate([chunks[0]] + [chunk[1:] for chunk in chunks[1:]])

@@ -1,5 +1,6 @@
 """training.evaluation.long_flight: the scripted flights, the window measures and drift, the truth of a held-out
 scene, and both ways a world flies (tiny preset, CPU)."""
+import argparse
 import json
 import os
 
@@ -40,6 +41,9 @@ def test_window_bounds_cover_every_generated_frame_once():
     assert lf.steps_of(60, 8, "--seconds") == 120 and lf.steps_of(6, 24, "--window_seconds") == 36
     with pytest.raises(ValueError, match="--seconds: 1.3 s at 8 fps is 2.6 intervals"):
         lf.steps_of(1.3, 8, "--seconds")
+    defaults = argparse.Namespace(seconds=None, window_seconds=None, edge_seconds=None)
+    assert lf.flight_lengths(defaults, 8) == (120, 12, 20)  # 60 s, 6 s windows, 10 s edges at 8 fps
+    assert lf.flight_lengths(argparse.Namespace(seconds=4, window_seconds=2, edge_seconds=None), 8) == (8, 4, 4)
 
 
 def test_drift_is_the_worst_windows_drop_relative_to_the_best():
@@ -117,18 +121,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("generation", ["chunked", "causal"])
-def test_a_world_flies_as_it_is_served(generation, one_thread):
-    """4T+1 frames either way (9-frame chunks: the last chunk is shorter), from the given first frame, deterministic
-    per seed; a shorter flight is the longer one's beginning (the first chunk; a causal stream's first block)."""
+@pytest.mark.parametrize("generation, block_frames", [("chunked", 1), ("causal", 1), ("causal", 2)])
+def test_a_world_flies_as_it_is_served(generation, block_frames, one_thread):
+    """4T+1 frames either way (9-frame chunks or 2-frame blocks: the last one is shorter or filled up), from the given
+    first frame, deterministic per seed; a shorter flight is the longer one's beginning (the first chunk; a causal
+    stream's first block)."""
     pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0})
     serve = ServeConfig(height=64, width=64, chunk_frames=9, steps=1, generation=generation, window=1,
-                        action_guidance=2.0)
+                        block_frames=block_frames, action_guidance=2.0)
     first = held_out_view(lf.SCENE_BASE, 64, 64)[0]
     actions = lf.flight_script(3, suite_magnitudes(), key=0)
     video = lf.generate_flight(pipe, serve, first, "a field", actions, seed=1)
     assert video.shape == (13, 64, 64, 3) and video.dtype == np.uint8
-    prefix = 2 if generation == "chunked" else 1
+    prefix = 2 if generation == "chunked" or block_frames == 2 else 1
     start = lf.generate_flight(pipe, serve, first, "a field", actions[:prefix], seed=1)
     assert np.array_equal(start, video[:4 * prefix + 1])
     assert np.abs(video[1:].astype(int) - video[:-1]).mean() > 0  # it moves
