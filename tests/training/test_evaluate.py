@@ -13,7 +13,7 @@ from models.tiny import build_tiny_controller, build_tiny_pipeline
 from training.data.synthetic import make_dataset
 from training.evaluate import main
 from training.evaluation import suite as eval_suite
-from training.evaluation.long_flight import drift
+from training.evaluation.long_flight_scores import drift
 from training.evaluation.sources import load_recordings, read_recording, synthetic_flights
 from training.evaluation.suite import save_recording
 from training.evaluation.vae_roundtrip import load_world_vae, roundtrip
@@ -196,6 +196,8 @@ def test_long_flight_chunked_and_causal_worlds_side_by_side(tmp_path, tiny_world
         assert [(w["start_s"], w["end_s"], w["intervals"]) for w in entry["windows"]] == [(0, 1, 2), (1, 2, 2)]
         assert entry["drift"]["psnr_db"] == pytest.approx(drift([w["psnr_db"] for w in entry["windows"]]), abs=1e-3)
         assert all(w["truth_accuracy"] is not None and 0 < w["sharpness_ratio"] for w in entry["windows"])
+        assert set(entry["vae_drift"]) == {"psnr_db", "sharpness", "palette"}  # the VAE ceiling beside
+        assert all(w["vae_psnr_db"] > 5 and 0 < w["vae_sharpness_ratio"] for w in entry["windows"])
         assert entry["overall"]["intervals"] == 4 and entry["scenes"][0]["out_and_back_intervals"] == {
             "yaw": 2, "forward": 2}
         for sides in entry["out_and_back"].values():  # the renderer returns exactly; random weights do not

@@ -9,17 +9,9 @@ the server does), ``causal`` worlds as one stream (``pipe.open_stream``, one blo
 Script (``flight_script``): rounds of ``ROUND`` in a seeded order per round, at the world's suite magnitudes (what a
 held key sends). A round nets no yaw and no pitch and its moves cancel up to the heading changes between them, so a
 flight of any length stays near its start, inside the scene, pitch within one segment of level.
-Per window of ``--window_seconds`` (frames 4a+1 .. 4b of its intervals a..b-1, pooled over scenes):
-    accuracy         action-following accuracy of the window's intervals (``training.evaluation.metrics``), and the
-                     estimator's own on the true video (its ceiling)
-    psnr_db          PSNR of each generated frame to its true frame, averaged
-    sharpness_ratio  generated / true sharpness, sharpness = variance of the 4-neighbour Laplacian of the luma
-                     (per scene the ratio of the window's means, then averaged over scenes); 1 = as sharp as truth
-    palette_distance colour-histogram distance of each generated frame to its true frame (``rollout.palette_distance``:
-                     0 = same colours, 1 = none in common), averaged
-Drift per metric (WorldRoamBench's "worst window relative to the best"): ``(best - worst) / best`` over the windows of
-a higher-is-better score, 0 = steady. Scores: accuracy, psnr_db, sharpness agreement ``min(r, 1 / r)`` of the ratio r
-(blurring and over-sharpening both count) and palette similarity ``1 - palette_distance``.
+Per window of ``--window_seconds`` (frames 4a+1 .. 4b of its intervals a..b-1, pooled over scenes): action-following
+accuracy, PSNR to the truth, a sharpness ratio and a colour-histogram distance, beside the same for the true video
+through the world's VAE (``training.evaluation.long_flight_scores``, which also defines the drift).
 Edges: accuracy of the first vs the last ``--edge_seconds`` (default 10, at most half the flight).
 Out-and-back (``out_and_back_scripts``): yaw ``--turn_degrees`` right then as far left, and forward then back as long;
 PSNR of the frame after returning to the start frame (``return_psnr_db``) and of the far frame (``far_psnr_db``),
@@ -34,16 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS
+from models.action_format import ACTION_NAMES, FRAMES_PER_LATENT, NUM_ACTIONS, num_actions_for_frames
 from models.loading import build_pipeline
 from models.serve_config import ServeConfig, load_serve_config
 from training.data.scene import make_scene
 from training.data.synthetic import fly, held_out_start, render_flight
 from training.evaluation.flow import estimate_motion, motion_to_actions
-from training.evaluation.metrics import active_flags, balanced_accuracy, score_intervals
+from training.evaluation.long_flight_scores import frame_measures, rounded, summarise_world
 from training.evaluation.report import entry_labels
-from training.evaluation.rollout import chunked_flight, palette_distance, psnr
+from training.evaluation.rollout import chunked_flight, psnr
 from training.evaluation.suite import TORCH_DTYPES, save_recording, suite_magnitudes
+from training.evaluation.vae_roundtrip import roundtrip
 
 LONG_SECONDS, WINDOW_SECONDS, EDGE_SECONDS, TURN_DEGREES = 60.0, 6.0, 10.0, 90.0
 BEAT_SECONDS = 0.5  # one beat of ROUND (one interval at 8 fps)
@@ -51,8 +44,6 @@ SCENE_BASE = 9_000_000  # scene seeds as training.evaluation.sources.rendered_fi
 # (held actions, beats): each action alone, a forward and a back turn that cancel, a hover. 12 beats = 6 s.
 ROUND = ((("Forward",), 1), (("Back",), 1), (("Left",), 1), (("Right",), 1), (("Yaw Left",), 1), (("Yaw Right",), 1),
          (("Pitch Up",), 1), (("Pitch Down",), 1), (("Forward", "Yaw Left"), 1), (("Back", "Yaw Right"), 1), ((), 2))
-GOAL_DRIFT, GOAL_EDGE_DROP = 0.15, 0.05  # the issue's targets: sharpness/palette drift, last-vs-first accuracy drop
-METRICS = ("accuracy", "psnr_db", "sharpness_ratio", "palette_distance")
 
 
 # ---------------------------------------------------------------------------------------------------- scripts
@@ -96,33 +87,7 @@ def out_and_back_scripts(magnitudes: np.ndarray, turn_degrees: float = TURN_DEGR
     return scripts
 
 
-# --------------------------------------------------------------------------------------------------- measures
-def sharpness(frame: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian of the luma (BT.601) of an (H, W, 3) uint8 frame: 0 for a flat one."""
-    luma = frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W)
-    lap = luma[1:-1, :-2] + luma[1:-1, 2:] + luma[:-2, 1:-1] + luma[2:, 1:-1] - 4 * luma[1:-1, 1:-1]  # (H-2, W-2)
-    return float(lap.var())
-
-
-def window_bounds(steps: int, window_steps: int) -> list[tuple[int, int]]:
-    """Intervals ``[a, b)`` of each window; the last one is shorter when ``steps`` is not a whole number of
-    windows. A window's frames are 4a+1 .. 4b (those its intervals generated)."""
-    return [(a, min(a + window_steps, steps)) for a in range(0, steps, window_steps)]
-
-
-def drift(scores) -> float | None:
-    """``(best - worst) / best`` of higher-is-better scores (None entries skipped): 0 = steady."""
-    values = [v for v in scores if v is not None]
-    if not values or max(values) <= 0:
-        return None
-    return float((max(values) - min(values)) / max(values))
-
-
-def sharpness_agreement(ratio: float | None) -> float | None:
-    """``min(r, 1 / r)``: 1 = as sharp as the truth, lower = blurrier or over-sharp."""
-    return None if ratio is None or ratio <= 0 else float(min(ratio, 1.0 / ratio))
-
-
+# ------------------------------------------------------------------------------------------------- durations
 def steps_of(seconds: float, fps: float, flag: str) -> int:
     """Whole intervals (4 frames) in ``seconds`` at ``fps``; ValueError naming ``flag`` otherwise."""
     steps = seconds * fps / FRAMES_PER_LATENT
@@ -182,6 +147,18 @@ def generate_flight(pipe, serve: ServeConfig, first: np.ndarray, prompt: str, ac
     return np.concatenate([chunks[0]] + [chunk[1:] for chunk in chunks[1:]])
 
 
+def vae_ceiling(pipe, serve: ServeConfig, frames: np.ndarray) -> np.ndarray:
+    """The true video ``(4T+1, H, W, 3)`` uint8 through the world's VAE, decoded as the world decodes its own latents:
+    a chunked world every chunk on its own (from the previous chunk's last frame), a causal world the whole flight
+    in one encode and one decode that never restarts (``models.streaming.StreamDecoder`` equals one decode)."""
+    if serve.generation == "causal":
+        return roundtrip(pipe.vae, frames)
+    k = num_actions_for_frames(serve.chunk_frames)
+    parts = [roundtrip(pipe.vae, frames[FRAMES_PER_LATENT * s:FRAMES_PER_LATENT * (s + k) + 1])
+             for s in range(0, (len(frames) - 1) // FRAMES_PER_LATENT, k)]
+    return np.concatenate([parts[0]] + [part[1:] for part in parts[1:]])
+
+
 def scene_truth(scene_seed: int, scripts: dict[str, np.ndarray], height: int, width: int) -> dict:
     """One held-out world for all ``scripts`` (its objects kept off every path) flown from its start pose:
     ``{prompt, flights: {name: {actions (flown, pitch-clamped), frames (4T+1, H, W, 3), max_distance}}}``."""
@@ -194,86 +171,6 @@ def scene_truth(scene_seed: int, scripts: dict[str, np.ndarray], height: int, wi
         away = float(np.hypot(*(poses[:, [0, 2], 3] - poses[:1, [0, 2], 3]).T).max())  # ground distance
         flights[name] = {"actions": actions.astype(np.float32), "frames": frames, "max_distance": away}
     return {"prompt": scene.prompt, "flights": flights}
-
-
-# ---------------------------------------------------------------------------------------------------- scoring
-def frame_measures(generated: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
-    """Per frame (N,): psnr_db, palette_distance, sharpness of the generated and of the true frame."""
-    if generated.shape != true.shape:
-        raise ValueError(f"generated {generated.shape} and true {true.shape} videos differ in shape")
-    return {"psnr_db": np.array([psnr(g, t) for g, t in zip(generated, true)]),
-            "palette_distance": np.array([palette_distance(g, t) for g, t in zip(generated, true)]),
-            "sharp_generated": np.array([sharpness(g) for g in generated]),
-            "sharp_true": np.array([sharpness(t) for t in true])}
-
-
-def window_scores(scenes: list[dict], a: int, b: int) -> dict:
-    """The four metrics of intervals [a, b) pooled over ``scenes`` (each ``{measures, estimated, truth_estimated,
-    commanded}``), plus the estimator's accuracy on the true video."""
-    frames = slice(FRAMES_PER_LATENT * a + 1, FRAMES_PER_LATENT * b + 1)
-    ratios = [s["measures"]["sharp_generated"][frames].mean() / s["measures"]["sharp_true"][frames].mean()
-              for s in scenes if s["measures"]["sharp_true"][frames].mean() > 0]
-
-    def accuracy(key):
-        return balanced_accuracy(active_flags(np.concatenate([s[key][a:b] for s in scenes])),
-                                 active_flags(np.concatenate([s["commanded"][a:b] for s in scenes])))
-    return {"accuracy": accuracy("estimated"), "truth_accuracy": accuracy("truth_estimated"),
-            "psnr_db": float(np.mean([s["measures"]["psnr_db"][frames].mean() for s in scenes])),
-            "sharpness_ratio": float(np.mean(ratios)) if ratios else None,
-            "palette_distance": float(np.mean([s["measures"]["palette_distance"][frames].mean() for s in scenes]))}
-
-
-def drifts(windows: list[dict]) -> dict:
-    """Drift of each metric over the windows (see the module docstring for the orientation of each)."""
-    return {"accuracy": drift([w["accuracy"] for w in windows]),
-            "psnr_db": drift([w["psnr_db"] for w in windows]),
-            "sharpness": drift([sharpness_agreement(w["sharpness_ratio"]) for w in windows]),
-            "palette": drift([1.0 - w["palette_distance"] for w in windows])}
-
-
-def _round(value, digits: int = 4):
-    return None if value is None else round(float(value), digits)
-
-
-def summarise_world(world: World, scenes: list[dict], steps: int, window_steps: int, edge_steps: int,
-                    fps: float) -> dict:
-    """A world's entry: windows, drifts, edges, overall action following, out-and-back, goals."""
-    windows = []
-    for a, b in window_bounds(steps, window_steps):
-        row = {key: _round(value) for key, value in window_scores(scenes, a, b).items()}
-        windows.append({"start_s": a * FRAMES_PER_LATENT / fps, "end_s": b * FRAMES_PER_LATENT / fps,
-                        "intervals": (b - a) * len(scenes), **row})
-    first, last = window_scores(scenes, 0, edge_steps), window_scores(scenes, steps - edge_steps, steps)
-    edges = {"seconds": edge_steps * FRAMES_PER_LATENT / fps, "first_accuracy": _round(first["accuracy"]),
-             "last_accuracy": _round(last["accuracy"]), "first_truth_accuracy": _round(first["truth_accuracy"]),
-             "last_truth_accuracy": _round(last["truth_accuracy"])}
-    edges["change"] = None if None in (first["accuracy"], last["accuracy"]) else \
-        _round(last["accuracy"] - first["accuracy"])
-    motion = {key: np.concatenate([s["motion"][key] for s in scenes]) for key in scenes[0]["motion"]}
-    overall = score_intervals(np.concatenate([s["estimated"] for s in scenes]),
-                              np.concatenate([s["commanded"] for s in scenes]), motion)
-    drift_values = {key: _round(value) for key, value in drifts(windows).items()}
-    out_and_back = {name: {side: {key: _round(np.mean([s["out_and_back"][name][side][key] for s in scenes]), 2)
-                                  for key in ("return_psnr_db", "far_psnr_db")} for side in ("generated", "truth")}
-                    for name in scenes[0]["out_and_back"]}
-    goals = {"sharpness_drift_within_15pct": _within(drift_values["sharpness"], GOAL_DRIFT),
-             "palette_drift_within_15pct": _within(drift_values["palette"], GOAL_DRIFT),
-             "last_accuracy_within_0.05_of_first": None if edges["change"] is None
-             else edges["change"] >= -GOAL_EDGE_DROP}
-    return {"label": world.label, "world": world.folder, "generation": world.generation,
-            "serve": world.serve.to_dict(), "windows": windows, "drift": drift_values, "edges": edges,
-            "overall": {"accuracy": _round(overall["accuracy"]), "p_value": overall["chance"]["p_value"],
-                        "exact_match": _round(overall["exact_match"]), "intervals": overall["intervals"],
-                        "per_action": {n: _round(s["balanced_accuracy"]) for n, s in overall["per_action"].items()},
-                        "psnr_db": _round(np.mean([w["psnr_db"] for w in windows]), 2)},
-            "out_and_back": out_and_back, "goals": goals,
-            "scenes": [{"name": s["name"], "prompt": s["prompt"], "max_distance": _round(s["max_distance"]),
-                        "out_and_back_intervals": s["out_and_back_intervals"]}
-                       for s in scenes]}
-
-
-def _within(value, limit):
-    return None if value is None else value <= limit
 
 
 # ------------------------------------------------------------------------------------------------------- runs
@@ -359,6 +256,8 @@ def fly_scene(pipe, world: World, magnitudes, args, settings, index: int, truths
             "commanded": flights["long"]["actions"], "motion": motion, "estimated": motion_to_actions(motion, settings),
             "truth_estimated": motion_to_actions(truth["motion"], settings),
             "measures": frame_measures(generated["long"], flights["long"]["frames"]), "out_and_back": out_and_back,
+            "vae_measures": frame_measures(vae_ceiling(pipe, serve, flights["long"]["frames"]),
+                                           flights["long"]["frames"]),
             "out_and_back_intervals": {name: len(flights[name]["actions"]) for name in ("yaw", "forward")}}
 
 
@@ -385,11 +284,13 @@ def run_long_flight(args, settings, device: str | None = None) -> tuple[list[dic
             print(f"{world.label}: scene {index} flown ({keep['seconds']:.0f} s of generation so far)",
                   file=sys.stderr)
         steps, window, edge = flight_lengths(args, world.serve.fps)
-        entry = summarise_world(world, scenes, steps, window, edge, world.serve.fps)
-        entry["magnitudes"] = {n: _round(m) for n, m in zip(ACTION_NAMES, magnitudes)}
+        info = {"label": world.label, "world": world.folder, "generation": world.generation,
+                "serve": world.serve.to_dict(), "magnitudes": {n: rounded(m) for n, m in zip(ACTION_NAMES,
+                                                                                                 magnitudes)}}
+        entry = summarise_world(info, scenes, steps, window, edge, world.serve.fps)
         video_seconds = sum(len(s["commanded"]) + sum(s["out_and_back_intervals"].values())
                             for s in scenes) * FRAMES_PER_LATENT / world.serve.fps
-        entry["generation_seconds_per_video_second"] = _round(keep["seconds"] / video_seconds, 3)
+        entry["generation_seconds_per_video_second"] = rounded(keep["seconds"] / video_seconds, 3)
         entries.append(entry)
         del pipe  # one world's model at a time
     return entries, pictures

@@ -1,10 +1,10 @@
 """The files of ``training.evaluate --long_flight``: ``report.json``, ``summary.md``, ``windows.png`` (the per-window
 curves, worlds side by side) and ``frames.png`` (scene 0: the true flight and each world's, at the end of each
-window). The measures are defined in ``training.evaluation.long_flight``.
+window). The measures are defined in ``training.evaluation.long_flight_scores``.
 
 ``report.json``: ``kind`` ("long_flight"), ``seconds``, ``window_seconds``, ``edge_seconds``, ``turn_degrees``,
 ``scenes``, ``seed``, ``definitions``, ``comparison`` (one row per world), ``worlds`` (per world: ``windows``,
-``drift``, ``edges``, ``overall``, ``out_and_back``, ``goals``, ``serve``, ``magnitudes``, ``scenes``,
+``drift``, ``vae_drift``, ``edges``, ``overall``, ``out_and_back``, ``goals``, ``serve``, ``magnitudes``, ``scenes``,
 ``generation_seconds_per_video_second``), ``settings`` (the optical-flow settings), ``notes``, ``files``.
 """
 from __future__ import annotations
@@ -16,14 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.evaluation.long_flight import (
-    GOAL_DRIFT,
-    GOAL_EDGE_DROP,
-    LONG_SECONDS,
-    TURN_DEGREES,
-    WINDOW_SECONDS,
-    run_long_flight,
-)
+from training.evaluation.long_flight import LONG_SECONDS, TURN_DEGREES, WINDOW_SECONDS, run_long_flight
+from training.evaluation.long_flight_scores import GOAL_DRIFT, GOAL_EDGE_DROP
 
 DEFINITIONS = {
     "accuracy": "action-following accuracy (mean per-action balanced accuracy, 0.5 = ignores its actions) of the "
@@ -34,6 +28,8 @@ DEFINITIONS = {
                        "ratio of the window's means, averaged over scenes; 1 = as sharp as the truth",
     "palette_distance": "total-variation distance of the RGB histograms (8 bins per channel) of each generated frame "
                         "and its true frame (0 = same colours, 1 = none in common), averaged",
+    "vae_*": "the same for the true video through the world's VAE, decoded as the world decodes (chunked: chunk by "
+             "chunk; causal: one decode that never restarts): the world's ceiling",
     "drift": "(best - worst) / best over the windows of a higher-is-better score, 0 = steady: accuracy, psnr_db, "
              "sharpness agreement min(r, 1/r) of the ratio r, palette similarity 1 - palette_distance",
     "edges": "accuracy of the first vs the last edge_seconds of the flight, pooled over scenes; change = last - first",
@@ -57,7 +53,8 @@ def _yes(value) -> str:
 def comparison_rows(entries: list[dict]) -> list[dict]:
     return [{"label": e["label"], "generation": e["generation"], "accuracy": e["overall"]["accuracy"],
              "first_accuracy": e["edges"]["first_accuracy"], "last_accuracy": e["edges"]["last_accuracy"],
-             "change": e["edges"]["change"], "drift": e["drift"], "psnr_db": e["overall"]["psnr_db"],
+             "change": e["edges"]["change"], "drift": e["drift"], "vae_drift": e["vae_drift"],
+             "psnr_db": e["overall"]["psnr_db"], "vae_psnr_db": e["overall"]["vae_psnr_db"],
              "return_psnr_db": {n: v["generated"]["return_psnr_db"] for n, v in e["out_and_back"].items()},
              "goals": e["goals"]} for e in entries]
 
@@ -83,14 +80,15 @@ def summary_markdown(report: dict) -> str:
              f"{report['seed']}), windows of {report['window_seconds']:g} s; generated frame i vs the renderer's "
              "frame i of the same actions.", "", "## Side by side", "",
              f"| world | generation | accuracy | first {edge} s | last {edge} s | change | drift accuracy | "
-             "drift PSNR | drift sharpness | drift palette | PSNR dB | yaw return dB | forward return dB |",
-             "|---" * 13 + "|"]
+             "drift PSNR | drift sharpness | drift palette | PSNR dB | VAE: PSNR dB, drift sharpness, palette | "
+             "yaw return dB | forward return dB |", "|---" * 14 + "|"]
     for row in report["comparison"]:
-        d, r = row["drift"], row["return_psnr_db"]
+        d, r, v = row["drift"], row["return_psnr_db"], row["vae_drift"]
         lines.append(f"| {row['label']} | {row['generation']} | {_fmt(row['accuracy'])} | "
                      f"{_fmt(row['first_accuracy'])} | {_fmt(row['last_accuracy'])} | {_fmt(row['change'])} | "
                      f"{_fmt(d['accuracy'])} | {_fmt(d['psnr_db'])} | {_fmt(d['sharpness'])} | {_fmt(d['palette'])} | "
-                     f"{_fmt(row['psnr_db'], 2)} | {_fmt(r['yaw'], 2)} | {_fmt(r['forward'], 2)} |")
+                     f"{_fmt(row['psnr_db'], 2)} | {_fmt(row['vae_psnr_db'], 2)}, {_fmt(v['sharpness'])}, "
+                     f"{_fmt(v['palette'])} | {_fmt(r['yaw'], 2)} | {_fmt(r['forward'], 2)} |")
     lines += ["", "## Goals", "", f"| world | sharpness drift <= {GOAL_DRIFT} | palette drift <= {GOAL_DRIFT} | "
               f"last {edge} s accuracy >= first - {GOAL_EDGE_DROP} |", "|---|---|---|---|"]
     for row in report["comparison"]:
@@ -107,12 +105,13 @@ def summary_markdown(report: dict) -> str:
     for entry in report["worlds"]:
         lines += ["", f"## {entry['label']} ({entry['generation']}, {entry['world']}) per window", "",
                   "| window (s) | intervals | accuracy | truth accuracy | PSNR dB | sharpness ratio | "
-                  "palette distance |",
-                  "|---|---|---|---|---|---|---|"]
+                  "palette distance | VAE: PSNR dB | VAE: sharpness ratio | VAE: palette distance |",
+                  "|---" * 10 + "|"]
         for w in entry["windows"]:
             lines.append(f"| {w['start_s']:g}-{w['end_s']:g} | {w['intervals']} | {_fmt(w['accuracy'])} | "
                          f"{_fmt(w['truth_accuracy'])} | {_fmt(w['psnr_db'], 2)} | {_fmt(w['sharpness_ratio'])} | "
-                         f"{_fmt(w['palette_distance'])} |")
+                         f"{_fmt(w['palette_distance'])} | {_fmt(w['vae_psnr_db'], 2)} | "
+                         f"{_fmt(w['vae_sharpness_ratio'])} | {_fmt(w['vae_palette_distance'])} |")
         per_action = ", ".join(f"{n} {_fmt(v, 2)}" for n, v in entry["overall"]["per_action"].items())
         lines += ["", f"whole flight: accuracy {_fmt(entry['overall']['accuracy'])} (p = "
                       f"{_fmt(entry['overall']['p_value'])}, {entry['overall']['intervals']} intervals); per action: "
@@ -137,9 +136,9 @@ def plot_windows(path: Path, entries: list[dict]) -> str:
             ends = [w["end_s"] for w in entry["windows"]]
             values = [np.nan if w[key] is None else w[key] for w in entry["windows"]]
             ax.plot(ends, values, "o-", color=f"C{k}", label=f"{entry['label']} ({entry['generation']})")
-            if key == "accuracy":
-                ax.plot(ends, [np.nan if w["truth_accuracy"] is None else w["truth_accuracy"]
-                               for w in entry["windows"]], ":", color=f"C{k}", label=f"{entry['label']}: true video")
+            other, name = ("truth_accuracy", "true video") if key == "accuracy" else ("vae_" + key, "its VAE")
+            ax.plot(ends, [np.nan if w[other] is None else w[other] for w in entry["windows"]], ":", color=f"C{k}",
+                    label=f"{entry['label']}: {name}")
         if key == "sharpness_ratio":
             ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_title(title, fontsize=10)
@@ -147,6 +146,7 @@ def plot_windows(path: Path, entries: list[dict]) -> str:
     for ax in axes[1]:
         ax.set_xlabel("end of window (s)")
     axes[0, 0].legend(fontsize=7)
+    axes[0, 1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

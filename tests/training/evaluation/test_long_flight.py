@@ -13,8 +13,10 @@ from models.loading import build_pipeline
 from models.serve_config import ServeConfig
 from training.data.synthetic import fly, held_out_start, held_out_view
 from training.evaluation import long_flight as lf
+from training.evaluation.long_flight_scores import window_bounds
 from training.evaluation.rollout import psnr
 from training.evaluation.suite import suite_magnitudes
+from training.evaluation.vae_roundtrip import roundtrip
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 YAW = ACTION_NAMES.index("Yaw Right"), ACTION_NAMES.index("Yaw Left")
@@ -33,11 +35,7 @@ def _signed(actions, positive, negative):
     return amount[:, positive] - amount[:, negative]  # (T,)
 
 
-def test_window_bounds_cover_every_generated_frame_once():
-    assert lf.window_bounds(120, 12) == [(a, a + 12) for a in range(0, 120, 12)]
-    assert lf.window_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]  # the last window is shorter
-    frames = [f for a, b in lf.window_bounds(10, 4) for f in range(4 * a + 1, 4 * b + 1)]
-    assert frames == list(range(1, 41))  # frame 0 (the start) belongs to no window
+def test_durations_are_whole_intervals_and_default_to_60_6_and_10_seconds():
     assert lf.steps_of(60, 8, "--seconds") == 120 and lf.steps_of(6, 24, "--window_seconds") == 36
     with pytest.raises(ValueError, match="--seconds: 1.3 s at 8 fps is 2.6 intervals"):
         lf.steps_of(1.3, 8, "--seconds")
@@ -46,40 +44,13 @@ def test_window_bounds_cover_every_generated_frame_once():
     assert lf.flight_lengths(argparse.Namespace(seconds=4, window_seconds=2, edge_seconds=None), 8) == (8, 4, 4)
 
 
-def test_drift_is_the_worst_windows_drop_relative_to_the_best():
-    assert lf.drift([0.8, 0.6, 0.7]) == pytest.approx(0.25)
-    assert lf.drift([None, 20.0, 20.0]) == 0.0 and lf.drift([None]) is None
-    windows = [{"accuracy": 0.8, "psnr_db": 20.0, "sharpness_ratio": 1.0, "palette_distance": 0.2},
-               {"accuracy": 0.7, "psnr_db": 15.0, "sharpness_ratio": 0.8, "palette_distance": 0.4},
-               {"accuracy": None, "psnr_db": 16.0, "sharpness_ratio": 1.25, "palette_distance": 0.3}]
-    assert lf.drifts(windows) == pytest.approx({"accuracy": 0.125, "psnr_db": 0.25,
-                                                "sharpness": 0.2,  # 0.8 and 1.25 are equally far from truth
-                                                "palette": 0.25})  # similarities 0.8 .. 0.6
-
-
-def test_sharpness_and_colour_measures_on_known_images():
-    flat = np.full((16, 16, 3), 128, np.uint8)
-    checker = ((np.indices((16, 16)).sum(0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, -1)  # (16, 16, 3)
-    assert lf.sharpness(flat) == 0.0
-    assert lf.sharpness(checker) == pytest.approx((4 * 255) ** 2)  # every Laplacian is +-4 x 255, mean 0
-    half = (checker // 2 + 64).astype(np.uint8)  # 64 / 191: half the contrast, a quarter of the variance
-    assert lf.sharpness(half) == pytest.approx((4 * 127) ** 2)
-    blurred = ((checker.astype(int) + np.roll(checker, 1, 1)) // 2).astype(np.uint8)  # a box blur: flat grey
-    assert lf.sharpness(blurred) < 0.01 * lf.sharpness(checker)
-    same = lf.frame_measures(np.stack([checker, flat]), np.stack([checker, flat]))
-    assert same["palette_distance"].tolist() == [0.0, 0.0] and (same["psnr_db"] > 100).all()
-    assert same["sharp_generated"].tolist() == same["sharp_true"].tolist()
-    other = lf.frame_measures(np.zeros((1, 8, 8, 3), np.uint8), np.full((1, 8, 8, 3), 255, np.uint8))
-    assert other["palette_distance"][0] == 1.0 and other["psnr_db"][0] == pytest.approx(0.0)
-
-
 def test_the_flight_script_repeats_a_balanced_round_and_stays_near_its_start(toy_magnitudes):
     even = np.array([0.07] * 4 + [9.0] * 4, np.float32)  # opposite actions alike: each round nets no turn at all
     actions = lf.flight_script(120, even, beat=1, key=[0, 0])  # 60 s at 8 fps
     assert actions.shape == (120, 2, 8)
     assert np.array_equal(actions, lf.flight_script(120, even, beat=1, key=[0, 0]))  # deterministic
     assert not np.array_equal(actions, lf.flight_script(120, even, beat=1, key=[0, 1]))  # another order
-    for a, b in lf.window_bounds(120, 12):  # every 6 s round: each action, the same mix, no net turn
+    for a, b in window_bounds(120, 12):  # every 6 s round: each action, the same mix, no net turn
         window = actions[a:b]
         assert window[:, 0].sum(0).tolist() == [2, 2, 1, 1, 2, 2, 1, 1]
         assert (window[:, 0].sum(1) == 0).sum() == 2  # the hover
@@ -137,3 +108,18 @@ def test_a_world_flies_as_it_is_served(generation, block_frames, one_thread):
     start = lf.generate_flight(pipe, serve, first, "a field", actions[:prefix], seed=1)
     assert np.array_equal(start, video[:4 * prefix + 1])
     assert np.abs(video[1:].astype(int) - video[:-1]).mean() > 0  # it moves
+
+
+def test_the_vae_ceiling_decodes_as_the_world_decodes(one_thread):
+    """Chunked: every chunk through the VAE on its own, from the previous chunk's last true frame; causal: the whole
+    flight in one encode and decode."""
+    pipe = build_pipeline(preset="tiny")
+    truth = lf.scene_truth(lf.SCENE_BASE, {"long": lf.flight_script(3, suite_magnitudes())}, 64, 64)
+    frames = truth["flights"]["long"]["frames"]  # (13, 64, 64, 3)
+    chunked = lf.vae_ceiling(pipe, ServeConfig(height=64, width=64, chunk_frames=9), frames)
+    causal = lf.vae_ceiling(pipe, ServeConfig(height=64, width=64, generation="causal"), frames)
+    assert chunked.shape == causal.shape == frames.shape and chunked.dtype == np.uint8
+    assert np.array_equal(chunked[:9], roundtrip(pipe.vae, frames[:9]))  # the first 9-frame chunk
+    assert np.array_equal(chunked[9:], roundtrip(pipe.vae, frames[8:])[1:])  # the last, shorter chunk
+    assert np.array_equal(causal, roundtrip(pipe.vae, frames))
+    assert not np.array_equal(chunked[9:], causal[9:])
