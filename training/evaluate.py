@@ -1,4 +1,4 @@
-"""``python -m training.evaluate (--csv F.. | --recordings D.. | --synthetic N | --generate ...) --out DIR``
+"""``python -m training.evaluate (--csv F.. | --recordings D.. | --synthetic N | --generate | --long_flight) --out DIR``
 
 Does a video do what its actions asked? Reads each 4-frame interval's camera motion from optical flow and scores it
 against the commanded (T, 2, 8) actions (``training.evaluation``); see docs/evaluation.md. Writes DIR/report.json,
@@ -11,6 +11,7 @@ Inputs:
                                    ``chunks: [{"actions": (k, 2, 8)}, ...]`` (concatenated), e.g. server recordings
     --synthetic N                  N flights of the synthetic dataset (validation of the estimator)
     --generate                     the fixed flight suite (``training.evaluation.suite``), generated then scored
+    --long_flight --world DIR ..   scripted long flights vs the true video (``training.evaluation.long_flight``)
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 
 from training.evaluation.flow import FlowSettings
+from training.evaluation.long_flight import mode_world
+from training.evaluation.long_flight_report import long_flight_lines, report_long_flights
 from training.evaluation.metrics import evaluate_clips
 from training.evaluation.report import entry_labels, write_report
 from training.evaluation.sources import load_csv, load_recordings, synthetic_flights
@@ -35,13 +38,15 @@ def parse_args(argv):
     source.add_argument("--recordings", nargs="+", metavar="DIR", help="folder(s) of *.mp4 + *.json; one entry each")
     source.add_argument("--synthetic", type=int, metavar="N", help="render N synthetic dataset flights and score them")
     source.add_argument("--generate", action="store_true", help="generate the flight suite, then score it")
+    source.add_argument("--long_flight", action="store_true",
+                        help="fly scripted long flights in --world(s) and compare with the true video, per window")
     parser.add_argument("--out", required=True, help="output folder (report.json, summary.md, *.png)")
     parser.add_argument("--labels", nargs="+", help="entry names (default: file/folder names)")
     parser.add_argument("--base_path", help="--csv: folder the video paths are relative to (default: the CSV's)")
     parser.add_argument("--focal", type=float, default=FlowSettings.focal, help="focal length / image width")
-    parser.add_argument("--flow_stride", type=int, default=FlowSettings.stride, choices=(1, 2, 4),
-                        help="frames between flow fits: 4 = interval boundaries (calibrated), 1 = every frame pair "
-                             "summed per interval (fast motion, e.g. the toy world)")
+    parser.add_argument("--flow_stride", type=int, choices=(1, 2, 4),
+                        help="frames between flow fits: 4 = interval boundaries (calibrated, default), 1 = every "
+                             "frame pair summed per interval (fast motion, e.g. the toy world; --long_flight default)")
     parser.add_argument("--max_clips", type=int, help="at most this many clips per entry (--generate: first frames)")
     parser.add_argument("--plot_clips", type=int, default=3, help="clips in magnitudes.png")
     parser.add_argument("--seed", type=int, default=0, help="--synthetic flights / --generate noise and scenes")
@@ -54,7 +59,8 @@ def parse_args(argv):
     gen = parser.add_argument_group("--generate")
     gen.add_argument("--preset", choices=["tiny"], help="the tiny random-weight preset (no downloads)")
     gen.add_argument("--model_dir", help="Wan2.2-TI2V-5B folder")
-    gen.add_argument("--world", help="a small-world folder (e.g. worlds/toy); defaults from its serve.json")
+    gen.add_argument("--world", nargs="+", help="a small-world folder (e.g. worlds/toy); defaults from its serve.json "
+                                                "(--long_flight: one or more, side by side)")
     gen.add_argument("--shuffled", action="store_true",
                      help="also score each model fed another flight's actions (a model that follows drops)")
     gen.add_argument("--with_random", action="store_true",
@@ -75,9 +81,12 @@ def parse_args(argv):
     gen.add_argument("--device", help="default cuda when available")
     gen.add_argument("--torch_dtype", choices=["bfloat16", "float16", "float32"], help="default float32 tiny, bf16")
     gen.add_argument("--fps", type=float, default=24.0, help="fps of the saved generated clips")
+    long = parser.add_argument_group("--long_flight (generation settings: each world's serve.json)")
+    long.add_argument("--seconds", type=float, help="flight length (default 60)")
+    long.add_argument("--window_seconds", type=float, help="window of the per-window measures (default 6)")
+    long.add_argument("--edge_seconds", type=float, help="first vs last seconds compared (default 10, <= half)")
+    long.add_argument("--turn_degrees", type=float, help="out-and-back turn (default 90)")
     return parser.parse_args(argv)
-
-
 
 
 def build_entries(args, settings) -> tuple[list[dict], list[str]]:
@@ -114,7 +123,13 @@ def build_entries(args, settings) -> tuple[list[dict], list[str]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        settings = FlowSettings(focal=args.focal, stride=args.flow_stride)
+        args.world = mode_world(args)
+        settings = FlowSettings(focal=args.focal, stride=args.flow_stride or (1 if args.long_flight else
+                                                                              FlowSettings.stride))
+        if args.long_flight:
+            print("\n".join(long_flight_lines(report_long_flights(args, settings))))
+            print(f"wrote {Path(args.out) / 'report.json'}")
+            return 0
         if args.max_clips is not None and args.max_clips < 1:
             raise ValueError(f"--max_clips must be >= 1, got {args.max_clips}")
         entries, notes = build_entries(args, settings)

@@ -3,12 +3,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from models.action_format import ACTION_NAMES
+from models.artifacts import ArtifactConfig, save_action_artifacts
 from models.media import read_video
+from models.small_world import SmallWorldConfig, save_small_world
+from models.tiny import build_tiny_controller, build_tiny_pipeline
 from training.data.synthetic import make_dataset
 from training.evaluate import main
 from training.evaluation import suite as eval_suite
+from training.evaluation.long_flight_scores import drift
 from training.evaluation.sources import load_recordings, read_recording, synthetic_flights
 from training.evaluation.suite import save_recording
 from training.evaluation.vae_roundtrip import load_world_vae, roundtrip
@@ -154,3 +159,79 @@ def test_guidance_options_override_the_worlds(tmp_path, monkeypatch):
     assert main(["--generate", "--world", "worlds/toy", "--steps", "1", "--scenes", "1", "--flights", "forward",
                  "--action_guidance", "2", "--action_guidance_rescale", "0", "--out", str(tmp_path / "o")]) == 0
     assert seen == [(2.0, 0.0)]  # 0 turns the world's rescale off rather than falling back to it
+
+
+def _tiny_world(folder, generation):
+    """A tiny random-weight world folder served as ``generation``; its keys send 0.05 per interval and 90 degrees,
+    so an out-and-back turn is one interval each way."""
+    save_small_world(str(folder), build_tiny_pipeline(seed=3), SmallWorldConfig())
+    stats = {"actions": {name: {"p90": 90.0 if "Yaw" in name or "Pitch" in name else 0.05} for name in ACTION_NAMES}}
+    save_action_artifacts(str(folder), build_tiny_controller(3, initial_scale=1.0),
+                          ArtifactConfig(action_controller_config={}, base_model_id="t", action_stats=stats))
+    serve = {"height": 64, "width": 64, "chunk_frames": 5, "fps": 8, "steps": 1, "generation": generation,
+             "window": 2, "action_guidance": 2.0, "action_guidance_rescale": 0.5}
+    (folder / "serve.json").write_text(json.dumps(serve))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_worlds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worlds")
+    return _tiny_world(root / "chunky", "chunked"), _tiny_world(root / "causy", "causal")
+
+
+def test_long_flight_chunked_and_causal_worlds_side_by_side(tmp_path, tiny_worlds):
+    """--long_flight --seconds 2: both worlds in one report, per 1 s window, with the true video beside."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several times faster than 2 threads on 2 shared cores
+    try:
+        assert main(["--long_flight", "--seconds", "2", "--window_seconds", "1", "--scenes", "1",
+                     "--world", *map(str, tiny_worlds), "--out", str(tmp_path / "out")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["kind"] == "long_flight" and (report["seconds"], report["edge_seconds"]) == (2, 1)
+    assert [(e["label"], e["generation"]) for e in report["worlds"]] == [("chunky", "chunked"), ("causy", "causal")]
+    for entry in report["worlds"]:
+        assert [(w["start_s"], w["end_s"], w["intervals"]) for w in entry["windows"]] == [(0, 1, 2), (1, 2, 2)]
+        assert entry["drift"]["psnr_db"] == pytest.approx(drift([w["psnr_db"] for w in entry["windows"]]), abs=1e-3)
+        assert all(w["truth_accuracy"] is not None and 0 < w["sharpness_ratio"] for w in entry["windows"])
+        assert set(entry["vae_drift"]) == {"psnr_db", "sharpness", "palette"}  # the VAE ceiling beside
+        assert all(w["vae_psnr_db"] > 5 and 0 < w["vae_sharpness_ratio"] for w in entry["windows"])
+        assert entry["overall"]["intervals"] == 4 and entry["scenes"][0]["out_and_back_intervals"] == {
+            "yaw": 2, "forward": 2}
+        for sides in entry["out_and_back"].values():  # the renderer returns exactly; random weights do not
+            assert sides["truth"]["return_psnr_db"] > 100 > sides["truth"]["far_psnr_db"]
+            assert sides["generated"]["return_psnr_db"] < 60
+        assert set(entry["goals"]) == {"sharpness_drift_within_15pct", "palette_drift_within_15pct",
+                                       "last_accuracy_within_0.05_of_first"}
+    for label in ("chunky", "causy"):  # saved in the recordings format, with the true video beside
+        clips = load_recordings(tmp_path / "out" / "videos" / label)
+        assert [c["name"] for c in clips] == ["scene0__forward", "scene0__long", "scene0__yaw"]
+        assert read_video(tmp_path / "out" / "videos" / label / "scene0__long.mp4").shape == (17, 64, 64, 3)
+        assert (tmp_path / "out" / "videos" / label / "truth" / "scene0__long.mp4").is_file()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| chunky | chunked |" in summary and "| causy | causal |" in summary and "## Out and back" in summary
+    for name in ("windows.png", "frames.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000, name
+
+
+def test_long_flight_user_errors_exit_2_with_a_message(tmp_path, tiny_worlds, capsys):
+    world, out = str(tiny_worlds[0]), str(tmp_path / "o")
+    cases = [(["--seconds", "0", "--world", world], "--seconds must be a positive number, got 0.0"),
+             (["--seconds", "1.3", "--world", world], "--seconds: 1.3 s at 8 fps is 2.6 intervals"),
+             (["--seconds", "2", "--window_seconds", "3", "--world", world], "--window_seconds: a window (6 "),
+             (["--seconds", "2", "--window_seconds", "1", "--edge_seconds", "1.5", "--world", world],
+              "--edge_seconds: 1.5 s is more than"),
+             (["--world", str(tmp_path / "nowhere")], "nowhere: not a folder"),
+             ([], "--long_flight needs --world DIR"),
+             (["--world", world, "--preset", "tiny"], "--preset is not a --long_flight option")]
+    for argv, message in cases:
+        assert main(["--long_flight", *argv, "--out", out]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert main(["--generate", "--world", world, world, "--out", out]) == 2
+    assert "--world: --generate takes one world" in capsys.readouterr().err
+    assert main(["--generate", "--world", world, "--seconds", "5", "--out", out]) == 2
+    assert "--seconds is a --long_flight option" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was flown or written

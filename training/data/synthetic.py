@@ -314,10 +314,16 @@ def make_dataset(out, clips: int, frames: int = 81, height: int = 480, width: in
     return rows
 
 
+def held_out_start(scene_seed: int) -> DroneState:
+    """The start pose of the held-out synthetic world ``scene_seed`` (the origin, a random heading): where
+    ``held_out_view`` looks from and where evaluation flights in that world begin."""
+    rng = np.random.default_rng(scene_seed)
+    return DroneState(heading_deg=float(rng.uniform(-180, 180)))
+
+
 def held_out_view(scene_seed: int, height: int, width: int) -> tuple[np.ndarray, str]:
     """(first frame (H, W, 3) uint8, prompt) of the synthetic world ``scene_seed`` seen from its start pose (a
     random heading, the start kept clear of objects): first frames for evaluation and the demo's samples."""
-    rng = np.random.default_rng(scene_seed)
-    start = DroneState(heading_deg=float(rng.uniform(-180, 180)))
+    start = held_out_start(scene_seed)
     scene = make_scene(scene_seed, clear_xz=np.array([[start.x, start.z]]), clear_radius=0.06)
     return render_frame(scene, start.c2w(), height, width), scene.prompt

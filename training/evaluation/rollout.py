@@ -10,6 +10,8 @@ The command is ``python -m training.rollout``.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from models.action_format import num_actions_for_frames
@@ -36,24 +38,35 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
+def chunked_flight(pipe, first: np.ndarray, prompt: str, actions: np.ndarray, chunk_frames: int, steps: int,
+                   seed: int, cfg_scale: float = 1.0, action_guidance: float = 1.0,
+                   action_guidance_rescale: float = 0.0) -> Iterator[np.ndarray]:
+    """Each chunk's frames ``(4k+1, H, W, 3)`` uint8 of a flight made as the server makes it: chunk ``n`` is a
+    generation from the previous chunk's last frame with seed ``seed + n`` (``actions`` (T, 2, 8); the last chunk
+    is shorter when T is not a whole number of chunks)."""
+    chunk_steps = num_actions_for_frames(chunk_frames)
+    image = first
+    for number, start in enumerate(range(0, len(actions), chunk_steps)):
+        part = actions[start:start + chunk_steps]
+        frames = generate_clip(pipe, image, prompt, part, 4 * len(part) + 1, steps, seed + number, cfg_scale,
+                               action_guidance=action_guidance,
+                               action_guidance_rescale=action_guidance_rescale)  # (4k+1, H, W, 3)
+        image = frames[-1]
+        yield frames
+
+
 def rollout(pipe, first: np.ndarray, prompt: str, actions: np.ndarray, chunk_frames: int, steps: int, seed: int,
             cfg_scale: float = 1.0, action_guidance: float = 1.0, action_guidance_rescale: float = 0.0,
             causal: CausalSettings | None = None) -> list[np.ndarray]:
     """The last frame (H, W, 3) uint8 of each chunk of a flight; ``actions`` (chunks * chunk_steps, 2, 8). A causal
     world flies one stream, a chunk being one block (``chunk_frames`` = 1 + 4 x block_frames)."""
-    chunk_steps = num_actions_for_frames(chunk_frames)
     if causal is not None:
+        chunk_steps = num_actions_for_frames(chunk_frames)
         frames = stream_clip(pipe, first, prompt, actions, steps, seed, causal, action_guidance=action_guidance,
                              action_guidance_rescale=action_guidance_rescale)  # (4T + 1, H, W, 3)
         return [frames[4 * end] for end in range(chunk_steps, len(actions) + 1, chunk_steps)]
-    image, lasts = first, []
-    for number, start in enumerate(range(0, len(actions), chunk_steps)):
-        frames = generate_clip(pipe, image, prompt, actions[start:start + chunk_steps], chunk_frames, steps,
-                               seed + number, cfg_scale, action_guidance=action_guidance,
-                               action_guidance_rescale=action_guidance_rescale)  # (F, H, W, 3)
-        image = frames[-1]
-        lasts.append(image)
-    return lasts
+    return [frames[-1] for frames in chunked_flight(pipe, first, prompt, actions, chunk_frames, steps, seed,
+                                                    cfg_scale, action_guidance, action_guidance_rescale)]
 
 
 def measure(pipe, serve: ServeConfig, chunks: int, scenes: int, seed: int = 0, flights=FLIGHTS) -> dict:
