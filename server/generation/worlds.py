@@ -154,6 +154,13 @@ def with_world_resolved(settings: Settings) -> Settings:
     return replace(settings, world=default_world()) if settings.world == "auto" else settings
 
 
+def describe_world(settings: Settings) -> str:
+    """What ``load_world`` will load, in a few words, before it does (for the start-up log)."""
+    settings = with_world_resolved(settings)
+    what = f"the model in {settings.model_dir}" if settings.model_dir else f"world {settings.world}"
+    return what + (f" + artifacts {settings.artifacts}" if settings.artifacts else "")
+
+
 def default_world() -> str:
     """"toy" when the committed toy world is present, else "random" (for ``Settings.world``'s default)."""
     return "toy" if "toy" in WORLD_FACTORIES else "random"
@@ -260,7 +267,8 @@ def world_summary(world: Optional[World]) -> dict:
             "controller": world.controller, "height": world.height, "width": world.width, "fps": world.fps,
             "chunk_frames": world.chunk_frames, "steps": world.steps, "cfg_scale": world.cfg_scale,
             "action_guidance": world.action_guidance, "action_guidance_rescale": world.action_guidance_rescale,
-            "prompt": world.prompt, "sample": world.sample, "notes": world.notes, "autoregressive": world.autoregressive,
+            "prompt": world.prompt, "sample": world.sample, "notes": world.notes,
+            "autoregressive": world.autoregressive,
             "generation": world.generation, "block_frames": world.causal_settings.block_frames,
             "window": world.causal_settings.window, "sink": world.causal_settings.sink,
             "full_scale": list(world.full_scale),
