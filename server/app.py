@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from models.action_format import ACTION_NAMES, ROTATION_UNIT, TRANSLATION_UNIT
 from server.api import router as rest_router
@@ -217,7 +218,8 @@ def create_app(settings: Settings = None, world: World = None) -> FastAPI:
         finally:
             await asyncio.to_thread(state.close)
 
-    app = FastAPI(title="wanfly", version="0.1.0", lifespan=lifespan,
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this server, not a CDN (offline deployments)
+    app = FastAPIOffline(title="wanfly", version="0.1.0", lifespan=lifespan,
                   description="Real-time drone flight through a generated world (Wan2.2-TI2V-5B + action control). "
                               "The flight WebSocket `/ws` is documented in docs/protocol.md.")
     app.state.wanfly = state

@@ -1,7 +1,8 @@
 """The page recovers from every error (headless Chromium, a real server on the tiny preset): fields and files checked
 before anything is sent, server refusals shown next to their field, stop before the flight runs, a connection closed
 before it starts, a flight the server ends; each ends with start working again. A mocked /ws (Playwright's
-``route_web_socket``) plays the server answers a real server gives only by chance or on failure."""
+``route_web_socket``) plays the server answers a real server gives only by chance or on failure. And /docs works
+offline."""
 import io
 import json
 
@@ -167,3 +168,22 @@ def test_a_flight_the_server_ends_puts_the_page_back(page, base_url):
     idle(page)
     assert page.inner_text("#status") == "the flight stopped: generation failed"
     assert "generation_failed" in page.inner_text("#message")
+
+
+def test_the_api_docs_page_works_offline(page, base_url):
+    """/docs renders the REST API with every request to another host refused (an offline deployment): Swagger UI's
+    script and style come from this server."""
+    elsewhere = []
+
+    def only_local(route):
+        if route.request.url.startswith(base_url):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+    page.route("**/*", only_local)
+    page.goto(base_url + "/docs")
+    page.wait_for_selector("#operations-jobs-generate_generate_post", timeout=TIMEOUT_MS)
+    assert elsewhere == []
+    page.goto(base_url + "/redoc")
+    page.wait_for_selector("text=/generate", timeout=TIMEOUT_MS)
+    assert elsewhere == ["https://cdn.redoc.ly/redoc/logo-mini.svg"]  # ReDoc's "powered by" logo only
