@@ -189,9 +189,11 @@ def test_the_images_install_steps_in_a_clean_venv(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     base = tmp_path / "base-image"  # torch, torchvision and what they import, as the base image has them
     base.mkdir()
-    for name in ("torch", "torchvision", "functorch", "torchgen"):
-        for path in Path(torch_site()).glob(f"{name}*"):
-            (base / path.name).symlink_to(path)
+    patterns = ("torch", "torch-*", "torchvision", "torchvision-*", "torchvision.libs", "functorch", "torchgen",
+                "nvidia", "nvidia_*", "triton", "triton-*", "cuda", "cuda_*")  # torch's CUDA build comes with the image
+    borrowed = {path for pattern in patterns for path in Path(torch_site()).glob(pattern)}
+    for path in borrowed:
+        (base / path.name).symlink_to(path)
     (Path(site) / "base-image.pth").write_text(str(base) + "\n")
     work = tmp_path / "app"
     work.mkdir()
