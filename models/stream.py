@@ -6,7 +6,8 @@ block, h/w latent grid, H/W pixels, n video frames, S text tokens, D hidden size
 Opening encodes the first image once (latent frame 0), runs it through the DiT at timestep 0 to fill the cache's
 sink, and decodes it (the flight's frame 0). Each ``step(actions)`` then makes one block: noise -> ``steps``
 denoising steps of the block's tokens against the cached context (``models.causal.forward_block``) -> its frames
-through the decoder that never restarts (``models.streaming.StreamDecoder``) -> one clean pass at timestep 0 that
+through the decoder that never restarts (``models.streaming.StreamDecoder``, or the small decoder of
+``models.frames``: ``pipe.use_decoder``) -> one clean pass at timestep 0 that
 writes the block's keys and values into the cache (the window rolls). Nothing is ever re-encoded: the model sees
 its own latents, not decoded frames. Memory per stream is constant: the cache is a fixed ring, the decoder keeps
 the last frames of each causal conv, and with ``keep_latents=False`` no history is kept at all.
@@ -27,7 +28,6 @@ from .kv_cache import KVCache
 from .media import video_to_frames
 from .model_fn import rescale_guided
 from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
-from .streaming import StreamDecoder
 
 
 class WorldStream:
@@ -65,7 +65,7 @@ class WorldStream:
         pipe.load_models_to_device(["dit", "action_controller"])
         forward_block(self.dit, self.controller, first.expand(self.branches, -1, -1, -1, -1), 0.0, self.context,
                       self.cache, write=True, first_frame_is_image=True)  # the sink: the first image, clean
-        self.decoder = StreamDecoder(pipe.vae, pipe.device, tiled)
+        self.decoder = pipe.new_stream_decoder(tiled)  # the Wan decoder or the small one (models.frames)
         self._first_frames = video_to_frames(self.decoder.push(first))  # (1, H, W, 3): frame 0 of the flight
         self._latents = [first] if keep_latents else None
 
