@@ -211,11 +211,13 @@ class WanActionPipeline(WanVideoPipeline):
     def open_stream(self, image, prompt: str, *, seed: int = 0, steps: int = 4, block_frames: int = 1,
                     window: int = 3, sink: bool = True, height: Optional[int] = None, width: Optional[int] = None,
                     action_guidance: float = 1.0, action_guidance_rescale: float = 0.0, cfg_scale: float = 1.0,
-                    tiled: bool = False, keep_latents: bool = True, sigma_shift: float = 5.0) -> WorldStream:
+                    tiled: bool = False, keep_latents: bool = True, sigma_shift: float = 5.0,
+                    overlap: bool = False) -> WorldStream:
         """One flight as one block-causal stream (``models.stream``): ``stream.step(actions)`` makes the next block
         of ``block_frames`` latent frames (4 video frames each) from raw ``(block_frames, 2, 8)`` actions,
         attending to the first image (``sink``) and the last ``window`` latent frames through a K/V cache. The
-        size defaults to the image's. Streams generate without text CFG (``cfg_scale`` 1)."""
+        size defaults to the image's. Streams generate without text CFG (``cfg_scale`` 1). ``overlap`` decodes each
+        block on a lane (a second CUDA stream, or the decode device) while the next one denoises (``step_async``)."""
         if cfg_scale != 1:
             raise ValueError(f"cfg_scale: a stream generates without text CFG (1), got {cfg_scale!r}")
         size = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else getattr(image, "size", (0, 0))
@@ -223,7 +225,7 @@ class WanActionPipeline(WanVideoPipeline):
                            settings=CausalSettings(block_frames=block_frames, window=window, sink=sink),
                            height=height or size[1], width=width or size[0], action_guidance=action_guidance,
                            action_guidance_rescale=action_guidance_rescale, sigma_shift=sigma_shift, tiled=tiled,
-                           keep_latents=keep_latents)
+                           keep_latents=keep_latents, overlap=overlap)
 
     def compile_for_inference(self, mode: str = "default", dynamic: Optional[bool] = None) -> "WanActionPipeline":
         """torch.compile each DiT block and the controller's injection methods, in place. Compilation happens on
