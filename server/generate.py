@@ -28,7 +28,7 @@ from server.settings import Settings
 
 WORLD_OPTIONS = ("world", "model_dir", "artifacts", "device", "dtype", "world_seed", "threads", "height", "width",
                  "fps", "steps", "cfg_scale", "action_guidance", "action_guidance_rescale", "generation",
-                 "block_frames", "window", "sink", "web_dir")
+                 "block_frames", "window", "sink", "decoder", "decode_device", "fp8", "web_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:

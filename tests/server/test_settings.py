@@ -15,7 +15,10 @@ def test_settings_from_env_and_cli():
 
 @pytest.mark.parametrize("option, value, message", [
     ("--action_guidance", "0.5", "action_guidance must be a number >= 1"),
-    ("--action_guidance_rescale", "2", "action_guidance_rescale must")])
+    ("--action_guidance_rescale", "2", "action_guidance_rescale must"),
+    ("--decoder", "tiny", "decoder must be one of ['wan', 'small']"),
+    ("--jpeg_device", "gpu", "jpeg_device must be auto, cpu, cuda or cuda:N"),
+    ("--decode_device", "cuda1", "decode_device must be cpu, cuda or cuda:N")])
 def test_bad_guidance_options_stop_the_command_line_before_any_work(capsys, option, value, message):
     with pytest.raises(SystemExit) as exit_:
         Settings.from_args([option, value], env={})
@@ -31,3 +34,13 @@ def test_realtime_preset_fills_unset_generation_fields_only():
     assert Settings.from_args(["--compile", "0"], env={}).compile is False
     with pytest.raises(ValueError, match="preset"):
         Settings(preset="fastest")
+
+
+def test_frame_path_options():
+    settings = Settings.from_args(["--decoder", "small", "--decode_device", "cuda:1", "--jpeg_device", "cuda:0",
+                                   "--fp8"], env={})
+    assert (settings.decoder, settings.decode_device, settings.jpeg_device, settings.fp8) == \
+        ("small", "cuda:1", "cuda:0", True)
+    defaults = Settings.from_args([], env={})
+    assert (defaults.decoder, defaults.decode_device, defaults.jpeg_device, defaults.fp8) == \
+        (None, None, "auto", False)
