@@ -81,7 +81,7 @@ class SmallDecoderConfig:
 
 # "full": for the 5B model's latents (480x832, 704x1280); "toy": for the toy world (128x128, a 16-wide teacher).
 PRESETS = {"full": SmallDecoderConfig(widths=[256, 128, 64, 32], blocks=[3, 2, 1, 1]),
-           "toy": SmallDecoderConfig(widths=[64, 48, 24, 16], blocks=[2, 1, 1, 1])}
+           "toy": SmallDecoderConfig(widths=[64, 32, 16, 8], blocks=[2, 1, 1, 0])}
 
 
 class MemoryBlock(torch.nn.Module):
