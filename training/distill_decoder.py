@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=4, help="clips per step")
+    p.add_argument("--crop", type=int, default=0, help="train on random crops of this many latent cells a side "
+                                                      "(0 = whole frames; the measure always decodes whole frames)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the written weights (0 = the last weights)")
     p.add_argument("--l1", type=float, default=1.0, help="weight of the L1 loss to the teacher's frames")
@@ -83,6 +85,8 @@ def check_args(p: argparse.ArgumentParser, a) -> None:
     for name in ("steps", "batch", "clips", "holdout", "save_steps"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if a.crop < 0:
+        p.error(f"--crop must be >= 0 latent cells, got {a.crop}")
     for name in ("lr", "gan_lr"):
         if not getattr(a, name) > 0:
             p.error(f"--{name} must be > 0, got {getattr(a, name)}")

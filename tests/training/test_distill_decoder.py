@@ -54,6 +54,29 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
 
 
+def test_crops_train_on_a_window_of_the_grid_and_its_pixels(tmp_path, monkeypatch):
+    """--crop 2: each step's latents are a 2x2 window of the 4x4 grid and the targets the 32x32 pixels under it (the
+    same window of the teacher's frames); the measure still decodes whole frames."""
+    original, seen = distill_run.DistillRun.batch, []
+
+    def spy(self, step):
+        z, target = original(self, step)
+        seen.append((tuple(z.shape), tuple(target.shape)))
+        latents, teacher = self.data.latents, distill_run.to_video(self.data.teacher, "cpu")  # whole clips
+        where = [(k, i, j) for k in range(len(latents)) for i in range(3) for j in range(3)
+                 if torch.equal(latents[k, ..., i:i + 2, j:j + 2], z[0].cpu())]
+        assert len(where) == 1, "the crop is one window of one clip's latent grid"
+        k, i, j = where[0]
+        assert torch.equal(teacher[k, :, :, 16 * i:16 * i + 32, 16 * j:16 * j + 32], target[0].cpu())
+        return z, target
+
+    monkeypatch.setattr(distill_run.DistillRun, "batch", spy)
+    assert distill_main(recipe(tmp_path / "out", tmp_path / "work", "--crop", "2", "--batch", "1")) == 0
+    assert seen == [((1, 48, 2, 2, 2), (1, 3, 5, 32, 32))] * 4
+    report = json.loads((tmp_path / "out" / CONFIG_FILE).read_text())["report"]
+    assert report["heldout_frames_per_clip"] == 9 and report["stream_vs_oneshot_max_abs"] < 1e-5
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--frames", "6"], "--frames must be 4k+1"),
     (["--eval_frames", "1"], "--eval_frames must be 4k+1"),
@@ -61,6 +84,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     (["--motion", "-1"], "--motion must be a number >= 0"),
     (["--lr", "0"], "--lr must be > 0"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--crop", "-1"], "--crop must be >= 0"),
     (["--height", "40"], "--height must be a positive multiple of 32"),
     (["--blocks", "1,1"], "student: widths and blocks need one entry per level"),
     (["--patch", "2"], "student: widths/patch"),

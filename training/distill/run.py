@@ -138,10 +138,21 @@ class DistillRun:
 
     # ---- training ----
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents (B, C, F, h, w), the teacher's video (B, 3, T, H, W)) of a step: a pure function of it."""
+        """(latents (B, C, F, h, w), the teacher's video (B, 3, T, H, W)) of a step: a pure function of it. With
+        ``--crop c`` a random c x c window of the latent grid and the teacher's pixels under it (the decoder is
+        convolutional: crops train it at a fraction of the cost of whole frames; time is never cropped)."""
         count = len(self.data.latents)
-        idx = np.sort(np.random.default_rng([self.a.seed, step]).choice(count, min(self.a.batch, count), False))
-        return self.data.latents[idx].to(self.device), to_video(self.data.teacher[idx], self.device)
+        rng = np.random.default_rng([self.a.seed, step])
+        idx = np.sort(rng.choice(count, min(self.a.batch, count), False))
+        z, frames = self.data.latents[idx], self.data.teacher[idx]  # (B, C, F, h, w), (B, T, H, W, 3)
+        h, w = z.shape[-2:]
+        crop = self.a.crop
+        if crop and crop < max(h, w):
+            y, x = int(rng.integers(0, max(1, h - crop + 1))), int(rng.integers(0, max(1, w - crop + 1)))
+            s = self.student.config.spatial
+            z = z[..., y:y + crop, x:x + crop]  # (B, C, F, c, c)
+            frames = frames[:, :, y * s:(y + crop) * s, x * s:(x + crop) * s]  # (B, T, c*16, c*16, 3)
+        return z.to(self.device), to_video(frames, self.device)
 
     def train_step(self, step: int) -> dict:
         a = self.a
