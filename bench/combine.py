@@ -12,7 +12,7 @@ import sys
 
 from bench.schema import command_line, figure, load_result, write_result
 
-PARTS = ("controller_overhead", "chunk_latency", "stream_latency", "train_step")
+PARTS = ("controller_overhead", "chunk_latency", "stream_latency", "train_step", "decode_latency")
 
 
 def load(folder: str, name: str) -> dict | None:

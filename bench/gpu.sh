@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run every model benchmark at full size on one GPU (H100/H200) in under 10 minutes, or on CPU with --small.
 #
-#   bench/gpu.sh OUT_DIR            GPU: controller_overhead, chunk_latency, stream_latency, train_step at full size
-#                                   (random weights)
+#   bench/gpu.sh OUT_DIR            GPU: controller_overhead, chunk_latency, stream_latency, train_step,
+#                                   decode_latency at full size (random weights)
 #   bench/gpu.sh OUT_DIR --small    CPU: the same benches at their --small settings (uses ./.venv)
 #   bench/gpu.sh --fetch-wheels     here, with network: fill bench/wheels/ with what the GPU machine lacks
 #
@@ -37,8 +37,9 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$SMALL" = "--small" ]; then
     PY="${PYTHON:-.venv/bin/python}"
     DEV=(--device cpu --small)
-    LIMITS=(400 300 400 120)  # controller_overhead, chunk_latency, stream_latency, train_step
+    LIMITS=(400 300 400 120 600)  # controller_overhead, chunk_latency, stream_latency, train_step, decode_latency
     CO_EXTRA=(--repeats 3)  # 2 cores: the 3072-wide CPU step takes seconds
+    DL_EXTRA=(--sizes 64x64)  # one size: on loaded cores a 128x128 tiny-preset Wan decode takes ~10 s a push
 else
     PY="${PYTHON:-python3}"
     if ! "$PY" -c "import diffsynth" 2>/dev/null; then
@@ -50,10 +51,12 @@ else
     "$PY" -c "import flash_attn" 2>/dev/null && echo "flash-attn: installed" || echo "flash-attn: not installed (torch SDPA)"
     DEV=(--device cuda)
     CO_EXTRA=()
-    # seconds; the sum (580) with the install and start-up stays under 10 minutes. The three older benches took
-    # 101-139 s together on H200s; stream_latency measures its most important cells first and stops starting
-    # cells 30 s before its limit (its full grid takes longer: run it alone for that, see bench/README.md).
-    LIMITS=(100 200 180 100)  # controller_overhead, chunk_latency, stream_latency, train_step
+    DL_EXTRA=()
+    # seconds; the sum (590) with the install and start-up stays under 10 minutes. The three older benches took
+    # 101-139 s together on H200s; stream_latency and decode_latency measure their most important cells first and
+    # stop starting cells before their limit (their full grids take longer: run them alone for that, see
+    # bench/README.md). decode_latency's GPU time is not measured yet: its limit is a budget, not a measurement.
+    LIMITS=(80 160 150 80 120)  # controller_overhead, chunk_latency, stream_latency, train_step, decode_latency
 fi
 
 run() {  # run NAME LIMIT ARGS...: a bench under a time limit; a failure or timeout is reported, not fatal
@@ -75,4 +78,6 @@ run chunk_latency "${LIMITS[1]}" -m bench.chunk_latency "${DEV[@]}" --time_limit
 run stream_latency "${LIMITS[2]}" -m bench.stream_latency "${DEV[@]}" --time_limit $((LIMITS[2] - 30)) \
     --out "$OUT/stream_latency.json"
 run train_step "${LIMITS[3]}" -m bench.train_step "${DEV[@]}" --out "$OUT/train_step.json"
+run decode_latency "${LIMITS[4]}" -m bench.decode_latency "${DEV[@]}" "${DL_EXTRA[@]}" --time_limit $((LIMITS[4] - 40)) \
+    --out "$OUT/decode_latency.json"
 "$PY" -m bench.combine "$OUT"

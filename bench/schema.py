@@ -3,8 +3,8 @@
 A result file (field by field in bench/results/README.md)::
 
     schema_version  SCHEMA_VERSION
-    bench           the bench that wrote it: controller_overhead, chunk_latency, train_step, stream_latency, serving,
-                    real_weights, combine
+    bench           the bench that wrote it: controller_overhead, chunk_latency, train_step, stream_latency,
+                    decode_latency, serving, real_weights, combine
     date            when it was written, UTC ISO 8601 ("2026-11-26T12:52:32+00:00")
     commit          git HEAD of the checkout that ran (outside a checkout: $BENCH_COMMIT), null if unknown
     dirty           true when tracked files (bench/results/ aside) differed from that commit; null if unknown
@@ -36,7 +36,7 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
-UNITS = ("ms", "s", "frames/s", "GB", "bytes", "ratio", "%", "count")
+UNITS = ("ms", "s", "frames/s", "GB", "bytes", "ratio", "%", "count", "dB")
 KINDS = ("cpu", "cuda", "unknown")
 VERSION_KEYS = ("python", "torch", "torchvision", "diffsynth", "cuda", "cudnn", "flash_attn")
 REQUIRED = ("schema_version", "bench", "date", "commit", "dirty", "device", "versions", "settings", "figures")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+DECODERS = ("wan", "small")  # the world's Wan VAE decoder; its small distilled one (models.frames.small_decoder)
+
 
 def check_action_guidance(value) -> float:
     """``action_guidance`` must be a finite number >= 1 (1 = off); returns it as a float."""
@@ -18,6 +20,13 @@ def check_action_guidance_rescale(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails too
         raise ValueError(f"action_guidance_rescale must be a number in [0, 1] (0 = off), got {value!r}")
     return float(value)
+
+
+def check_decoder(value) -> str:
+    """``decoder`` must be one of DECODERS; returns it."""
+    if value not in DECODERS:
+        raise ValueError(f"decoder must be one of {list(DECODERS)}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ from diffsynth.pipelines.wan_video import WanVideoPipeline, WanVideoUnit_PromptE
 
 from .action_format import MAGNITUDE_SCALE, check_scale, check_split_actions, num_actions_for_frames, split_actions
 from .artifacts import apply_artifacts
+from .frames.decoders import attach_small_decoder, decoding_with, new_stream_decoder, set_decode_device, use_decoder
 from .model_dir import MODEL_DIR_LAYOUT, check_model_dir
 from .model_fn import model_fn_wan_action
 from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from .stream import WorldStream
-from .streaming import capture_latents, stream_decode
+from .streaming import capture_latents, stream_groups
 
 
 class CachedPromptEmbedder(WanVideoUnit_PromptEmbedder):
@@ -63,6 +64,9 @@ class WanActionPipeline(WanVideoPipeline):
         self.prompt_cache = OrderedDict()
         self.lora_config = None
         self.action_stats = None  # from the artifacts: the server derives key magnitudes from it
+        self.decoder = "wan"  # which decoder makes the frames (models.frames.decoders): "wan" | "small"
+        self.small_decoder = None  # a models.frames.small_decoder.SmallDecoder, when the world has one
+        self.decode_device = self.decode_vae = None  # decoding on another device (set_decode_device)
 
     @classmethod
     def from_base(cls, pipe: WanVideoPipeline) -> "WanActionPipeline":
@@ -159,13 +163,15 @@ class WanActionPipeline(WanVideoPipeline):
         if binary is None:
             if action_guidance != 1.0:
                 raise ValueError("action_guidance needs actions (actions= or action_binary=/action_magnitude=)")
-            return super().__call__(*args, **kwargs)
+            with decoding_with(self):
+                return super().__call__(*args, **kwargs)
         stock_model_fn = self.model_fn
         self.model_fn = functools.partial(stock_model_fn, action_binary=binary, action_magnitude=magnitude,
                                           action_guidance=float(action_guidance),
                                           action_guidance_rescale=float(action_guidance_rescale))
         try:
-            return super().__call__(*args, **kwargs)
+            with decoding_with(self):
+                return super().__call__(*args, **kwargs)
         finally:
             self.model_fn = stock_model_fn
 
@@ -182,17 +188,36 @@ class WanActionPipeline(WanVideoPipeline):
         """Decode latents group by group: yields (1, 3, n, H, W) float video in [-1, 1]; their concatenation is
         bit-identical to ``__call__(output_type="floatpoint")`` with the same tiling (defaults as ``__call__``)."""
         self.load_models_to_device(["vae"])
-        return stream_decode(self.vae, latents, self.device, tiled=tiled, tile_size=tile_size,
-                             tile_stride=tile_stride, group=group)
+        return stream_groups(self.new_stream_decoder(tiled, tile_size, tile_stride), latents, group)
+
+    # ---- the decoder ---------------------------------------------------------------------------------------
+    def use_decoder(self, name: str, small_decoder=None) -> "WanActionPipeline":
+        """Decode with ``name``: "wan" (the world's VAE decoder) or "small" (its small decoder: ``small_decoder``
+        given here or attached before); see ``models.frames.decoders``."""
+        if small_decoder is not None:
+            attach_small_decoder(self, small_decoder)
+        use_decoder(self, name)
+        return self
+
+    def set_decode_device(self, device) -> "WanActionPipeline":
+        """Decode on another device (e.g. "cuda:1") while the DiT denoises on this one; None = the same."""
+        set_decode_device(self, device)
+        return self
+
+    def new_stream_decoder(self, tiled: bool = False, tile_size=(34, 34), tile_stride=(18, 16)):
+        """A stream decoder (``push``) of the chosen decoder: ``models.streaming.StreamDecoder`` or the small one."""
+        return new_stream_decoder(self, tiled, tile_size, tile_stride)
 
     def open_stream(self, image, prompt: str, *, seed: int = 0, steps: int = 4, block_frames: int = 1,
                     window: int = 3, sink: bool = True, height: Optional[int] = None, width: Optional[int] = None,
                     action_guidance: float = 1.0, action_guidance_rescale: float = 0.0, cfg_scale: float = 1.0,
-                    tiled: bool = False, keep_latents: bool = True, sigma_shift: float = 5.0) -> WorldStream:
+                    tiled: bool = False, keep_latents: bool = True, sigma_shift: float = 5.0,
+                    overlap: bool = False) -> WorldStream:
         """One flight as one block-causal stream (``models.stream``): ``stream.step(actions)`` makes the next block
         of ``block_frames`` latent frames (4 video frames each) from raw ``(block_frames, 2, 8)`` actions,
         attending to the first image (``sink``) and the last ``window`` latent frames through a K/V cache. The
-        size defaults to the image's. Streams generate without text CFG (``cfg_scale`` 1)."""
+        size defaults to the image's. Streams generate without text CFG (``cfg_scale`` 1). ``overlap`` decodes each
+        block on a lane (a second CUDA stream, or the decode device) while the next one denoises (``step_async``)."""
         if cfg_scale != 1:
             raise ValueError(f"cfg_scale: a stream generates without text CFG (1), got {cfg_scale!r}")
         size = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else getattr(image, "size", (0, 0))
@@ -200,7 +225,7 @@ class WanActionPipeline(WanVideoPipeline):
                            settings=CausalSettings(block_frames=block_frames, window=window, sink=sink),
                            height=height or size[1], width=width or size[0], action_guidance=action_guidance,
                            action_guidance_rescale=action_guidance_rescale, sigma_shift=sigma_shift, tiled=tiled,
-                           keep_latents=keep_latents)
+                           keep_latents=keep_latents, overlap=overlap)
 
     def compile_for_inference(self, mode: str = "default", dynamic: Optional[bool] = None) -> "WanActionPipeline":
         """torch.compile each DiT block and the controller's injection methods, in place. Compilation happens on

@@ -1,4 +1,4 @@
-"""``serve.json``: how a world is served (size, chunk length, steps, guidance, first frame, banner, notes): its one
+"""``serve.json``: how a world is served (size, chunk, steps, guidance, first frame, banner, notes, decoder): its one
 owner.
 
 A world folder (``models.small_world``) may hold a ``serve.json``; every reader (the server's worlds, evaluation,
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config_io import config_from_dict
-from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
+from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale, check_decoder
 
 SERVE_CONFIG_NAME = "serve.json"
 SAMPLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -45,6 +45,9 @@ class ServeConfig:
     block_frames: int = 1  # latent frames per block (4 video frames each)
     window: int = 3  # latent frames of context besides the sink
     sink: bool = True  # the first image stays in context
+    # which decoder makes the frames: "wan" (the world's VAE decoder) or "small" (its distilled one, in the
+    # folder's small_decoder/: models.frames.small_decoder); python -m server --decoder overrides it
+    decoder: str = "wan"
 
     def __post_init__(self):
         for name in ("height", "width", "chunk_frames", "fps", "steps"):
@@ -75,6 +78,7 @@ class ServeConfig:
         if self.generation not in GENERATIONS:
             raise ValueError(f"generation must be one of {list(GENERATIONS)}, got {self.generation!r}")
         self.causal_settings()  # block_frames, window, sink checked by name
+        check_decoder(self.decoder)
 
     def causal_settings(self) -> CausalSettings:
         return CausalSettings(block_frames=self.block_frames, window=self.window, sink=self.sink)

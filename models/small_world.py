@@ -10,6 +10,7 @@ A small world is a narrow ``WanModel`` with the TI2V settings (fused first frame
     dit.safetensors  vae.safetensors  text_encoder.safetensors
     action_train_config.json + action_controller.safetensors   its controller (models.artifacts), optional
     serve.json               serving defaults (models.serve_config), optional
+    small_decoder/           a small distilled decoder (models.frames.small_decoder), optional
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from safetensors.torch import load_file, save_file
 from .artifacts import CONFIG_NAME
 from .config_io import config_from_dict
 from .controller import WanActionController
+from .frames.decoders import attach_small_decoder
+from .frames.small_decoder import FOLDER as SMALL_DECODER_FOLDER
+from .frames.small_decoder import load_small_decoder
 from .pipeline import WanActionPipeline
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
@@ -189,4 +193,15 @@ def load_small_world(folder: str, device="cpu", torch_dtype=torch.float32) -> Wa
     pipe = assemble_pipeline(dit, vae, text_encoder, tokenizer, device=device, torch_dtype=torch_dtype)
     if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
         pipe.load_action_artifacts(folder)
+    attach_folder_small_decoder(pipe, folder)
     return pipe
+
+
+def attach_folder_small_decoder(pipe: WanActionPipeline, folder: str) -> bool:
+    """Attach ``folder/small_decoder/`` (``models.frames.small_decoder``) when there is one (the pipeline still
+    decodes with its VAE until ``pipe.use_decoder("small")``); True if it did."""
+    path = os.path.join(folder, SMALL_DECODER_FOLDER)
+    if not os.path.isdir(path):
+        return False
+    attach_small_decoder(pipe, load_small_decoder(path))
+    return True

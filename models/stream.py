@@ -6,13 +6,17 @@ block, h/w latent grid, H/W pixels, n video frames, S text tokens, D hidden size
 Opening encodes the first image once (latent frame 0), runs it through the DiT at timestep 0 to fill the cache's
 sink, and decodes it (the flight's frame 0). Each ``step(actions)`` then makes one block: noise -> ``steps``
 denoising steps of the block's tokens against the cached context (``models.causal.forward_block``) -> its frames
-through the decoder that never restarts (``models.streaming.StreamDecoder``) -> one clean pass at timestep 0 that
-writes the block's keys and values into the cache (the window rolls). Nothing is ever re-encoded: the model sees
+through the decoder that never restarts (``models.streaming.StreamDecoder``, or the small decoder of
+``models.frames``: ``pipe.use_decoder``) -> one clean pass at timestep 0 that
+writes the block's keys and values into the cache (the window rolls). With ``overlap`` the cache write comes first
+and the decode runs on a lane (``models.frames.lane``: a second CUDA stream or the decode device) while the caller
+makes the next block (``step_async``). Nothing is ever re-encoded: the model sees
 its own latents, not decoded frames. Memory per stream is constant: the cache is a fixed ring, the decoder keeps
 the last frames of each causal conv, and with ``keep_latents=False`` no history is kept at all.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Iterator, Optional
 
 import numpy as np
@@ -23,11 +27,11 @@ from PIL import Image
 
 from .action_format import NUM_ACTIONS, parse_actions, split_actions
 from .causal import block_action_emb, forward_block
+from .frames.lane import DecodeLane
 from .kv_cache import KVCache
 from .media import video_to_frames
 from .model_fn import rescale_guided
 from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
-from .streaming import StreamDecoder
 
 
 class WorldStream:
@@ -36,7 +40,7 @@ class WorldStream:
     @torch.no_grad()
     def __init__(self, pipe, image, prompt: str, *, seed: int = 0, steps: int = 4, settings: CausalSettings,
                  height: int, width: int, action_guidance: float = 1.0, action_guidance_rescale: float = 0.0,
-                 sigma_shift: float = 5.0, tiled: bool = False, keep_latents: bool = True):
+                 sigma_shift: float = 5.0, tiled: bool = False, keep_latents: bool = True, overlap: bool = False):
         if pipe.action_controller is None:
             raise ValueError("open_stream needs an action controller (pipe.set_action_controller or "
                              "pipe.load_action_artifacts)")
@@ -65,9 +69,10 @@ class WorldStream:
         pipe.load_models_to_device(["dit", "action_controller"])
         forward_block(self.dit, self.controller, first.expand(self.branches, -1, -1, -1, -1), 0.0, self.context,
                       self.cache, write=True, first_frame_is_image=True)  # the sink: the first image, clean
-        self.decoder = StreamDecoder(pipe.vae, pipe.device, tiled)
+        self.decoder = pipe.new_stream_decoder(tiled)  # the Wan decoder or the small one (models.frames)
         self._first_frames = video_to_frames(self.decoder.push(first))  # (1, H, W, 3): frame 0 of the flight
         self._latents = [first] if keep_latents else None
+        self.lane = DecodeLane(self.decoder.device) if overlap else None  # decodes beside the next denoising
 
     # ---- set-up ------------------------------------------------------------------------------------------------
     def _embed_prompt(self, prompt: str) -> torch.Tensor:
@@ -103,7 +108,35 @@ class WorldStream:
 
     def step_iter(self, actions) -> Iterator[np.ndarray]:
         """``step`` as it decodes: one (n, H, W, 3) uint8 group per latent frame, as soon as it is ready. The
-        cache is written after the last group (or at the next step, if the caller stopped early)."""
+        cache is written after the last group (or at the next step, if the caller stopped early). A stream with
+        ``overlap`` writes it first and decodes on its lane (``step_async``)."""
+        if self.lane is not None:
+            yield from self.step_async(actions).result()
+            return
+        x, first = self._block(actions)  # (1, C, b, h, w)
+        with torch.no_grad():
+            if first:
+                yield self._first_frames
+            for i in range(x.shape[2]):
+                yield video_to_frames(self.decoder.push(x[:, :, i:i + 1]))  # (4, H, W, 3)
+        self._commit()
+
+    def step_async(self, actions) -> Future:
+        """The next block with its decode on the lane (a stream opened with ``overlap=True``): denoised and its keys
+        and values written now, then a Future of its frame groups (``step_iter``'s) is returned at once, so the
+        caller can make the next block while this one decodes (on a second CUDA stream or ``decode_device``)."""
+        if self.lane is None:
+            raise ValueError("step_async: the stream was opened without overlap=True")
+        x, first = self._block(actions)  # (1, C, b, h, w)
+        self._commit()  # nothing waits for the decode now: the cache write goes first
+        return self.lane.submit(lambda latents: self._decode_groups(latents, first), x)
+
+    def _decode_groups(self, x: torch.Tensor, first: bool) -> list[np.ndarray]:
+        groups = [self._first_frames] if first else []
+        return groups + [video_to_frames(self.decoder.push(x[:, :, i:i + 1])) for i in range(x.shape[2])]
+
+    def _block(self, actions) -> tuple[torch.Tensor, bool]:
+        """Denoise the next block: its latents (1, C, b, h, w), and whether it is the flight's first."""
         raw = self._check(actions)  # (1, b, 2, 8)
         self._commit()
         steps = torch.cat([self.history, raw], dim=1)  # (1, T, 2, 8): the window type also sees past steps
@@ -111,20 +144,19 @@ class WorldStream:
         with torch.no_grad():
             action_emb = self._action_emb(*split_actions(steps, self.pipe.action_magnitude_scale))  # (B, T, D)
             x = self._denoise(action_emb)  # (1, C, b, h, w)
-            self._pending = (x, action_emb)
-            if self._latents is not None:
-                self._latents.append(x)
-            if self.blocks == 0:
-                yield self._first_frames
-            self.blocks += 1
-            for i in range(x.shape[2]):
-                yield video_to_frames(self.decoder.push(x[:, :, i:i + 1]))  # (4, H, W, 3)
-        self._commit()
+        self._pending = (x, action_emb)
+        if self._latents is not None:
+            self._latents.append(x)
+        first = self.blocks == 0
+        self.blocks += 1
+        return x, first
 
     def close(self) -> None:
-        """Free the cache and the decoder; a closed stream refuses ``step``."""
+        """Free the cache and the decoder (after the lane's last decode); a closed stream refuses ``step``."""
         self.closed, self._pending = True, None
-        self.cache = self.decoder = self._latents = None
+        if self.lane is not None:
+            self.lane.close()
+        self.cache = self.decoder = self._latents = self.lane = None
 
     # ---- internals ---------------------------------------------------------------------------------------------
     def _check(self, actions) -> torch.Tensor:

@@ -101,6 +101,13 @@ class StreamDecoder:
             weight[:, :, :, ys, xs] += mask
         return (values / weight).clamp_(-1, 1)  # (1, 3, n, H, W)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tiles' causal caches (each storage once)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for tile in (self.tiles or [])
+                    for t in tile.cache if isinstance(t, torch.Tensor)}
+        return sum(storages.values())
+
 
 def _group_sizes(num_latent_frames: int, group: int) -> list[int]:
     """Latent frame 0 alone (it is the first image, out at once), then groups of ``group`` latent frames."""
@@ -119,11 +126,17 @@ def stream_decode(vae, latents: torch.Tensor, device, tiled: bool = False, tile_
     Arguments mean what they mean for ``WanVideoVAE.decode``; ``group`` is latent frames per yielded group after
     the first (latent frame 0 is always yielded alone). Concatenating the groups along dim 2 equals the stock decode.
     """
+    yield from stream_groups(StreamDecoder(vae, device, tiled, tile_size, tile_stride), latents, group)
+
+
+@torch.no_grad()
+def stream_groups(decoder, latents: torch.Tensor, group: int = 1) -> Iterator[torch.Tensor]:
+    """``stream_decode`` through any stream decoder (``push``: this one or ``models.frames``' small one)."""
     if latents.dim() != 5 or latents.shape[0] != 1:
         raise ValueError(f"latents: expected (1, C, F, h, w), got {tuple(latents.shape)}")
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
         raise ValueError(f"group: expected a positive int, got {group!r}")
-    decoder, start = StreamDecoder(vae, device, tiled, tile_size, tile_stride), 0
+    start = 0
     for size in _group_sizes(latents.shape[2], group):
         yield decoder.push(latents[:, :, start:start + size])  # (1, 3, n, H, W)
         start += size

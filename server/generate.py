@@ -29,7 +29,7 @@ from server.settings import Settings, add_settings_arguments
 
 WORLD_OPTIONS = ("world", "model_dir", "artifacts", "device", "dtype", "world_seed", "threads", "height", "width",
                  "fps", "steps", "cfg_scale", "action_guidance", "action_guidance_rescale", "generation",
-                 "block_frames", "window", "sink", "web_dir")
+                 "block_frames", "window", "sink", "decoder", "decode_device", "fp8", "web_dir")
 ACTION_GRAMMAR = """actions as text: comma-separated segments NAMES:STEPS, one step = one latent frame = 4 video frames
   NAMES    one action, or several joined with + (held together): forward, back, left, right,
            yaw_left, yaw_right, pitch_up, pitch_down; or hover (no action)

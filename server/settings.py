@@ -11,13 +11,15 @@ import argparse
 import dataclasses
 import inspect
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from models.options import check_action_guidance, check_action_guidance_rescale
+from models.options import check_action_guidance, check_action_guidance_rescale, check_decoder
 from models.serve_config import GENERATIONS
+from server.media.images import check_jpeg_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "WANFLY_"
@@ -62,6 +64,10 @@ class Settings:
     #   generation options left unset
     # speed
     compile: bool = False  # torch.compile the DiT blocks and the controller; compiled during the warm-up
+    decoder: Optional[str] = None  # "wan" (the world's VAE decoder) | "small" (its distilled one); None = serve.json
+    decode_device: Optional[str] = None  # decode on another device, e.g. cuda:1 (None = the world's device)
+    jpeg_device: str = "auto"  # JPEG encoding: auto = the world's GPU when it runs on one, else cpu (simplejpeg)
+    fp8: bool = False  # FP8 weights and activations in the DiT's linear layers (H100-class GPUs; models.fp8)
     # capacity
     max_sessions: Optional[int] = None  # flights generating at once (round-robin, one chunk or block each in
     #   turn); unset: 4 for chunked worlds, from the measured per-stream memory for causal ones
@@ -109,6 +115,11 @@ class Settings:
         for name in ("max_waiting", "max_jobs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.decoder is not None:
+            check_decoder(self.decoder)
+        check_jpeg_device(self.jpeg_device)
+        if self.decode_device is not None and not re.fullmatch(r"(cpu|cuda(:\d+)?)", str(self.decode_device)):
+            raise ValueError(f"decode_device must be cpu, cuda or cuda:N, got {self.decode_device!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.action_guidance is not None or self.action_guidance_rescale is not None:

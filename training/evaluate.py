@@ -20,6 +20,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from models.options import DECODERS
 from training.evaluation.flow import FlowSettings
 from training.evaluation.long_flight import mode_world
 from training.evaluation.long_flight_report import long_flight_lines, report_long_flights
@@ -38,22 +39,20 @@ def parse_args(argv):
     source.add_argument("--recordings", nargs="+", metavar="DIR", help="folder(s) of *.mp4 + *.json; one entry each")
     source.add_argument("--synthetic", type=int, metavar="N", help="render N synthetic dataset flights and score them")
     source.add_argument("--generate", action="store_true", help="generate the flight suite, then score it")
-    source.add_argument("--long_flight", action="store_true",
-                        help="fly scripted long flights in --world(s) and compare with the true video, per window")
+    source.add_argument("--long_flight", action="store_true", help="scripted long flights in --world(s) vs truth")
     parser.add_argument("--out", required=True, help="output folder (report.json, summary.md, *.png)")
     parser.add_argument("--labels", nargs="+", help="entry names (default: file/folder names)")
     parser.add_argument("--base_path", help="--csv: folder the video paths are relative to (default: the CSV's)")
     parser.add_argument("--focal", type=float, default=FlowSettings.focal, help="focal length / image width")
     parser.add_argument("--flow_stride", type=int, choices=(1, 2, 4),
-                        help="frames between flow fits: 4 = interval boundaries (calibrated, default), 1 = every "
-                             "frame pair summed per interval (fast motion, e.g. the toy world; --long_flight default)")
+                        help="frames between flow fits: 4 = interval ends (calibrated, default), 1 = every pair "
+                             "summed (fast motion, e.g. the toy world; --long_flight default)")
     parser.add_argument("--max_clips", type=int, help="at most this many clips per entry (--generate: first frames)")
     parser.add_argument("--plot_clips", type=int, default=3, help="clips in magnitudes.png")
     parser.add_argument("--seed", type=int, default=0, help="--synthetic flights / --generate noise and scenes")
     parser.add_argument("--num_frames", type=int, help="frames per clip (4k+1; default 33 synthetic, 17 tiny, 81)")
     parser.add_argument("--speed", type=float, default=1.0, help="--synthetic: scale of the flights' magnitudes")
-    parser.add_argument("--through_vae", metavar="WORLD",
-                        help="--synthetic: also score the flights encoded and decoded by this small world's VAE")
+    parser.add_argument("--through_vae", metavar="WORLD", help="--synthetic: also score them through WORLD's VAE")
     parser.add_argument("--height", type=int, help="default 96 synthetic, 64 tiny, 480")
     parser.add_argument("--width", type=int, help="default 96 synthetic, 64 tiny, 832")
     gen = parser.add_argument_group("--generate")
@@ -78,6 +77,7 @@ def parse_args(argv):
     gen.add_argument("--action_guidance_rescale", type=float,
                      help="0..1: pull each guided step back to the commanded prediction's std "
                           "(default: the world's serve.json, else 0 = off)")
+    gen.add_argument("--decoder", choices=DECODERS, help="VAE (wan) or distilled (small); default serve.json")
     gen.add_argument("--device", help="default cuda when available")
     gen.add_argument("--torch_dtype", choices=["bfloat16", "float16", "float32"], help="default float32 tiny, bf16")
     gen.add_argument("--fps", type=float, default=24.0, help="fps of the saved generated clips")

@@ -77,6 +77,8 @@ async function init() {
   $("banner").textContent = untrained
     ? `${world.weights}. Start the server with --model_dir and --artifacts for the real model.`
     : `World: ${world.weights}`;
+  $("banner").textContent += world.decoder === "small"
+    ? " Frames: the small distilled decoder." : " Frames: the Wan VAE decoder.";
   $("banner").classList.toggle("banner-info", !untrained);
   $("banner").hidden = false;
   $("world-notes").textContent = world.notes ? `What to expect: ${world.notes}` : "";

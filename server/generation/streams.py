@@ -78,8 +78,7 @@ def tensor_bytes(*objects) -> int:
 
 def stream_state_bytes(stream) -> int:
     """What a stream holds between blocks: its K/V cache, its decoder's causal caches, its prompt context."""
-    tiles = stream.decoder.tiles or []
-    return stream.cache.nbytes + tensor_bytes(stream.context, [tile.cache for tile in tiles])
+    return stream.cache.nbytes + tensor_bytes(stream.context) + stream.decoder.nbytes  # either decoder
 
 
 def measure_stream(generator) -> StreamCost:

@@ -26,10 +26,12 @@ from typing import Callable, Optional
 
 from models.action_format import FRAMES_PER_LATENT, full_scale_from_stats, num_actions_for_frames
 from models.artifacts import CONFIG_NAME
+from models.fp8 import fp8_supported, quantize_dit_linears
 from models.loading import build_pipeline
 from models.model_dir import check_model_dir
 from models.options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from models.serve_config import DEFAULT_PROMPT, SERVE_CONFIG_NAME, ServeConfig, load_serve_config
+from models.small_world import attach_folder_small_decoder
 from server.media.images import list_samples
 from server.settings import MAX_SESSIONS_CAP, Settings
 
@@ -60,6 +62,7 @@ class World:
     full_scale_source: list = field(default_factory=list)
     generation: str = "chunked"  # "chunked" | "causal" (models.serve_config.GENERATIONS)
     causal_settings: CausalSettings = field(default_factory=CausalSettings)  # blocks, window, sink (causal only)
+    decoder: str = "wan"  # "wan" (the VAE decoder) | "small" (the world's distilled one; models.frames)
     warm: bool = False  # set by server.generation.generators.warm_up
 
     @property
@@ -132,12 +135,12 @@ def _folder_world(folder: str, device: str, dtype) -> World:
                  prompt=serve.prompt, sample=serve.sample, notes=serve.notes, autoregressive=serve.autoregressive,
                  device=device,
                  weights=serve.weights or f"small world {name} (trained, low resolution)",
-                 generation=serve.generation, causal_settings=serve.causal_settings())
+                 generation=serve.generation, causal_settings=serve.causal_settings(), decoder=serve.decoder)
 
 
 # The toy world committed in the repository (``python -m training.toyworld``, docs/toyworld.md).
 # WANFLY_TOY_WORLD_DIR points there when the package is installed outside the repository (the Docker image).
-TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(
+TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(  # <repo>/server/generation/worlds.py
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "worlds", "toy")
 
 
@@ -196,6 +199,7 @@ def load_world(settings: Settings) -> World:
     if settings.artifacts:
         pipe.load_action_artifacts(settings.artifacts)
         world.weights += f" + action controller from {os.path.basename(os.path.normpath(settings.artifacts))}"
+    world = with_frame_path(world, settings)
     if not world.controller:
         world.weights += " (no action controller: input does not steer)"
     overrides = {name: getattr(settings, name) for name in ("height", "width", "chunk_frames", "fps", "steps",
@@ -206,10 +210,35 @@ def load_world(settings: Settings) -> World:
     check_world(world, settings)
     sessions = settings.max_sessions or MAX_SESSIONS_CAP
     pipe.prompt_cache_size = max(getattr(pipe, "prompt_cache_size", 8), 2 * (sessions + settings.max_waiting) + 4)
-    log.info("world %s: %s, %dx%d, %s at %d fps, %d steps, cfg %.1f, action guidance %.1f (rescale %.2f) on %s",
-             world.name, world.weights, world.width, world.height, describe_generation(world), world.fps,
-             world.steps, world.cfg_scale, world.action_guidance, world.action_guidance_rescale, device)
+    log.info("world %s: %s, %dx%d, %s at %d fps, %d steps, cfg %.1f, action guidance %.1f (rescale %.2f) on %s, "
+             "%s decoder", world.name, world.weights, world.width, world.height, describe_generation(world),
+             world.fps, world.steps, world.cfg_scale, world.action_guidance, world.action_guidance_rescale, device,
+             world.decoder)
     return world
+
+
+def with_frame_path(world: World, settings: Settings) -> World:
+    """The decoder (``--decoder``, else the world's serve.json), ``--decode_device`` and ``--fp8`` applied to the
+    world's pipeline; ValueError naming the option when the world cannot (no small decoder, no FP8 GPU)."""
+    import torch
+    pipe = world.pipe
+    for folder in (settings.model_dir, settings.artifacts):  # the real model's small decoder, if one was made
+        if folder and getattr(pipe, "small_decoder", None) is None:
+            attach_folder_small_decoder(pipe, folder)
+    decoder = settings.decoder or world.decoder
+    pipe.use_decoder(decoder)  # ValueError naming decoder when the world has no small one
+    if settings.decode_device:
+        if settings.decode_device.startswith("cuda") and torch.device(settings.decode_device).index is not None \
+                and torch.device(settings.decode_device).index >= torch.cuda.device_count():
+            raise ValueError(f"decode_device: {settings.decode_device} is not a GPU of this machine "
+                             f"({torch.cuda.device_count()} visible)")
+        pipe.set_decode_device(settings.decode_device)
+    if settings.fp8:
+        if not fp8_supported(world.device):
+            raise ValueError(f"fp8: the world runs on {world.device}; FP8 matmuls need a CUDA GPU of compute "
+                             f"capability 8.9 or newer (H100, H200, L40S, ...)")
+        quantize_dit_linears(pipe.dit)
+    return replace(world, decoder=decoder)
 
 
 def describe_generation(world: World) -> str:
@@ -272,4 +301,4 @@ def world_summary(world: Optional[World]) -> dict:
             "generation": world.generation, "block_frames": world.causal_settings.block_frames,
             "window": world.causal_settings.window, "sink": world.causal_settings.sink,
             "full_scale": list(world.full_scale),
-            "full_scale_source": world.full_scale_source, "max_frames": world.max_frames}
+            "full_scale_source": world.full_scale_source, "max_frames": world.max_frames, "decoder": world.decoder}

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from server.generation.flight import ChunkFrames, Flight, MoreFrames, OpenChunk
-from server.media.images import encode_jpeg
+from server.media.images import encode_jpegs, resolve_jpeg_device
 from server.media.recording import FileStore, FlightRecorder
 from server.metrics import Metrics
 from server.protocol import Chunk, Recording, frame_message
@@ -35,6 +35,7 @@ class Delivery:
     def __init__(self, world, settings, metrics: Metrics, recordings: FileStore, lock: threading.Condition):
         self.world, self.settings, self.metrics, self.recordings, self.lock = world, settings, metrics, recordings, lock
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanfly-delivery")
+        self.jpeg_device = resolve_jpeg_device(getattr(settings, "jpeg_device", "cpu"), getattr(world, "device", "cpu"))
 
     # ---- called from the worker (queue work, never wait) ------------------------------------------------------
     def group(self, flight: Flight, chunk: OpenChunk, frames: np.ndarray) -> None:
@@ -63,8 +64,8 @@ class Delivery:
         started = time.perf_counter()
         first = chunk.message.first_frame + chunk.sent + len(chunk.messages)
         quality = self.settings.jpeg_quality
-        messages = [frame_message(chunk.message.index, first + i, encode_jpeg(frame, quality))
-                    for i, frame in enumerate(frames)]
+        jpegs = encode_jpegs(frames, quality, self.jpeg_device)  # a CUDA device: the whole group in one call
+        messages = [frame_message(chunk.message.index, first + i, jpeg) for i, jpeg in enumerate(jpegs)]
         self.metrics.inc("wanfly_jpeg_seconds_total", time.perf_counter() - started)
         chunk.frames.append(frames)
         if flight.stream:

@@ -72,3 +72,32 @@ def load_sample(web_dir, name: str | None) -> Image.Image:
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     import simplejpeg
     return simplejpeg.encode_jpeg(frame, quality=quality, colorspace="RGB", fastdct=True)
+
+
+def check_jpeg_device(value: str) -> str:
+    """``jpeg_device``: "auto", "cpu", "cuda" or "cuda:N"; ValueError naming it otherwise."""
+    if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)):
+        raise ValueError(f"jpeg_device must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def resolve_jpeg_device(setting: str, world_device: str) -> str:
+    """"auto" -> the world's GPU when it runs on one (nvJPEG through torchvision), else "cpu" (simplejpeg)."""
+    check_jpeg_device(setting)
+    if setting != "auto":
+        return setting
+    return str(world_device) if str(world_device).startswith("cuda") else "cpu"
+
+
+def encode_jpegs(frames, quality: int, device: str = "cpu") -> list[bytes]:
+    """Frames (n, H, W, 3) uint8 (a numpy array or a tensor) -> n JPEG files. On "cpu" simplejpeg encodes them one by
+    one; on a CUDA device torchvision's GPU encoder takes the whole group in one call (host frames are uploaded
+    first)."""
+    if not str(device).startswith("cuda"):
+        frames = frames.cpu().numpy() if hasattr(frames, "cpu") else frames
+        return [encode_jpeg(np.ascontiguousarray(frame), quality) for frame in frames]
+    import torch
+    from torchvision.io import encode_jpeg as gpu_encode
+    batch = torch.as_tensor(frames).to(device, non_blocking=True).permute(0, 3, 1, 2)  # (n, 3, H, W) uint8
+    encoded = gpu_encode(list(batch.contiguous()), quality=quality)  # n 1-D uint8 tensors on the device
+    return [bytes(data.cpu().numpy()) for data in encoded]

@@ -23,6 +23,6 @@ def test_combine_names_every_part_and_lists_the_missing(tmp_path):
         ("controller_overhead.add_residual", 1.01, "ratio"), ("chunk_latency.realtime_factor", 1.2, "ratio"),
         ("chunk_latency.realtime_preset.first_new_frame_on_wire_ms", 90, "ms"),
         ("stream_latency.cells.480x832_b1_w3_s4_eager.fps", 30.5, "frames/s")]
-    assert results["details"]["missing"] == ["train_step"]
+    assert results["details"]["missing"] == ["train_step", "decode_latency"]
     part = validate(results["details"]["benches"]["chunk_latency"])
     assert part["details"] == {"runs": []} and results["details"]["benches"]["train_step"] is None

@@ -10,13 +10,15 @@ def test_round_trip_and_defaults(tmp_path):
     assert load_serve_config(str(tmp_path)) is None  # no file: the reader's defaults apply
     config = ServeConfig(height=64, width=96, chunk_frames=5, fps=8, steps=3, action_guidance=3,
                          action_guidance_rescale=0.7, sample="synthetic-3", autoregressive=True, weights="a line",
-                         notes="what to expect", generation="causal", block_frames=2, window=5, sink=False)
+                         notes="what to expect", generation="causal", block_frames=2, window=5, sink=False,
+                         decoder="small")
     save_serve_config(str(tmp_path), config)
     loaded = load_serve_config(str(tmp_path))
     assert loaded == config and isinstance(loaded.action_guidance, float)
     (tmp_path / SERVE_CONFIG_NAME).write_text(json.dumps({"fps": 12}))
     partial = load_serve_config(str(tmp_path))
     assert partial.fps == 12 and (partial.height, partial.chunk_frames, partial.steps) == (128, 9, 4)
+    assert partial.decoder == "wan"  # a world without the field decodes with its VAE
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -35,6 +37,7 @@ def test_round_trip_and_defaults(tmp_path):
     ("block_frames", 0, "block_frames must be an integer >= 1"),
     ("window", -2, "window must be an integer >= 0"),
     ("sink", "no", "sink must be true or false"),
+    ("decoder", "tiny", "decoder must be one of \\['wan', 'small'\\]"),
 ])
 def test_bad_values_are_refused_naming_the_file_and_field(tmp_path, field, value, message):
     (tmp_path / SERVE_CONFIG_NAME).write_text(json.dumps({field: value}))

@@ -31,6 +31,12 @@ def test_cli_generate(tmp_path, capsys, random_world):
         generate_cli.main(["--prompt", "x", "--actions", "forward:1", "--out", str(out), "--action_guidance", "0"])
     assert exit_.value.code == 2
     assert "python -m server.generate: error: action_guidance must be" in capsys.readouterr().err  # named by this CLI
+    assert generate_cli.main(["--prompt", "x", "--actions", "forward:1", "--out", str(out), "--world", "random",
+                              "--decoder", "small"]) == 2
+    assert "decoder: 'small' needs a small decoder" in capsys.readouterr().err  # the random world has none
+    with pytest.raises(SystemExit):
+        generate_cli.main(["--prompt", "x", "--actions", "forward:1", "--out", str(out), "--decoder", "tiny"])
+    assert "decoder must be one of ['wan', 'small']" in capsys.readouterr().err
 
 
 def test_cli_generates_any_length_through_a_stream_in_a_causal_world(tmp_path, capsys, random_world):

@@ -15,7 +15,10 @@ def test_settings_from_env_and_cli():
 
 @pytest.mark.parametrize("option, value, message", [
     ("--action_guidance", "0.5", "action_guidance must be a number >= 1"),
-    ("--action_guidance_rescale", "2", "action_guidance_rescale must")])
+    ("--action_guidance_rescale", "2", "action_guidance_rescale must"),
+    ("--decoder", "tiny", "decoder must be one of ['wan', 'small']"),
+    ("--jpeg_device", "gpu", "jpeg_device must be auto, cpu, cuda or cuda:N"),
+    ("--decode_device", "cuda1", "decode_device must be cpu, cuda or cuda:N")])
 def test_bad_guidance_options_stop_the_command_line_before_any_work(capsys, option, value, message):
     with pytest.raises(SystemExit) as exit_:
         Settings.from_args([option, value], env={})
@@ -39,7 +42,8 @@ def test_help_describes_every_option_from_the_settings_class():
     helps, groups = field_help()
     assert set(helps) == set(Settings.__dataclass_fields__) and all(len(text) > 10 for text in helps.values()), helps
     assert helps["max_sessions"].endswith("from the measured per-stream memory for causal ones")  # continued lines
-    assert groups["speed"] == ["compile"] and "port" in groups["where and what to serve"]
+    assert groups["speed"] == ["compile", "decoder", "decode_device", "jpeg_device", "fp8"]
+    assert "port" in groups["where and what to serve"]
     text = build_parser().format_help()
     assert text.splitlines()[0] == "usage: python -m server [--option VALUE ...]" and "``" not in text
     flat = " ".join(text.split())
@@ -49,3 +53,13 @@ def test_help_describes_every_option_from_the_settings_class():
     assert "--compile [BOOL] torch.compile" in flat
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--port", "eighty"])
+
+
+def test_frame_path_options():
+    settings = Settings.from_args(["--decoder", "small", "--decode_device", "cuda:1", "--jpeg_device", "cuda:0",
+                                   "--fp8"], env={})
+    assert (settings.decoder, settings.decode_device, settings.jpeg_device, settings.fp8) == \
+        ("small", "cuda:1", "cuda:0", True)
+    defaults = Settings.from_args([], env={})
+    assert (defaults.decoder, defaults.decode_device, defaults.jpeg_device, defaults.fp8) == \
+        (None, None, "auto", False)

@@ -7,6 +7,7 @@ import torch
 
 from models.action_format import ACTION_NAMES
 from models.artifacts import ArtifactConfig, save_action_artifacts
+from models.frames.small_decoder import FOLDER, SmallDecoder, SmallDecoderConfig, save_small_decoder
 from models.media import read_video
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
@@ -235,3 +236,23 @@ def test_long_flight_user_errors_exit_2_with_a_message(tmp_path, tiny_worlds, ca
     assert main(["--generate", "--world", world, "--seconds", "5", "--out", out]) == 2
     assert "--seconds is a --long_flight option" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was flown or written
+
+
+@pytest.mark.parametrize("generation", ["chunked", "causal"])
+def test_generate_through_the_small_decoder(tmp_path, capsys, generation):
+    """--decoder small makes the suite's frames with the world's small decoder (here one that paints every pixel
+    white: its head is zero with a bias of 1), in both generation modes; a world without one is refused by name."""
+    world = _tiny_world(tmp_path / "w", generation)
+    argv = ["--generate", "--world", str(world), "--scenes", "1", "--flights", "forward", "--num_frames", "9"]
+    assert main([*argv, "--decoder", "small", "--out", str(tmp_path / "o")]) == 2
+    assert "decoder: 'small' needs a small decoder" in capsys.readouterr().err
+    decoder = SmallDecoder(SmallDecoderConfig(widths=[8, 8, 8], blocks=[1, 0, 0], patch=4))
+    torch.nn.init.zeros_(decoder.head.weight)
+    torch.nn.init.ones_(decoder.head.bias)
+    save_small_decoder(str(world / FOLDER), decoder)
+    for name in ("wan", "small"):
+        assert main([*argv, "--decoder", name, "--out", str(tmp_path / name)]) == 0
+    small = read_video(tmp_path / "small" / "generated" / "w" / "scene0__forward.mp4")
+    wan = read_video(tmp_path / "wan" / "generated" / "w" / "scene0__forward.mp4")
+    assert small.shape == wan.shape == (9, 64, 64, 3)
+    assert small.min() >= 250 and wan.mean() < 200  # white from the small decoder, the VAE's picture from wan

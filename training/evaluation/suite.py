@@ -25,6 +25,7 @@ from models.loading import build_pipeline
 from models.media import write_mp4
 from models.options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from models.serve_config import ServeConfig, load_serve_config
+from models.small_world import attach_folder_small_decoder
 from training.evaluation.metrics import CHANCE_ACCURACY, evaluate_clips
 from training.evaluation.report import entry_labels
 from training.evaluation.sources import image_first_frames, rendered_first_frames
@@ -154,6 +155,9 @@ def load_controller_pipeline(args, artifacts, device: str, dtype: str):
                           controller_overrides={"initial_scale": 1.0})
     if pipe.action_controller is None:
         raise ValueError(f"--world {args.world}: the world has no controller; give --artifacts")
+    if args.model_dir:  # the real model's small decoder, when one was distilled into <model_dir>/small_decoder
+        attach_folder_small_decoder(pipe, args.model_dir)
+    pipe.use_decoder(getattr(args, "decoder", None) or suite_defaults(args).decoder)  # ValueError: no small one
     return pipe
 
 

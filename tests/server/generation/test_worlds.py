@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.artifacts import ArtifactConfig, save_action_artifacts
+from models.frames.small_decoder import FOLDER, SmallDecoder, SmallDecoderConfig, save_small_decoder
 from models.options import CausalSettings
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
@@ -159,3 +160,28 @@ def test_causal_options_are_checked_by_name(random_world):
         check_world(dataclasses.replace(world, cfg_scale=5.0), Settings())
     with pytest.raises(ValueError, match="generation: a causal world needs an action controller"):
         check_world(dataclasses.replace(world, pipe=SimpleNamespace(check_shape=lambda *a: None)), Settings())
+
+
+def test_the_decoder_comes_from_serve_json_or_the_option(world_folder):
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="decoder: 'small' needs a small decoder"):
+            load_world(Settings(world=str(world_folder), gradio=False, threads=1, decoder="small"))
+        save_small_decoder(str(world_folder / FOLDER), SmallDecoder(SmallDecoderConfig(
+            widths=[8, 8, 8], blocks=[1, 0, 0], patch=4)))
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1))
+        assert world.decoder == "wan" and world.pipe.small_decoder is not None  # attached, not chosen
+        hints = json.loads((world_folder / "serve.json").read_text())
+        (world_folder / "serve.json").write_text(json.dumps({**hints, "decoder": "small"}))
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1))
+        assert world.decoder == world.pipe.decoder == "small" and world_summary(world)["decoder"] == "small"
+        frames = PipelineGenerator(world).generate(GenRequest(
+            prompt="a drone", image=Image.new("RGB", (64, 32)), actions=np.zeros((1, 2, 8)), num_frames=5, steps=1,
+            seed=0, cfg_scale=1.0))
+        assert frames.shape == (5, 32, 64, 3)
+        world = load_world(Settings(world=str(world_folder), gradio=False, threads=1, decoder="wan"))
+        assert world.decoder == world.pipe.decoder == "wan"
+        with pytest.raises(ValueError, match="fp8: the world runs on cpu"):
+            load_world(Settings(world=str(world_folder), gradio=False, threads=1, fp8=True))
+    finally:
+        torch.set_num_threads(threads)
