@@ -1,10 +1,13 @@
 # wanfly server on a CUDA PyTorch base. Build: docker compose build  (or: docker build -t wanfly .)
 #   --build-arg FLASH_ATTN=1   also build flash-attn from source (25-60 min; without it diffsynth uses torch SDPA)
+#   --build-arg EXTRAS=serve,cluster   also Ray Serve (python -m server.cluster, docs/cluster.md)
 #   --build-arg BASE_IMAGE=... another CUDA PyTorch image (torch and torchvision must be a matching pair)
 ARG BASE_IMAGE=pytorch/pytorch:2.9.0-cuda12.8-cudnn9-devel
 FROM ${BASE_IMAGE}
 
 ARG FLASH_ATTN=0
+# serve: python -m server; serve,cluster: also Ray Serve for python -m server.cluster (docker compose --profile cluster)
+ARG EXTRAS=serve
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     DIFFSYNTH_SKIP_DOWNLOAD=true \
@@ -21,7 +24,7 @@ COPY models ./models
 COPY server ./server
 COPY web ./web
 COPY worlds ./worlds
-RUN pip install ".[serve]" \
+RUN pip install ".[${EXTRAS}]" \
  && if [ "$FLASH_ATTN" = "1" ]; then pip install flash-attn --no-build-isolation; fi
 
 RUN useradd --create-home --uid 1000 wanfly && mkdir -p /recordings && chown wanfly /recordings

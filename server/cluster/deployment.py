@@ -75,7 +75,8 @@ def build(settings: Settings, replicas: int, on_cpu: bool):
 
 def app_builder(args: dict):
     """``serve run`` / ``serve deploy``: ``args`` are ``python -m server`` options by name, plus ``replicas`` (default:
-    every GPU Ray sees) or ``cpu_replicas``. Unknown names are refused by name."""
+    every GPU Ray sees now; given, Serve waits until they fit) or ``cpu_replicas``. Unknown names are refused by
+    name."""
     args = dict(args or {})
     options = ClusterOptions(replicas=args.pop("replicas", None), cpu_replicas=args.pop("cpu_replicas", None))
     unknown = sorted(set(args) - {f.name for f in dataclasses.fields(Settings)})
@@ -84,5 +85,7 @@ def app_builder(args: dict):
     settings = replica_settings(Settings(**args), options, gradio_given=args.get("gradio") is True)
     if options.on_cpu:
         return build(settings, options.cpu_replicas, on_cpu=True)
+    if options.replicas is not None:  # not checked against the GPUs there now: an autoscaler may add them (KubeRay)
+        return build(settings, options.replicas, on_cpu=False)
     import ray
     return build(settings, replica_count(options, ray.cluster_resources().get("GPU", 0)), on_cpu=False)

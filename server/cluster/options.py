@@ -3,6 +3,7 @@
     --replicas N        GPU replicas, one GPU each (default: every GPU Ray sees)
     --cpu_replicas N    CPU replicas instead (tests, benchmarks): one CPU each, one torch thread unless --threads
     --address ADDR      a running Ray cluster (``auto``, ``ray://host:10001``); default: start a local one
+    (each also as ``WANFLY_REPLICAS``, ``WANFLY_CPU_REPLICAS``, ``WANFLY_ADDRESS``; empty means not set)
 
 Routing: Serve sends each request to a replica below its ``max_ongoing_requests`` (a flight's WebSocket is one
 request for its whole life, so it never moves), the one with the fewest ongoing requests (``server.cluster.routing``).
@@ -59,13 +60,27 @@ def parse_args(argv=None, env=None) -> tuple[Settings, ClusterOptions]:
     env = os.environ if env is None else env
     settings = Settings.from_args(argv, env=env, parser=parser)
     try:
-        options = ClusterOptions(replicas=namespace.replicas, cpu_replicas=namespace.cpu_replicas,
-                                 address=namespace.address)
+        options = ClusterOptions(**{name: replica_option(namespace, env, name)
+                                    for name in ("replicas", "cpu_replicas", "address")})
         gradio_given = namespace.gradio is True or env.get(ENV_PREFIX + "GRADIO", "").lower() in ("1", "true", "yes")
         settings = replica_settings(settings, options, gradio_given=gradio_given)
     except ValueError as bad:
         parser.error(str(bad))
     return settings, options
+
+
+def replica_option(namespace, env, name: str):
+    """The option from the command line, else from ``WANFLY_<NAME>`` (empty: not set), like every server option."""
+    value = getattr(namespace, name)
+    text = env.get(ENV_PREFIX + name.upper(), "")
+    if value is not None or not text:
+        return value
+    if name == "address":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: not an integer: {text!r}") from None
 
 
 def replica_settings(settings: Settings, options: ClusterOptions, gradio_given: bool = False) -> Settings:

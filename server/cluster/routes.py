@@ -101,6 +101,8 @@ def cluster_routes(board: BoardClient, target: int, jobs: set,
         state = api.state_of(request)
         job = state.engine.get_job(job_id)
         if job is not None:
+            if job.status in ("done", "failed") and job_id in jobs:  # on the board before a client sees it end
+                await asyncio.to_thread(publish_job, state, board, jobs, job)
             return job_view(job, state)
         view = await board.call("job", job_id)
         if view is None:
@@ -225,7 +227,13 @@ class Reporter:
                 running.append(job_view(job, state))
         self.board.call_sync("report", state.replica, replica_info(state), state.metrics.render(), running)
         for job in finished:
-            path = state.engine.results.find(job.id, ".mp4") if job.status == "done" else None
-            video = path.read_bytes() if path is not None else None
-            self.board.call_sync("put_job", state.replica, job_view(job, state), video)
-            self.jobs.discard(job.id)
+            publish_job(state, self.board, self.jobs, job)
+
+
+def publish_job(state, board: BoardClient, jobs: set, job) -> None:
+    """A finished job's view and video to the board, once (the reporter, or ``GET /jobs/{id}`` on its replica when
+    it answers first: a client told ``done`` by any replica can download from any)."""
+    path = state.engine.results.find(job.id, ".mp4") if job.status == "done" else None
+    video = path.read_bytes() if path is not None else None
+    board.call_sync("put_job", state.replica, job_view(job, state), video)
+    jobs.discard(job.id)

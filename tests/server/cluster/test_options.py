@@ -33,6 +33,13 @@ def test_gpu_replicas_default_to_cuda_and_every_gpu():
         replica_count(ClusterOptions(replicas=4), gpus=2.0)
 
 
+def test_replica_options_from_the_environment_like_every_server_option():
+    _, options = parse_args([], env={"WANFLY_REPLICAS": "3", "WANFLY_ADDRESS": "auto"})
+    assert (options.replicas, options.address) == (3, "auto")
+    _, options = parse_args(["--replicas", "2"], env={"WANFLY_REPLICAS": "3", "WANFLY_CPU_REPLICAS": ""})
+    assert (options.replicas, options.cpu_replicas) == (2, None)  # the command line wins; empty is not set
+
+
 @pytest.mark.parametrize("argv, env, names", [
     (["--cpu_replicas", "0"], {}, "cpu_replicas must be >= 1, got 0"),
     (["--replicas", "2", "--cpu_replicas", "2"], {}, "replicas and cpu_replicas exclude each other"),
@@ -41,6 +48,7 @@ def test_gpu_replicas_default_to_cuda_and_every_gpu():
     (["--cpu_replicas", "2", "--device", "cuda"], {}, "device: CPU replicas run on cpu"),
     (["--cpu_replicas", "2", "--max_upload_bytes", str(16 * 2**20)], {}, "max_upload_bytes: 16777216 makes"),
     (["--cpu_replicas", "two"], {}, "--cpu_replicas: invalid int value"),
+    ([], {"WANFLY_REPLICAS": "all"}, "WANFLY_REPLICAS: not an integer: 'all'"),
 ])
 def test_bad_options_exit_naming_the_option(argv, env, names, capsys):
     with pytest.raises(SystemExit) as exited:
