@@ -10,7 +10,7 @@ messages name the replica: ``details.runs[].replicas_used``).
 
 A flight is paced to its world's frame rate (a chunk is due when one chunk of playback is left), so frames/s only
 measures compute when one flight alone keeps its replica busy: ``BENCH_DEFAULTS`` make the random world's chunk
-cost more than its playback (``--steps 12``; check ``chunk_ms_median`` against ``chunk_play_ms``). Other server
+cost more than its playback (``--steps 12 --fps 64``; check ``chunk_ms_median`` against ``chunk_play_ms``). Other server
 options pass through (``--world``, ``--generation causal``, ...). The machine's other load counts: on a shared CPU,
 compare ``cpu_share`` (the replicas' CPU seconds per wall second, from ``/metrics``) between the runs.
 """
@@ -30,6 +30,7 @@ from server.testing import cluster_process
 
 BENCH_DEFAULTS = ("--steps", "12", "--fps", "64")  # and cluster_process's own: --world random, --threads 1
 GOAL = 1.7
+START_TIMEOUT_S = 600.0  # Ray, Serve and the replicas' world loads on a loaded 2-core machine
 
 
 def read_metrics(url: str) -> dict:
@@ -55,9 +56,9 @@ def flights(url: str, sessions: int, seconds: float) -> list[dict]:
     return results
 
 
-def one_run(replicas: int, sessions: int, seconds: float, server_args) -> dict:
+def one_run(replicas: int, sessions: int, seconds: float, server_args, log_path=None) -> dict:
     args = ("--max_sessions", str(sessions), *server_args)
-    with cluster_process(*args, replicas=replicas) as url:
+    with cluster_process(*args, replicas=replicas, timeout=START_TIMEOUT_S, log_path=log_path) as url:
         before = read_metrics(url)
         started = time.monotonic()
         results = flights(url, sessions, seconds)
@@ -97,12 +98,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--replicas", default="1,2", help="replica counts, one run each, in this order")
     parser.add_argument("--out", default=None, help="write the result (bench.schema) here")
+    parser.add_argument("--log", default=None, help="the clusters' output: LOG.<replicas> (default: discarded)")
     args, server_args = parser.parse_known_args(argv)
     counts = [int(n) for n in args.replicas.split(",")]
     server_args = [*BENCH_DEFAULTS, *server_args]
     runs = []
     for count in counts:
-        runs.append(one_run(count, args.sessions, args.seconds, server_args))
+        runs.append(one_run(count, args.sessions, args.seconds, server_args,
+                            log_path=f"{args.log}.{count}" if args.log else None))
         print(json.dumps(runs[-1]), flush=True)
     report = {"runs": runs, "by_replicas": {f"replicas_{r['replicas']}": r for r in runs},
               "speedup": round(runs[-1]["frames_per_s"] / runs[0]["frames_per_s"], 3) if runs[0]["frames"] else None,
