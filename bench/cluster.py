@@ -12,7 +12,8 @@ A flight is paced to its world's frame rate (a chunk is due when one chunk of pl
 measures compute when one flight alone keeps its replica busy: ``BENCH_DEFAULTS`` make the random world's chunk
 cost more than its playback (``--steps 12 --fps 64``; check ``chunk_ms_median`` against ``chunk_play_ms``). Other server
 options pass through (``--world``, ``--generation causal``, ...). The machine's other load counts: on a shared CPU,
-compare ``cpu_share`` (the replicas' CPU seconds per wall second, from ``/metrics``) between the runs.
+compare ``cpu_share`` (the replicas' generation-thread CPU seconds per wall second, from ``/metrics``) between the
+runs, and ``frames_per_cpu_s`` (frames per such CPU second: the work per frame, apart from the share the machine gave).
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def one_run(replicas: int, sessions: int, seconds: float, server_args, log_path=
             "chunk_ms_median": round(statistics.median(gen), 1) if gen else None,
             "chunk_play_ms": round(1000 * play_frames / results[0]["fps"], 1),
             "chunks": int(chunks), "chunk_s_total": round(chunk_s, 2),
-            "cpu_share": round(cpu / wall, 3), "generation": results[0].get("generation"),
+            "cpu_share": round(cpu / wall, 3), "frames_per_cpu_s": round(frames / cpu, 2) if cpu else None,
+            "generation": results[0].get("generation"),
             "fps": results[0]["fps"], "size": results[0]["size"]}
 
 
@@ -88,7 +90,8 @@ def figures(report: dict) -> list[dict]:
         key = f"replicas_{run['replicas']}"
         specs += [(f"by_replicas.{key}.frames_per_s", "frames/s", f"{key}.frames_per_s"),
                   (f"by_replicas.{key}.chunk_ms_median", "ms", f"{key}.chunk_ms_median"),
-                  (f"by_replicas.{key}.cpu_share", "ratio", f"{key}.cpu_share")]
+                  (f"by_replicas.{key}.cpu_share", "ratio", f"{key}.cpu_share"),
+                  (f"by_replicas.{key}.frames_per_cpu_s", "frames/s", f"{key}.frames_per_cpu_s")]
     return figures_at(report, specs + [("speedup", "ratio")])
 
 
