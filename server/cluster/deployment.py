@@ -19,6 +19,7 @@ from server.cluster.options import APP_NAME, ClusterOptions, deployment_options,
 from server.cluster.routes import BoardClient, ReplicaWrapper, Reporter, cluster_routes
 from server.generation.worlds import load_world
 from server.settings import Settings
+from server.settings import _convert as convert  # the command line's and WANFLY_*'s conversion of a text value
 
 DEPLOYMENT = "Flights"
 BOARD_OPTIONS = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256,
@@ -73,15 +74,31 @@ def build(settings: Settings, replicas: int, on_cpu: bool):
     return flights.bind(settings, board, replicas)
 
 
+def text_value(field: dataclasses.Field, text: str):
+    """A ``serve run`` argument converted as the command line converts it; ValueError naming the option."""
+    try:
+        return convert(field, text)
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(field.name + ":") else f"{field.name}: {message}") from None
+
+
 def app_builder(args: dict):
     """``serve run`` / ``serve deploy``: ``args`` are ``python -m server`` options by name, plus ``replicas`` (default:
     every GPU Ray sees now; given, Serve waits until they fit) or ``cpu_replicas``. Unknown names are refused by
     name."""
     args = dict(args or {})
-    options = ClusterOptions(replicas=args.pop("replicas", None), cpu_replicas=args.pop("cpu_replicas", None))
-    unknown = sorted(set(args) - {f.name for f in dataclasses.fields(Settings)})
+    counts = {name: args.pop(name, None) for name in ("replicas", "cpu_replicas")}
+    try:  # `serve run module:app_builder name=value` passes strings
+        counts = {name: int(value) if isinstance(value, str) else value for name, value in counts.items()}
+    except ValueError:
+        raise ValueError(f"replicas, cpu_replicas: integers, got {counts}") from None
+    options = ClusterOptions(**counts)
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(args) - set(fields))
     if unknown:
         raise ValueError(f"{unknown[0]}: not a python -m server option (args of {APP_NAME!r} in the Serve config)")
+    args = {name: text_value(fields[name], value) if isinstance(value, str) else value for name, value in args.items()}
     settings = replica_settings(Settings(**args), options, gradio_given=args.get("gradio") is True)
     if options.on_cpu:
         return build(settings, options.cpu_replicas, on_cpu=True)

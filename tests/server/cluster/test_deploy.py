@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from server.cluster.deployment import app_builder
-from server.cluster.options import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+from server.cluster.options import PROXY_CALLBACK, PROXY_CALLBACK_ENV, REQUEST_HEADROOM
 from server.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -39,6 +39,18 @@ def test_app_builder_refuses_unknown_args_by_name():
         app_builder({"wrold": "toy", "replicas": 2})
     with pytest.raises(ValueError, match="replicas and cpu_replicas exclude each other"):
         app_builder({"replicas": 2, "cpu_replicas": 2})
+
+
+def test_app_builder_takes_serve_run_text_args():
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    app = app_builder({"cpu_replicas": "2", "world": "random", "max_sessions": "1", "max_waiting": "0"})
+    flights = app._bound_deployment  # what `serve run` deploys: the Flights deployment bound to its settings
+    settings, _, target = flights.init_args
+    assert (settings.max_sessions, settings.max_waiting, settings.device, settings.gradio) == (1, 0, "cpu", False)
+    assert target == 2 and flights._deployment_config.num_replicas == 2
+    assert flights._deployment_config.max_ongoing_requests == 1 + 0 + REQUEST_HEADROOM
+    with pytest.raises(ValueError, match="max_sessions: .*invalid literal"):
+        app_builder({"cpu_replicas": 1, "max_sessions": "many"})
 
 
 def test_rayservice_manifest():
