@@ -124,17 +124,17 @@ def test_flights_spread_over_replicas_and_a_killed_replica_costs_only_its_flight
         told = asyncio.ensure_future(frames_within(a, 10))
         frames_b, _ = await frames_within(b, 10, until=told.done)
         _, told_a = await told
-        more_b, _ = await frames_within(b, 3)
         assert told_a[-1] == {"type": "error", "code": "generation_failed", "message": told_a[-1]["message"]}
         assert "replica" in told_a[-1]["message"] and a.close_code == 1011
-        assert more_b > 0  # the other flight goes on after the kill
-        deadline = time.monotonic() + 15
-        while not (cluster := get(base + "/readyz")[0]["cluster"])["degraded"]:
+        deadline = time.monotonic() + 30  # polled at once: the replacement may serve within seconds on a quiet machine
+
+        def replacing(cluster):  # degraded, and Serve is bringing a replica back
+            return cluster["degraded"] and set(cluster["replica_states"] or {}) - {"RUNNING"}
+        while not replacing(cluster := get(base + "/readyz")[0]["cluster"]):
             assert time.monotonic() < deadline, cluster
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert cluster["replicas_serving"] == 1 and cluster["replicas_target"] == 2
-        assert set(cluster["replica_states"]) - {"RUNNING"}, cluster  # Ray is bringing the replica back
-        frames_b, _ = await frames_within(b, 1)
-        assert frames_b > 0
+        more_b, _ = await frames_within(b, 3)
+        assert more_b > 0  # the other flight goes on after the kill
         await b.close()
     asyncio.run(scenario())
