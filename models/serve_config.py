@@ -1,4 +1,5 @@
-"""``serve.json``: how a world is served (size, chunk length, steps, guidance, first frame, banner): its one owner.
+"""``serve.json``: how a world is served (size, chunk length, steps, guidance, first frame, banner, notes): its one
+owner.
 
 A world folder (``models.small_world``) may hold a ``serve.json``; every reader (the server's worlds, evaluation,
 rollouts, the demo's samples) goes through ``load_serve_config`` and every writer (the toy-world recipe) through
@@ -36,6 +37,7 @@ class ServeConfig:
     prompt: str = DEFAULT_PROMPT
     sample: Optional[str] = None  # the bundled first frame the UI offers first (web/samples/<name>.png)
     weights: Optional[str] = None  # one line for the UI banner (None: the reader names the world)
+    notes: Optional[str] = None  # what a person should expect from this world (the page shows it; None: nothing)
     autoregressive: bool = False  # trained on chunk-length clips: longer videos are made chunk by chunk
     # "chunked": every chunk a TI2V generation from the previous chunk's last frame (the seed's way);
     # "causal": one block-causal stream per flight (models.stream), with these block/window settings
@@ -66,6 +68,8 @@ class ServeConfig:
             raise ValueError(f"sample must be a bundled sample name (a-z, 0-9, _ and -), got {self.sample!r}")
         if self.weights is not None and not isinstance(self.weights, str):
             raise ValueError(f"weights must be a string (the banner line), got {self.weights!r}")
+        if self.notes is not None and not isinstance(self.notes, str):
+            raise ValueError(f"notes must be a string (what to expect from the world), got {self.notes!r}")
         if not isinstance(self.autoregressive, bool):
             raise ValueError(f"autoregressive must be true or false, got {self.autoregressive!r}")
         if self.generation not in GENERATIONS:

@@ -14,9 +14,10 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# torch and torchvision must be a matching pair, or `import diffsynth` fails (torchvision::nms).
-.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
-.venv/bin/python -m pip install -q -e ".[$extra]"
+# constraints.txt pins the tested versions (the Dockerfile and CI install the same set); torch and torchvision
+# first: they must be a matching pair, or `import diffsynth` fails (torchvision::nms).
+.venv/bin/python -m pip install -q -c constraints.txt torch torchvision
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[$extra]"
 
 if [ "$extra" = dev ] && [ ! -x /usr/bin/chromium ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

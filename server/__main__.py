@@ -1,37 +1,75 @@
-"""``python -m server [--host --port --world random|<folder> --model_dir --artifacts --device --max_sessions ...]``
+"""``python -m server [--host --port --world random|toy|<folder> --model_dir --artifacts --preset --compile ...]``
 
-With no weights it serves the tiny random-weight preset on CPU (the UI says so). ``--help`` lists every option;
-each is also an environment variable ``WANFLY_<OPTION>``. ``--preset realtime`` picks the real-time generation
-settings; ``--compile`` compiles the DiT blocks and the controller when the app loads the world (in the background,
-``/healthz`` answers meanwhile), and the app's warm-up generation pays the compilation, so no user's chunk does.
+With no weights it serves the toy world (``worlds/toy``) on the CPU; ``--world random`` serves the tiny random-weight
+preset. ``--help`` lists every option; each is also an environment variable ``WANFLY_<OPTION>``.
+
+Start-up: the options and the world's paths are checked and the port is taken first (a port in use is one line and
+exit 2, before any model loads); then uvicorn serves ``/healthz`` at once while the app loads the world on a
+background thread, compiles it (``--compile``) and runs one warm-up generation, logging each phase; the line
+``ready: open http://...`` comes when a flight can start (``/readyz`` answers 200 from then on).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
+from dataclasses import replace
+from typing import NoReturn
 
 from server.app import create_app
 from server.generation.worlds import check_world_args, with_world_resolved
 from server.settings import Settings
 
+log = logging.getLogger("wanfly")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound here so that a port in use stops the command before anything loads
+    (exit 2 with one line); uvicorn serves on this very socket, so nothing can take the port in between."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:
+        _refuse(f"host {host!r} cannot be resolved ({error.strerror})")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a TIME_WAIT port is free
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            _refuse(f"port {port} on {host} is already in use (another server?); choose another with --port")
+        _refuse(f"cannot listen on {host}:{port} ({error.strerror})")
+    return sock
+
+
+def _refuse(message: str) -> NoReturn:
+    print(f"python -m server: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
 
 def main(argv=None) -> None:
     settings = Settings.from_args(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = listen_socket(settings.host, settings.port)
+    settings = replace(settings, port=sock.getsockname()[1])  # --port 0: the port the system chose
     try:
         check_world_args(settings)
     except (ValueError, FileNotFoundError) as error:
+        sock.close()
         sys.exit(f"error: {error}")
     import uvicorn
 
+    log.info("listening on %s:%d; building the app (web UI, REST%s)", settings.host, settings.port,
+             ", gradio" if settings.gradio else "")
     app = create_app(settings)
     if not settings.model_dir and with_world_resolved(settings).world == "random":
-        logging.getLogger("wanfly").warning("serving the tiny RANDOM-weight preset: the video is noise-like. "
-                                            "Pass --model_dir and --artifacts for the real model.")
-    logging.getLogger("wanfly").info("open http://%s:%d/", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, ws_max_size=settings.ws_max_size,
-                ws_per_message_deflate=False, ws_ping_interval=20, ws_ping_timeout=20,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
+        log.warning("serving the tiny RANDOM-weight preset: the video is noise-like. "
+                    "Pass --model_dir and --artifacts for the real model.")
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, ws_max_size=settings.ws_max_size,
+                            ws_per_message_deflate=False, ws_ping_interval=20, ws_ping_timeout=20,
+                            log_level=settings.log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """REST: ``POST /generate`` -> 202 job, ``GET /jobs/{id}``, ``GET /jobs/{id}/video``, recordings download.
 
+The body is JSON (a multipart upload, ``curl -F``, is 415 saying so: the image goes in as a data URL). Actions are
+raw ``(T, 2, 8)`` arrays or the text form of ``python -m server.generate`` (``"forward:4,forward+yaw_left=0.5:4"``,
+``server.inputs.parse_action_spec``, a fraction of a held key scaled by the world's full_scale).
 Validation errors are 422 in FastAPI's shape (``{"detail": [{"loc": ["body", field], "msg": ...}]}``) naming the
 field; a full job queue is 429 with ``Retry-After``. Jobs run on the engine's worker, alternating with flight chunks;
 a causal world makes a job through one stream, one block per turn, up to ``--max_job_frames`` (its num_frames must
@@ -8,10 +11,10 @@ be whole blocks: 4 * block_frames * n + 1, else 422 naming num_frames).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +22,7 @@ from models.action_format import num_actions_for_frames, parse_actions
 from models.media import fit_image
 from server.generation.engine import EngineFull
 from server.generation.generators import GenRequest, check_video_steps
+from server.inputs import parse_action_spec
 from server.media.images import decode_data_url, load_sample
 from server.protocol import MAX_SEED
 
@@ -30,7 +34,10 @@ class GenerateBody(BaseModel):
     prompt: str = Field(description="text prompt")
     image: Optional[str] = Field(None, description="first frame as a data URL (PNG/JPEG/WebP); null = a bundled sample")
     sample: Optional[str] = Field(None, description="bundled sample name when image is null")
-    actions: Optional[list] = Field(None, description="raw actions (T, 2, 8), T = (num_frames - 1) // 4; null = hover")
+    actions: Optional[Union[list, str]] = Field(
+        None, description='T = (num_frames - 1) // 4 steps: raw actions (T, 2, 8), or text such as '
+                          '"forward:2,forward+yaw_left=0.5:2" (names joined by +, =fraction of a held key, '
+                          'hover; see /api/config for names and full_scale); null = hover')
     num_frames: int = Field(17, description="4k+1 frames")
     steps: Optional[int] = Field(None, description="denoising steps (default: the world's)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -39,6 +46,14 @@ class GenerateBody(BaseModel):
 
 def invalid(field: str, message: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
+
+
+def json_only(request: Request) -> None:
+    """415 for a body that is not JSON (a multipart form from ``curl -F``), before FastAPI tries to read it."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise HTTPException(415, detail=f"the body must be JSON (Content-Type: application/json), got {kind}; send "
+                                        "the first frame as a data URL in \"image\" (see server/README.md)")
 
 
 def state_of(request: Request):
@@ -70,7 +85,10 @@ def build_request(body: GenerateBody, state) -> GenRequest:
     actions = None
     if body.actions is not None:
         try:
-            raw = parse_actions(body.actions)[0]  # (T, 2, 8)
+            if isinstance(body.actions, str):
+                raw = parse_actions(parse_action_spec(body.actions, world.full_scale))[0]  # (T, 2, 8)
+            else:
+                raw = parse_actions(body.actions)[0]  # (T, 2, 8)
         except ValueError as error:
             raise invalid("actions", str(error)) from None
         if raw.shape[0] != steps_needed:
@@ -103,7 +121,8 @@ def job_view(job, state) -> dict:
 
 
 @router.post("/generate", status_code=202, tags=["jobs"],
-             responses={422: {"description": "invalid field"}, 429: {"description": "job queue full"}})
+             responses={415: {"description": "not JSON"}, 422: {"description": "invalid field"},
+                        429: {"description": "job queue full"}}, dependencies=[Depends(json_only)])
 def generate(body: GenerateBody, request: Request):
     """Queue an offline generation; returns 202 with the job id. Poll ``/jobs/{id}``, then fetch the video."""
     state = state_of(request)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import secrets
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from http.cookies import SimpleCookie
@@ -23,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from models.action_format import ACTION_NAMES, ROTATION_UNIT, TRANSLATION_UNIT
 from server.api import router as rest_router
@@ -30,7 +32,7 @@ from server.bindings import bindings_config
 from server.generation.engine import Engine
 from server.generation.generators import PipelineGenerator, warm_up
 from server.generation.streams import StreamCost, block_play_s, derive_max_sessions, free_memory, measure_stream
-from server.generation.worlds import World, load_world, world_summary
+from server.generation.worlds import World, describe_world, load_world, world_summary
 from server.gradio_app import mount_gradio
 from server.media.images import list_samples
 from server.media.recording import FileStore
@@ -60,14 +62,17 @@ class AppState:
 
     def attach(self, world: World) -> None:
         self.world = world
-        if self.settings.compile and not getattr(world, "warm", False):
+        compiling = self.settings.compile and not getattr(world, "warm", False)
+        if compiling:
             world.pipe.compile_for_inference()  # the warm-up below pays the compilation, not a user's chunk
-            log.info("torch.compile enabled: the warm-up generation includes compilation")
+        if not getattr(world, "warm", False):
+            log.info("warming up: one generation%s", " (compiling with torch.compile: minutes)" if compiling else "")
         generator = PipelineGenerator(world)
         log.info("warm-up generation took %.2f s", warm_up(generator))
         self.settings = replace(self.settings, max_sessions=self._max_sessions(generator))
         self.engine = Engine(generator, self.settings, self.metrics, self.recordings, self.results).start()
         self.metrics.set("wanfly_ready", 1)
+        log.info("ready: open %s", serving_url(self.settings))
 
     def _max_sessions(self, generator) -> int:
         """``--max_sessions``, or its default: 4 for chunked worlds, from one measured stream for causal ones."""
@@ -85,7 +90,11 @@ class AppState:
 
     def load(self) -> None:
         try:
-            self.attach(load_world(self.settings))
+            log.info("loading the world (%s); /readyz answers 503 until it is ready", describe_world(self.settings))
+            started = time.perf_counter()
+            world = load_world(self.settings)
+            log.info("world loaded in %.1f s", time.perf_counter() - started)
+            self.attach(world)
         except Exception as error:  # reported by /readyz and the log
             if isinstance(error, (ValueError, FileNotFoundError)):  # a bad world folder or setting: says which
                 log.error("loading the world failed: %s", error)
@@ -98,6 +107,12 @@ class AppState:
             self.engine.close()
         self.results.close()
         self.recordings.close()
+
+
+def serving_url(settings: Settings) -> str:
+    """The URL to open: a wildcard host (every interface) is reached as localhost from the same machine."""
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"
 
 
 def token_from(headers: dict, query: str) -> str | None:
@@ -206,7 +221,8 @@ def create_app(settings: Settings = None, world: World = None, routes: APIRouter
         finally:
             await asyncio.to_thread(state.close)
 
-    app = FastAPI(title="wanfly", version="0.1.0", lifespan=lifespan,
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this server, not a CDN (offline deployments)
+    app = FastAPIOffline(title="wanfly", version="0.1.0", lifespan=lifespan,
                   description="Real-time drone flight through a generated world (Wan2.2-TI2V-5B + action control). "
                               "The flight WebSocket `/ws` is documented in docs/protocol.md.")
     app.state.wanfly = state

@@ -2,11 +2,15 @@
 
 Image (or a bundled sample), prompt, an action timeline editor (one row per latent-frame step, one column per
 action holding a fraction 0..1 of its full-scale magnitude; a text spec such as ``forward:10,yaw_left:5`` fills it),
-steps, seed, a progress bar and the video.
+steps, seed, a progress bar and the video. The page is built when the app is, before the world has loaded, so the
+world's defaults (prompt, steps, sample) are filled in when a browser loads the page (``world_defaults``).
+``/gradio`` redirects to ``/gradio/``.
 """
 from __future__ import annotations
 
 import numpy as np
+from fastapi import Request
+from fastapi.responses import RedirectResponse
 
 from models.action_format import ACTION_NAMES, NUM_ACTIONS, num_frames_for_actions
 from models.media import fit_image
@@ -45,6 +49,19 @@ def spec_to_table(spec: str) -> list[list[float]]:
     return [[round(float(v), 3) for v in step[1]] for step in raw]
 
 
+def world_defaults(state) -> tuple:
+    """(prompt, steps, sample, note) for the page's fields: the loaded world's, or a note that it is still loading."""
+    world = state.world
+    if world is None:
+        return "", 1, None, "*The model is still loading: reload this page in a moment for the world's defaults.*"
+    samples = _samples(state)
+    sample = world.sample if world.sample in samples else (samples[0] if samples else None)
+    note = f"**{world.weights}**" if world.random_weights else f"World: {world.weights}"
+    if world.notes:
+        note += f"  \nWhat to expect: {world.notes}"
+    return world.prompt, world.steps, sample, note
+
+
 def build_blocks(state):
     import gradio as gr
 
@@ -79,22 +96,19 @@ def build_blocks(state):
         except ValueError as error:
             raise gr.Error(str(error))
 
-    world = state.world
     with gr.Blocks(title="wanfly offline generation") as blocks:
         gr.Markdown("## wanfly: offline generation\nThe same worker queue as `POST /generate`. Each timeline row is "
                     "one latent-frame step (4 video frames); each cell is a fraction 0..1 of the action's full-scale "
                     "magnitude (0 = off).")
-        if world is not None and world.random_weights:
-            gr.Markdown(f"**{world.weights}**")
+        note = gr.Markdown()
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="pil", label="first frame (empty = bundled sample)")
                 samples = _samples(state)
-                sample = gr.Dropdown(samples, value=samples[0] if samples else None, label="bundled sample")
-                prompt = gr.Textbox(value=world.prompt if world else "", label="prompt")
+                sample = gr.Dropdown(samples, value=None, label="bundled sample")
+                prompt = gr.Textbox(label="prompt")
                 with gr.Row():
-                    steps = gr.Slider(1, state.settings.max_steps, value=world.steps if world else 2, step=1,
-                                      label="steps")
+                    steps = gr.Slider(1, state.settings.max_steps, value=1, step=1, label="steps")
                     seed = gr.Number(value=0, precision=0, label="seed")
             with gr.Column():
                 spec = gr.Textbox(value=DEFAULT_SPEC, label="timeline as text (name:steps, + joins, =fraction)")
@@ -105,6 +119,7 @@ def build_blocks(state):
                 go = gr.Button("generate", variant="primary")
         fill_button.click(fill, inputs=spec, outputs=table)
         go.click(run, inputs=[image, sample, prompt, table, steps, seed], outputs=video)
+        blocks.load(lambda: world_defaults(state), outputs=[prompt, steps, sample, note], api_name="world_defaults")
     return blocks
 
 
@@ -114,5 +129,9 @@ def _samples(state) -> list[str]:
 
 def mount_gradio(app, state) -> None:
     import gradio as gr
+
+    @app.get("/gradio", include_in_schema=False)
+    def gradio_slash(request: Request):  # the mount serves /gradio/ only
+        return RedirectResponse(str(request.url.replace(path=request.url.path + "/")))
     gr.mount_gradio_app(app, build_blocks(state), path="/gradio", allowed_paths=[str(state.results.folder)],
                         footer_links=[])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
 import typing
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ MAX_SESSIONS_CAP = 8  # causal worlds: the most flights the memory-derived defau
 @dataclass
 class Settings:
     # where and what to serve
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = "127.0.0.1"  # address to listen on (0.0.0.0: every interface)
+    port: int = 8000  # port to listen on; one already in use stops the command before anything loads
     world: str = "auto"  # "auto" (toy if shipped, else random), "random" (tiny preset), "toy", a name or a folder
     model_dir: Optional[str] = None  # original Wan2.2-TI2V-5B folder (overrides --world)
     artifacts: Optional[str] = None  # training output folder (action_train_config.json, controller, LoRA)
@@ -43,52 +44,53 @@ class Settings:
     dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     world_seed: int = 0  # seed of the random world's weights
     threads: int = 0  # torch CPU threads (0 = all cores but one on CPU, torch's default on GPU)
-    # generation (None = the world's default)
-    height: Optional[int] = None
-    width: Optional[int] = None
+    # generation (unset = the world's default)
+    height: Optional[int] = None  # video height in pixels (a multiple of 32)
+    width: Optional[int] = None  # video width in pixels (a multiple of 32)
     chunk_frames: Optional[int] = None  # 4k+1 frames per flight chunk
-    fps: Optional[int] = None
-    steps: Optional[int] = None
-    cfg_scale: Optional[float] = None
+    fps: Optional[int] = None  # frames per second of the video
+    steps: Optional[int] = None  # denoising steps per chunk or block
+    cfg_scale: Optional[float] = None  # text classifier-free guidance (1 = off: one DiT pass per step)
     action_guidance: Optional[float] = None  # >= 1: amplify what the actions change (1 = off)
     action_guidance_rescale: Optional[float] = None  # 0..1: keep guided steps' contrast (0 = off)
-    generation: Optional[str] = None  # "chunked" | "causal" (one block-causal stream per flight, models.stream)
+    generation: Optional[str] = None  # "chunked" or "causal" (one block-causal stream per flight, models.stream)
     block_frames: Optional[int] = None  # causal: latent frames per block (4 video frames each)
     window: Optional[int] = None  # causal: latent frames of context besides the sink
     sink: Optional[bool] = None  # causal: the first image stays in context
-    max_steps: int = 50
-    preset: Optional[str] = None  # a name in PRESETS: fills the generation fields above that are left at None
+    max_steps: int = 50  # the most denoising steps a client may ask for
+    preset: Optional[str] = None  # "realtime" (PRESETS: 480x832, 17-frame chunks, 4 steps, CFG off) fills the
+    #   generation options left unset
     # speed
     compile: bool = False  # torch.compile the DiT blocks and the controller; compiled during the warm-up
     # capacity
     max_sessions: Optional[int] = None  # flights generating at once (round-robin, one chunk or block each in
-    # turn); None: 4 for chunked worlds, from the measured per-stream memory for causal ones (server.generation.streams)
+    #   turn); unset: 4 for chunked worlds, from the measured per-stream memory for causal ones
     max_waiting: int = 8  # flights waiting for a turn; beyond: WebSocket close 1013
     max_jobs: int = 4  # REST/gradio jobs waiting; beyond: HTTP 429
-    max_job_frames: int = 81
+    max_job_frames: int = 81  # the longest REST/gradio job in frames
     jobs_kept: int = 32  # finished jobs whose video stays downloadable
     # security and limits
-    token: Optional[str] = None  # shared token for REST, WebSocket, recordings and gradio (None = open)
+    token: Optional[str] = None  # shared token for REST, WebSocket, recordings and gradio (unset = open)
     allowed_origins: list[str] = field(default_factory=list)  # WebSocket Origins besides the server's own
-    max_upload_bytes: int = 8 * 1024 * 1024  # decoded image bytes
-    max_image_pixels: int = 4096 * 4096
+    max_upload_bytes: int = 8 * 1024 * 1024  # the largest uploaded first frame in bytes (decoded)
+    max_image_pixels: int = 4096 * 4096  # the largest first frame in pixels (width x height)
     max_message_bytes: int = 16 * 1024  # WebSocket messages other than "start"
-    max_prompt_chars: int = 2000
+    max_prompt_chars: int = 2000  # the longest prompt in characters
     # streaming
     block_margin_s: float = 0.1  # causal: a flight's next block starts when its client has the measured block
-    # time plus this much playback left (server.generation.streams.Pacer): larger = fewer stalls, smaller = keys
-    # show sooner
+    #   time plus this much playback left (server.generation.streams.Pacer): larger = fewer stalls, smaller =
+    #   keys show sooner
     send_queue_frames: int = 48  # frames buffered per connection; older ones are dropped beyond it
     send_timeout_s: float = 10.0  # a send blocked this long closes the connection
     idle_timeout_s: float = 120.0  # no message for this long closes the connection
-    jpeg_quality: int = 85
+    jpeg_quality: int = 85  # JPEG quality of the frames sent to browsers (1..100)
     # recordings, UI
-    recordings_dir: Optional[str] = None  # None = a temporary folder
-    recordings_kept: int = 16
-    max_recording_frames: int = 24 * 600
-    web_dir: str = str(REPO_ROOT / "web")
-    gradio: bool = True
-    log_level: str = "info"
+    recordings_dir: Optional[str] = None  # where flight recordings go (unset = a temporary folder)
+    recordings_kept: int = 16  # finished flight recordings kept; older ones are deleted
+    max_recording_frames: int = 24 * 600  # a longer flight's recording stops here (the flight goes on)
+    web_dir: str = str(REPO_ROOT / "web")  # the browser UI's folder (and its samples/)
+    gradio: bool = True  # serve the gradio page at /gradio
+    log_level: str = "info"  # debug, info, warning or error
 
     def __post_init__(self):
         for name in ("max_steps", "max_job_frames", "send_queue_frames", "max_message_bytes",
@@ -175,17 +177,93 @@ def _from_env(env) -> dict:
     return values
 
 
+def field_help() -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Each field's help and the fields of each group, read from the comments of the ``Settings`` class above: the
+    one source of both ``--help`` texts. A field's help is its trailing comment plus the comment lines under it that
+    are indented past the ``#`` (``#   more``); any other comment line on its own starts a group."""
+    helps: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
+    group, last = "options", None
+    names = {f.name for f in dataclasses.fields(Settings)}
+    for line in inspect.getsource(Settings).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("def "):
+            break
+        if text.startswith("#"):
+            comment = text[1:]
+            if comment.startswith("  ") and last is not None:
+                helps[last] += " " + comment.strip()
+            else:
+                group, last = comment.strip(), None
+            continue
+        name = text.split(":", 1)[0]
+        if name in names:
+            last = name
+            helps[name] = text.split("  # ", 1)[1].strip() if "  # " in text else ""
+            groups.setdefault(group, []).append(name)
+    return helps, groups
+
+
+class _Value:
+    """An argparse ``type`` converting like the environment does; a bad value names the option and what it wants."""
+
+    def __init__(self, f: dataclasses.Field):
+        self.field = f
+        self.__name__ = _metavar(f).lower()
+
+    def __call__(self, text: str):
+        try:
+            return _convert(self.field, text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_metavar(self.field).lower()}, got {text!r}") from None
+
+
+def _metavar(f: dataclasses.Field) -> str:
+    kind = _field_type(f)
+    if kind is bool:
+        return "BOOL"
+    if typing.get_origin(kind) is list:
+        return "A,B,..."
+    return {int: "INT", float: "NUMBER"}.get(kind, "TEXT")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, names=None, titles: dict = None) -> None:
+    """Add the ``Settings`` fields (all, or ``names``) as options, grouped and described as the class is (a group's
+    title renamed by ``titles``)."""
+    helps, groups = field_help()
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for title, members in groups.items():
+        chosen = [name for name in members if names is None or name in names]
+        if not chosen:
+            continue
+        group = parser.add_argument_group((titles or {}).get(title, title))
+        for name in chosen:
+            f = fields[name]
+            flag = {"nargs": "?", "const": True} if _field_type(f) is bool else {}  # "--compile" alone means true
+            group.add_argument(f"--{name}", dest=name, default=None, metavar=_metavar(f), type=_Value(f),
+                               help=_help(f, helps[name]), **flag)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m server", description="wanfly: real-time drone flight through a generated world",
-        epilog=f"Every option can also be set as an environment variable {ENV_PREFIX}<OPTION> (upper case).")
-    for f in dataclasses.fields(Settings):
-        flag = {"nargs": "?", "const": True} if _field_type(f) is bool else {}  # "--compile" alone means true
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.name.upper(),
-                            type=lambda text, f=f: _convert(f, text), help=_help(f), **flag)
+        prog="python -m server", usage="python -m server [--option VALUE ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="wanfly: real-time drone flight through a generated world, served to a browser.\n\n"
+                    "With no options it serves the toy world (worlds/toy) on the CPU at http://127.0.0.1:8000/.",
+        epilog=f"Every option is also an environment variable {ENV_PREFIX}<OPTION> in upper case "
+               f"({ENV_PREFIX}MAX_SESSIONS=4); the command line wins.\n"
+               "Lists are comma-separated; booleans are 1/0/true/false (a boolean option alone means true).\n\n"
+               "examples:\n"
+               "  python -m server --world random                         the tiny random-weight preset (fastest)\n"
+               "  python -m server --model_dir /weights/Wan2.2-TI2V-5B --artifacts outputs/run1 \\\n"
+               "      --preset realtime --compile --host 0.0.0.0         the real model on a GPU, in real time")
+    add_settings_arguments(parser)
     return parser
 
 
-def _help(f: dataclasses.Field) -> str:
+def _help(f: dataclasses.Field, text: str) -> str:
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    return f"default: {default!r}"
+    if default is None or default == []:
+        return text
+    shown = ("1" if default else "0") if isinstance(default, bool) else default
+    return f"{text} (default: {shown})"

@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None,
                    help="4k+1 frames per rendered clip (default: 5 for a chunked world; 33 for a causal one, whose "
                         "DiT trains on the sink + window clips taken from them)")
-    p.add_argument("--generation", choices=["causal", "chunked"], default="causal",
-                   help="causal: one block-causal stream per flight (models.stream); chunked: chunk after chunk")
+    p.add_argument("--generation", choices=["causal", "chunked"], default="chunked",
+                   help="chunked (the committed world): chunk after chunk; causal: one block-causal stream per "
+                        "flight (models.stream; its first run does not follow the keys yet, docs/toyworld.md)")
     p.add_argument("--block_frames", type=int, default=1, help="causal: latent frames per block")
     p.add_argument("--window", type=int, default=3, help="causal: latent frames of context besides the sink")
     p.add_argument("--no_sink", dest="sink", action="store_false", help="causal: no first-image sink")
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiplies the synthetic flights' translation and rotation ranges")
     p.add_argument("--move_speed", type=float, default=None,
                    help="multiplies the translation ranges instead of --speed (default: --speed)")
-    p.add_argument("--clips", type=int, default=1280)
+    p.add_argument("--clips", type=int, default=None,
+                   help="rendered training clips (default: 1280 for a chunked world; 1024 for a causal one, whose "
+                        "clips are 33 frames: 1.7 GB of data in memory)")
     p.add_argument("--holdout", type=int, default=32)
     p.add_argument("--vae_dim", type=int, default=8)
     p.add_argument("--dim", type=int, default=192, help="DiT width (head_dim // 3 must be even)")
@@ -81,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fill_generation_defaults(a: argparse.Namespace) -> argparse.Namespace:
+    """The defaults that depend on --generation: clip length and count."""
+    causal = a.generation == "causal"
+    a.frames = (33 if causal else 5) if a.frames is None else a.frames
+    a.clips = (1024 if causal else 1280) if a.clips is None else a.clips
+    return a
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = build_parser()
@@ -95,7 +106,7 @@ def main(argv=None) -> int:
         parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    a.frames = a.frames or (33 if a.generation == "causal" else 5)
+    fill_generation_defaults(a)
     try:
         num_actions_for_frames(a.frames)
         causal_settings(a), forcing_config(a)  # block/window/forcing values checked by name

@@ -51,7 +51,10 @@ def parse_args(argv=None, env=None) -> tuple[Settings, ClusterOptions]:
     """``python -m server`` options plus the replica options; a bad value exits 2 naming the option."""
     parser = build_parser()
     parser.prog = "python -m server.cluster"
+    parser.usage = "python -m server.cluster [--option VALUE ...] [--replicas N | --cpu_replicas N] [--address ADDR]"
     parser.description = "wanfly on Ray Serve: one replica per GPU (docs/cluster.md)"
+    parser.epilog = (f"Every option can also be set as an environment variable {ENV_PREFIX}<OPTION> (upper case); "
+                     "python -m server's options apply to each replica.")
     group = parser.add_argument_group("replicas")
     group.add_argument("--replicas", type=int, default=None, help="GPU replicas, one GPU each (default: all GPUs)")
     group.add_argument("--cpu_replicas", type=int, default=None, help="CPU replicas instead (tests, benchmarks)")

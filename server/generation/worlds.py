@@ -52,6 +52,7 @@ class World:
     action_guidance_rescale: float = 0.0  # pull the guided step back to the commanded one's std; 0 = off
     prompt: str = DEFAULT_PROMPT
     sample: Optional[str] = None  # the bundled first frame the UI offers first (None = the first sample)
+    notes: Optional[str] = None  # what a person should expect from the world (serve.json; the page shows it)
     autoregressive: bool = False  # trained on chunk-length clips: longer jobs are made chunk by chunk, as flights
     tiled: bool = False
     device: str = "cpu"
@@ -116,7 +117,9 @@ def _random_world(settings: Settings, device: str, dtype) -> World:
     pipe = build_pipeline(preset="tiny", seed=settings.world_seed, device=device, torch_dtype=dtype)
     return World(pipe=pipe, name="random", random_weights=True, height=64, width=64, chunk_frames=9, fps=16, steps=2,
                  cfg_scale=1.0, device=device,
-                 weights="RANDOM weights (tiny preset, untrained): the video is noise-like, not a learned world")
+                 weights="RANDOM weights (tiny preset, untrained): the video is noise-like, not a learned world",
+                 notes="Random, untrained weights: the picture is 64x64 noise that follows neither the prompt nor the "
+                       "keys. It exists so the product runs anywhere; the toy world (--world toy) is a trained one.")
 
 
 def _folder_world(folder: str, device: str, dtype) -> World:
@@ -126,7 +129,8 @@ def _folder_world(folder: str, device: str, dtype) -> World:
     return World(pipe=pipe, name=name, random_weights=False, height=serve.height, width=serve.width,
                  chunk_frames=serve.chunk_frames, fps=serve.fps, steps=serve.steps, cfg_scale=serve.cfg_scale,
                  action_guidance=serve.action_guidance, action_guidance_rescale=serve.action_guidance_rescale,
-                 prompt=serve.prompt, sample=serve.sample, autoregressive=serve.autoregressive, device=device,
+                 prompt=serve.prompt, sample=serve.sample, notes=serve.notes, autoregressive=serve.autoregressive,
+                 device=device,
                  weights=serve.weights or f"small world {name} (trained, low resolution)",
                  generation=serve.generation, causal_settings=serve.causal_settings())
 
@@ -134,7 +138,7 @@ def _folder_world(folder: str, device: str, dtype) -> World:
 # The toy world committed in the repository (``python -m training.toyworld``, docs/toyworld.md).
 # WANFLY_TOY_WORLD_DIR points there when the package is installed outside the repository (the Docker image).
 TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "worlds", "toy")
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "worlds", "toy")
 
 
 def _toy_world(settings: Settings, device: str, dtype) -> World:
@@ -148,6 +152,13 @@ if os.path.isfile(os.path.join(TOY_WORLD_DIR, "world_config.json")):
 def with_world_resolved(settings: Settings) -> Settings:
     """``--world auto`` (the default) becomes the toy world when it ships, else the random preset."""
     return replace(settings, world=default_world()) if settings.world == "auto" else settings
+
+
+def describe_world(settings: Settings) -> str:
+    """What ``load_world`` will load, in a few words, before it does (for the start-up log)."""
+    settings = with_world_resolved(settings)
+    what = f"the model in {settings.model_dir}" if settings.model_dir else f"world {settings.world}"
+    return what + (f" + artifacts {settings.artifacts}" if settings.artifacts else "")
 
 
 def default_world() -> str:
@@ -256,7 +267,8 @@ def world_summary(world: Optional[World]) -> dict:
             "controller": world.controller, "height": world.height, "width": world.width, "fps": world.fps,
             "chunk_frames": world.chunk_frames, "steps": world.steps, "cfg_scale": world.cfg_scale,
             "action_guidance": world.action_guidance, "action_guidance_rescale": world.action_guidance_rescale,
-            "prompt": world.prompt, "sample": world.sample, "autoregressive": world.autoregressive,
+            "prompt": world.prompt, "sample": world.sample, "notes": world.notes,
+            "autoregressive": world.autoregressive,
             "generation": world.generation, "block_frames": world.causal_settings.block_frames,
             "window": world.causal_settings.window, "sink": world.causal_settings.sink,
             "full_scale": list(world.full_scale),

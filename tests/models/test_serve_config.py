@@ -10,7 +10,7 @@ def test_round_trip_and_defaults(tmp_path):
     assert load_serve_config(str(tmp_path)) is None  # no file: the reader's defaults apply
     config = ServeConfig(height=64, width=96, chunk_frames=5, fps=8, steps=3, action_guidance=3,
                          action_guidance_rescale=0.7, sample="synthetic-3", autoregressive=True, weights="a line",
-                         generation="causal", block_frames=2, window=5, sink=False)
+                         notes="what to expect", generation="causal", block_frames=2, window=5, sink=False)
     save_serve_config(str(tmp_path), config)
     loaded = load_serve_config(str(tmp_path))
     assert loaded == config and isinstance(loaded.action_guidance, float)
@@ -29,6 +29,7 @@ def test_round_trip_and_defaults(tmp_path):
     ("cfg_scale", float("nan"), "cfg_scale must be a number >= 1"),
     ("sample", "../etc", "sample must be a bundled sample name"),
     ("autoregressive", "yes", "autoregressive must be true or false"),
+    ("notes", ["a", "list"], "notes must be a string"),
     ("chunk_frame", 9, "unknown field\\(s\\) \\['chunk_frame'\\]"),
     ("generation", "stream", "generation must be one of \\['chunked', 'causal'\\]"),
     ("block_frames", 0, "block_frames must be an integer >= 1"),
@@ -53,3 +54,4 @@ def test_broken_json_is_named(tmp_path):
 def test_the_committed_toy_world_reads_through_it():
     config = load_serve_config("worlds/toy")
     assert (config.height, config.width, config.chunk_frames, config.autoregressive) == (128, 128, 5, True)
+    assert "ignores the prompt" in config.notes and "128x128" in config.notes  # the page's "what to expect"

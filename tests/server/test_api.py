@@ -59,6 +59,9 @@ def test_job_flow_to_mp4(make_client, tmp_path, png_url):
     ({"prompt": 3}, "prompt"),
     ({"prompt": "x" * 2001}, "prompt"),
     ({"colour": "red"}, "colour"),
+    ({"num_frames": 9, "actions": "forward:3"}, "actions"),
+    ({"num_frames": 9, "actions": "forwards:2"}, "actions"),
+    ({"num_frames": 9, "actions": "forward=1.5:2"}, "actions"),
 ])
 def test_validation_422_names_the_field(make_client, body, field):
     client = make_client()
@@ -100,3 +103,28 @@ def test_a_causal_job_must_be_whole_blocks(make_client):
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "num_frames"] and "not a multiple of 2" in detail["msg"]
     assert client.post("/generate", json={"prompt": "hills", "num_frames": 17, "steps": 1}).status_code == 202
+
+
+def test_actions_as_text_are_held_key_fractions_of_the_worlds_full_scale(make_client):
+    """The text form of the CLI and gradio over REST: forward held for 2 steps, then forward + half a left turn."""
+    client = make_client()
+    response = client.post("/generate", json={"prompt": "hills", "num_frames": 17, "steps": 1,
+                                              "actions": "forward:2,forward+yaw_left=0.5:2"})
+    assert response.status_code == 202, response.text
+    assert wait_done(client, response.json()["id"])["status"] == "done"
+    actions = client.app.state.wanfly.engine.get_job(response.json()["id"]).request.actions  # (4, 2, 8) raw
+    full = np.asarray(client.get("/api/config").json()["world"]["full_scale"])
+    expected = np.zeros((4, 2, 8))
+    expected[:, 0, 0], expected[:, 1, 0] = 1, full[0]  # forward held: flag 1, the full magnitude
+    expected[2:, 0, 4], expected[2:, 1, 4] = 1, 0.5 * full[4]  # yaw left at half a held key
+    np.testing.assert_allclose(actions, expected, rtol=1e-6)
+
+
+def test_a_multipart_upload_is_a_clear_415(make_client, tmp_path):
+    """``curl -F image=@x.png`` used to be a bare 500 (the 422 could not render the form's bytes)."""
+    client = make_client()
+    response = client.post("/generate", files={"image": ("x.png", b"\x89PNG\r\n\x1a\n\xff\xfe" * 8, "image/png")},
+                           data={"prompt": "hills"})
+    assert response.status_code == 415, response.text
+    assert response.json()["detail"].startswith("the body must be JSON (Content-Type: application/json), got "
+                                                "multipart/form-data")

@@ -1,4 +1,6 @@
 """server.gradio_app: the action timeline editor's conversions, and the app mounted behind the token."""
+import json
+
 import numpy as np
 import pytest
 
@@ -19,3 +21,17 @@ def test_gradio_timeline_and_mount(make_client):
     assert page.status_code == 200 and "gradio" in page.text.lower()
     assert "wanfly_token=t0ken" in page.headers["set-cookie"]
     assert client.get("/gradio/config").status_code == 200  # the cookie carries the token to gradio's requests
+
+
+def test_gradio_redirects_and_fills_the_loaded_worlds_defaults(make_client):
+    """The page is built before the world loads: its fields are filled from the loaded world when a browser loads
+    it (the page's load event, called here as gradio's client does), and /gradio leads to /gradio/."""
+    client = make_client(world_overrides={"prompt": "a drone over the sea", "steps": 3, "sample": "sand-dunes"},
+                         gradio=True)
+    response = client.get("/gradio?token=x", follow_redirects=False)
+    assert response.status_code == 307 and response.headers["location"] == "http://testserver/gradio/?token=x"
+    event = client.post("/gradio/gradio_api/call/world_defaults", json={"data": []}).json()["event_id"]
+    stream = client.get(f"/gradio/gradio_api/call/world_defaults/{event}").text
+    data = json.loads(stream.split("event: complete\ndata: ", 1)[1].splitlines()[0])
+    assert data[:3] == ["a drone over the sea", 3, "sand-dunes"]
+    assert "What to expect: " + client.get("/api/config").json()["world"]["notes"] in data[3]

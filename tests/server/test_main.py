@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -257,3 +259,25 @@ def test_a_causal_flight_over_uvicorn_is_recorded_as_sent(tmp_path):
     assert len(recorded) == len(sent)
     errors = {offset: alignment_error(recorded, sent, offset) for offset in (-1, 0, 1)}
     assert min(errors, key=errors.get) == 0, errors  # frame i is frame i: none dropped or repeated
+
+
+def test_start_up_logs_its_phases_then_the_url_and_a_taken_port_stops_before_any_model(tmp_path):
+    """The log says what start-up is doing (loading, warming up) and gives the URL only once a flight can start; a
+    second server on the same port says the port is taken in one line and exits 2 without loading anything."""
+    log = tmp_path / "server.log"
+    with server_process("--gradio", "0", "--log_level", "info", log_path=log) as url:
+        port = int(url.rsplit(":", 1)[1])
+        lines = log.read_text().splitlines()
+        phases = ["loading the world (world random)", "world loaded in", "warming up: one generation",
+                  "warm-up generation took", f"ready: open http://127.0.0.1:{port}/"]
+        where = [next(i for i, line in enumerate(lines) if phase in line) for phase in phases]
+        assert where == sorted(where), lines
+        assert not any("http://" in line for line in lines[:where[-1]]), lines  # no URL before it can serve
+        second = subprocess.run([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--world", "random", "--gradio", "0"], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"python -m server: error: port {port} on 127.0.0.1 is already in use (another server?); "
+            "choose another with --port")
+        assert "loading the world" not in second.stderr + second.stdout
+        assert urllib.request.urlopen(url + "/readyz", timeout=5).status == 200  # the first one still serves

@@ -1,7 +1,7 @@
 """server.settings: options from the command line and the environment, presets, refused values."""
 import pytest
 
-from server.settings import PRESETS, Settings
+from server.settings import PRESETS, Settings, build_parser, field_help
 
 
 def test_settings_from_env_and_cli():
@@ -31,3 +31,21 @@ def test_realtime_preset_fills_unset_generation_fields_only():
     assert Settings.from_args(["--compile", "0"], env={}).compile is False
     with pytest.raises(ValueError, match="preset"):
         Settings(preset="fastest")
+
+
+def test_help_describes_every_option_from_the_settings_class():
+    """``python -m server --help``: one short usage line, no markup, and each option described by its comment in
+    the Settings class (the one source), in the class's groups."""
+    helps, groups = field_help()
+    assert set(helps) == set(Settings.__dataclass_fields__) and all(len(text) > 10 for text in helps.values()), helps
+    assert helps["max_sessions"].endswith("from the measured per-stream memory for causal ones")  # continued lines
+    assert groups["speed"] == ["compile"] and "port" in groups["where and what to serve"]
+    text = build_parser().format_help()
+    assert text.splitlines()[0] == "usage: python -m server [--option VALUE ...]" and "``" not in text
+    flat = " ".join(text.split())
+    for name, help_text in helps.items():
+        assert f"--{name} " in flat and " ".join(help_text.split()) in flat, name
+    assert "--port INT port to listen on" in flat and "(default: 8000)" in flat
+    assert "--compile [BOOL] torch.compile" in flat
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--port", "eighty"])

@@ -6,6 +6,7 @@ import pytest
 
 from training.smallworld import recipe as toyworld
 from training.toyworld import build_parser as toyworld_parser
+from training.toyworld import fill_generation_defaults
 from training.toyworld import main as toyworld_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,10 +25,11 @@ def _tiny_recipe(out, *extra):
 def test_the_defaults_are_the_committed_worlds_recipe():
     """`python -m training.toyworld --out DIR` trains what worlds/toy/ was trained with (step counts aside: those
     follow --minutes when not given; and the VAE learning rate: the committed VAE was fine-tuned at 5e-4 from an
-    earlier world's VAE trained at the default 1e-3, see docs/toyworld.md "How it actually ran")."""
+    earlier world's VAE trained at the default 1e-3, see docs/toyworld.md "How it actually ran"; and --init_vae,
+    the VAE it started from)."""
     recipe = json.load(open(os.path.join(TOY, "world_config.json")))["recipe"]
-    defaults = vars(toyworld_parser().parse_args(["--out", "somewhere"]))
-    sized = {"minutes", "vae_steps", "dit_steps", "decoder_steps", "save_steps", "threads", "vae_lr"}
+    defaults = vars(fill_generation_defaults(toyworld_parser().parse_args(["--out", "somewhere"])))
+    sized = {"minutes", "vae_steps", "dit_steps", "decoder_steps", "save_steps", "threads", "vae_lr", "init_vae"}
     assert {k: defaults[k] for k in recipe if k not in sized} == {k: v for k, v in recipe.items() if k not in sized}
 
 

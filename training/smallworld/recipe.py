@@ -387,5 +387,8 @@ class ToyRun:
             generation=a.generation, **(self.causal.__dict__ if self.causal else {}),
             weights=f"toy world, the Wan2.2-TI2V architecture trained from scratch on synthetic flights "
                     f"({a.height}x{a.width}, " + (f"{a.frames}-frame chunks" if self.causal is None else
-                                                  "one continuous block-causal stream") + "; docs/toyworld.md)"))
+                                                  "one continuous block-causal stream") + "; docs/toyworld.md)",
+            notes=f"This toy world ignores the prompt (its text encoder was never trained; the scene comes from the "
+                  f"first frame). The picture is {a.height}x{a.width} and soft, {a.serve_fps} frames a second. Frame 0 "
+                  f"is the world's own reconstruction of your image through its small VAE, not your image itself."))
         write_json_atomic(os.path.join(self.out, "toyworld_report.json"), report)

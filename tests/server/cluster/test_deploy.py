@@ -73,8 +73,8 @@ def test_rayservice_manifest():
 def test_compose_cluster_variant_uses_every_gpu():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     svc = compose["services"]["wanfly-cluster"]
-    assert svc["profiles"] == ["cluster"] and svc["build"]["args"]["EXTRAS"] == "serve,cluster"
-    assert svc["command"][:3] == ["python", "-m", "server.cluster"]
+    assert svc["profiles"] == ["cluster"] and svc["build"]["args"]["EXTRAS"].split() == ["serve", "cluster"]
+    assert svc["entrypoint"][:3] == ["python", "-m", "server.cluster"] and svc["command"] == []
     assert svc["deploy"]["resources"]["reservations"]["devices"] == [{"driver": "nvidia", "count": "all",
                                                                       "capabilities": ["gpu"]}]
     env = svc["environment"]

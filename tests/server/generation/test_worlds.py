@@ -32,7 +32,7 @@ def world_folder(tmp_path):
                                                                      action_stats=stats))
     hints = {"height": 32, "width": 64, "chunk_frames": 5, "fps": 12, "steps": 1, "prompt": "a drone over sand",
              "sample": "sand-dunes", "weights": "test world line", "action_guidance": 2.0,
-             "action_guidance_rescale": 0.5}
+             "action_guidance_rescale": 0.5, "notes": "expect sand"}
     (tmp_path / "serve.json").write_text(json.dumps(hints))
     return tmp_path
 
@@ -47,6 +47,7 @@ def test_folder_world_takes_its_serve_hints(world_folder):
     assert (summary["height"], summary["width"], summary["chunk_frames"], summary["fps"]) == (32, 64, 5, 12)
     assert summary["sample"] == "sand-dunes" and summary["weights"] == "test world line"
     assert summary["prompt"] == "a drone over sand" and summary["random_weights"] is False
+    assert summary["notes"] == "expect sand"  # /api/config carries it to the page
     assert summary["full_scale"][0] == pytest.approx(0.07)  # a held Forward key sends the stats' p90
     assert (summary["action_guidance"], summary["action_guidance_rescale"]) == (2.0, 0.5)
 
