@@ -13,6 +13,8 @@ ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
 ARG FLASH_ATTN=0
+# serve: python -m server; "serve cluster": also Ray Serve for python -m server.cluster (docker compose --profile cluster)
+ARG EXTRAS=serve
 ARG UID=1000
 ARG GID=1000
 ENV PYTHONUNBUFFERED=1 \
@@ -30,7 +32,7 @@ WORKDIR /app
 #    pyproject.toml or constraints.txt change, not when the code does.
 COPY pyproject.toml constraints.txt ./
 COPY scripts/deps.py ./scripts/deps.py
-RUN python scripts/deps.py requirements serve > /tmp/requirements.txt \
+RUN python scripts/deps.py requirements ${EXTRAS} > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt \
  && if [ "$FLASH_ATTN" = "1" ]; then \
       command -v nvcc >/dev/null || { echo "FLASH_ATTN=1 needs a -devel BASE_IMAGE (nvcc)" >&2; exit 1; }; \

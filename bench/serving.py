@@ -107,7 +107,8 @@ async def fly(url: str, seconds: float, token: str | None, result: dict) -> None
                                   "seed": 0}))
         ready = json.loads(await ws.recv())
         result.update(fps=ready["fps"], chunk_frames=ready["chunk_frames"], size=[ready["width"], ready["height"]],
-                      gen_ms=[], frames=0, first_frame_s=None, generation=ready.get("generation"))
+                      gen_ms=[], frames=0, first_frame_s=None, generation=ready.get("generation"),
+                      replica=ready.get("replica"))
         started = time.monotonic()
         next_input, seq = started, 0
         while (now := time.monotonic()) < started + seconds:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Create ./.venv and install wanfly into it. Usage: scripts/setup.sh [serve|train|dev]  (default: serve)
+# Create ./.venv and install wanfly into it. Usage: scripts/setup.sh [serve|cluster|train|dev]  (default: serve)
 #   serve  the demo server (FastAPI, uvicorn, gradio) and the models
+#   cluster  serve, plus Ray Serve for python -m server.cluster (docs/cluster.md; ~134 MB of wheels)
 #   train  the training package
-#   dev    everything, plus pytest and a headless Chromium for the browser tests
+#   dev    everything (Ray Serve too: the cluster extra), plus pytest and a headless Chromium for the browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-serve}"
-case "$extra" in serve|train|dev) ;; *) echo "usage: scripts/setup.sh [serve|train|dev]" >&2; exit 2 ;; esac
+case "$extra" in serve|cluster|train|dev) ;; *) echo "usage: scripts/setup.sh [serve|cluster|train|dev]" >&2; exit 2 ;; esac
 
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

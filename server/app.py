@@ -21,7 +21,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import FastAPI, WebSocket
+from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -54,6 +54,7 @@ class AppState:
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.stream_cost: StreamCost | None = None  # causal worlds: one stream's measured memory and block time
+        self.replica: str | None = None  # the Ray Serve replica this app runs in (server.cluster); None: one process
 
     @property
     def ready(self) -> bool:
@@ -203,7 +204,9 @@ def public_config(state: AppState) -> dict:
     }
 
 
-def create_app(settings: Settings = None, world: World = None) -> FastAPI:
+def create_app(settings: Settings = None, world: World = None, routes: APIRouter | None = None) -> FastAPI:
+    """``routes``: extra routes matched before the built-in ones (``server.cluster``: the cluster-wide ``/readyz``,
+    ``/metrics``, jobs and recordings); behind the same token and body-limit middleware."""
     settings = settings or Settings()
     state = AppState(settings, world)
 
@@ -223,6 +226,8 @@ def create_app(settings: Settings = None, world: World = None) -> FastAPI:
                   description="Real-time drone flight through a generated world (Wan2.2-TI2V-5B + action control). "
                               "The flight WebSocket `/ws` is documented in docs/protocol.md.")
     app.state.wanfly = state
+    if routes is not None:
+        app.include_router(routes)
     app.include_router(rest_router)
 
     @app.get("/healthz", tags=["ops"])

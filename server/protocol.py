@@ -140,6 +140,7 @@ class Ready(ServerModel):
     steps: int
     full_scale: list[float]
     generation: Literal["chunked", "causal"]  # causal: chunks are the blocks of one stream (no repeated frame)
+    replica: Optional[str] = None  # the replica serving the flight (python -m server.cluster); None: one process
 
 
 class Queue(ServerModel):

@@ -228,7 +228,7 @@ class Connection:
         self.send(Ready(session=flight.id, fps=world.fps, chunk_frames=world.chunk_frames, actions=list(ACTION_NAMES),
                         weights=world.weights, random_weights=world.random_weights, width=world.width,
                         height=world.height, seed=seed, steps=steps, full_scale=list(world.full_scale),
-                        generation=world.generation))
+                        generation=world.generation, replica=self.state.replica))
         if position:
             self.send(Queue(position=position))
 

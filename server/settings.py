@@ -142,13 +142,15 @@ class Settings:
         return self.max_upload_bytes * 4 // 3 + self.max_prompt_chars * 4 + 64 * 1024
 
     @classmethod
-    def from_args(cls, argv=None, env=None, error=None) -> "Settings":
+    def from_args(cls, argv=None, env=None, error=None, parser=None) -> "Settings":
         """Settings from the command line and WANFLY_* variables; a bad value exits 2 through ``error`` (default:
-        this parser's ``error``; a command that forwards options passes its own, so the message names it)."""
-        parser = build_parser()
+        this parser's ``error``; a command that forwards options passes its own, so the message names it).
+        ``parser``: ``build_parser()`` with more options (``python -m server.cluster``), left to the caller."""
+        parser = parser or build_parser()
         namespace = parser.parse_args(argv)
         values = _from_env(os.environ if env is None else env)
-        values.update({k: v for k, v in vars(namespace).items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        values.update({k: v for k, v in vars(namespace).items() if v is not None and k in names})
         try:
             return cls(**values)
         except ValueError as bad:

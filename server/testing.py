@@ -1,14 +1,24 @@
-"""Helpers for tests and benchmarks: run ``python -m server`` in a subprocess on loopback and wait for /readyz."""
+"""Helpers for tests and benchmarks: run ``python -m server`` (or ``python -m server.cluster``) in a subprocess on
+loopback and wait for /readyz."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Callable, Optional
+
+from server.cluster.options import RAY_UNAVAILABLE
+
+
+class RayUnavailable(RuntimeError):
+    """``python -m server.cluster`` could not start Ray on this machine (tests skip)."""
 
 
 def free_port() -> int:
@@ -21,36 +31,69 @@ def free_port() -> int:
 def server_process(*args: str, timeout: float = 90.0, threads: int = 1, log_path=None):
     """Yield the base URL of ``python -m server --host 127.0.0.1 --port <free> *args`` once /readyz says ready;
     the process is terminated afterwards. Its output goes to ``log_path`` (or is discarded)."""
+    with _process("server", args, timeout, threads, log_path, ready=None) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def cluster_process(*args: str, replicas: int = 2, timeout: float = 180.0, threads: int = 1, log_path=None):
+    """``python -m server.cluster --cpu_replicas <replicas> ...`` on loopback, yielded once /readyz says all
+    ``replicas`` serve; SIGTERM afterwards (Serve and its local Ray shut down), SIGKILL to its process group if that
+    hangs. ``RayUnavailable`` when Ray cannot start here."""
+    args = ("--cpu_replicas", str(replicas), *args)
+    with _process("server.cluster", args, timeout, threads, log_path,
+                  ready=lambda body: body.get("cluster", {}).get("replicas_serving") == replicas) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def _process(module: str, args, timeout: float, threads: int, log_path, ready: Optional[Callable[[dict], bool]]):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+    command = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port),
                "--threads", str(threads), "--log_level", "warning",
                *([] if "--world" in args else ["--world", "random"]), *args]  # tests fly the fast random preset
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=module != "server")  # a cluster's Ray processes share its group
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                where = f"; see {log_path}" if log_path else ""
-                raise RuntimeError(f"server exited with {process.returncode}{where}")
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready after {timeout} s")
-            time.sleep(0.2)
+        _wait_ready(process, base, timeout, log_path, ready)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process, group=module != "server")
         if log_path:
             log.close()
+
+
+def _wait_ready(process, base: str, timeout: float, log_path, ready) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            where = f"; see {log_path}" if log_path else ""
+            if process.returncode == RAY_UNAVAILABLE:
+                raise RayUnavailable(f"Ray cannot start here{where}")
+            raise RuntimeError(f"server exited with {process.returncode}{where}")
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+                if response.status == 200 and (ready is None or ready(json.loads(response.read()))):
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server not ready after {timeout} s")
+        time.sleep(0.2 if ready is None else 1.0)
+
+
+def _stop(process, group: bool) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=45 if group else 15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if group:  # whatever of the cluster is left (its group is the process's own session)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

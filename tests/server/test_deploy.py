@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def service():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    (name, svc), = compose["services"].items()
+    svc = compose["services"]["wanfly"]  # the default (the cluster variant: tests/server/cluster/test_deploy.py)
+    assert "profiles" not in svc
     return compose, svc
 
 
@@ -95,7 +96,8 @@ def test_dockerfile_installs_dependencies_before_the_code_on_a_runtime_image():
     assert "command -v nvcc" in text and "-devel" in text  # flash-attn builds only on a -devel base
     assert "FlashAttention 3" in text and "flash_attn_interface" in text  # which attention package, said
     lines = [line for line in text.splitlines() if line.startswith(("COPY", "RUN", "ENTRYPOINT"))]
-    deps = next(i for i, line in enumerate(lines) if "scripts/deps.py requirements serve" in line)
+    deps = next(i for i, line in enumerate(lines) if "scripts/deps.py requirements ${EXTRAS}" in line)
+    assert re.search(r"^ARG EXTRAS=serve$", text, re.M)  # the default image: the serve extra (cluster: + Ray)
     first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY models"))
     assert all(not line.startswith("COPY") or any(f in line for f in ("pyproject.toml", "scripts/deps.py"))
                for line in lines[:deps]), lines  # only the metadata comes before the dependency layer

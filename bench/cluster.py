@@ -1,0 +1,127 @@
+"""``python -m bench.cluster [--sessions 2 --seconds 20 --replicas 1,2 --out FILE | server options...]``.
+
+Throughput of ``python -m server.cluster`` on CPU, in one run: for each replica count in ``--replicas`` (default
+1 then 2) it starts a local Ray with that many CPU replicas (one CPU, one torch thread each) on loopback, flies
+``--sessions`` clients at once holding forward + yaw for ``--seconds`` (``bench.serving``'s client), and counts the
+frames they receive. Headline: total frames/s per replica count and the ratio of the last to the first (the goal of
+issue 22: 2 replicas serving 2 flights >= 1.7x one replica serving both). Every replica admits all the sessions
+(``--max_sessions``), so one replica takes both flights round-robin and two replicas take one each (the ``ready``
+messages name the replica: ``details.runs[].replicas_used``).
+
+A flight is paced to its world's frame rate (a chunk is due when one chunk of playback is left), so frames/s only
+measures compute when one flight alone keeps its replica busy: ``BENCH_DEFAULTS`` make the random world's chunk
+cost more than its playback (``--steps 12 --fps 64``; check ``chunk_ms_median`` against ``chunk_play_ms``). Other server
+options pass through (``--world``, ``--generation causal``, ...). The machine's other load counts: on a shared CPU,
+compare ``cpu_share`` (the replicas' generation-thread CPU seconds per wall second, from ``/metrics``) between the
+runs, and ``frames_per_cpu_s`` (frames per such CPU second: the work per frame, apart from the share the machine gave).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import urllib.request
+
+from bench.schema import command_line, describe_device, figures_at, write_result
+from bench.serving import fly
+from server.testing import cluster_process
+
+BENCH_DEFAULTS = ("--steps", "12", "--fps", "64")  # and cluster_process's own: --world random, --threads 1
+GOAL = 1.7
+START_TIMEOUT_S = 600.0  # Ray, Serve and the replicas' world loads on a loaded 2-core machine
+
+
+def read_metrics(url: str) -> dict:
+    """``/metrics`` samples by name with labels (``name{labels}`` -> value)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=20) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def summed(metrics: dict, name: str) -> float:
+    """A per-replica family summed over the replicas (``name{replica=...}``)."""
+    return sum(value for key, value in metrics.items() if key.startswith(name + "{") and 'replica="' in key)
+
+
+def flights(url: str, sessions: int, seconds: float) -> list[dict]:
+    """``sessions`` clients at once (``bench.serving.fly``), each result naming its replica."""
+    results = [{} for _ in range(sessions)]
+
+    async def main():
+        await asyncio.gather(*(fly(url, seconds, None, result) for result in results))
+    asyncio.run(main())
+    return results
+
+
+def one_run(replicas: int, sessions: int, seconds: float, server_args, log_path=None) -> dict:
+    args = ("--max_sessions", str(sessions), *server_args)
+    with cluster_process(*args, replicas=replicas, timeout=START_TIMEOUT_S, log_path=log_path) as url:
+        before = read_metrics(url)
+        started = time.monotonic()
+        results = flights(url, sessions, seconds)
+        wall = time.monotonic() - started
+        after = read_metrics(url)
+    frames = sum(r["frames"] for r in results)
+    flight_s = statistics.mean(r["seconds"] for r in results)
+    cpu = summed(after, "wanfly_chunk_cpu_seconds_total") - summed(before, "wanfly_chunk_cpu_seconds_total")
+    chunks = summed(after, "wanfly_chunk_seconds_count") - summed(before, "wanfly_chunk_seconds_count")
+    chunk_s = summed(after, "wanfly_chunk_seconds_sum") - summed(before, "wanfly_chunk_seconds_sum")
+    gen = [g for r in results for g in r["gen_ms"][1:]] or [g for r in results for g in r["gen_ms"]]
+    play_frames = results[0]["chunk_frames"] - (0 if results[0].get("generation") == "causal" else 1)
+    return {"replicas": replicas, "sessions": sessions, "seconds": round(flight_s, 2),
+            "frames": frames, "frames_per_s": round(frames / flight_s, 2),
+            "frames_per_s_per_session": [round(r["frames"] / r["seconds"], 2) for r in results],
+            "replicas_used": len({r.get("replica") for r in results}),
+            "chunk_ms_median": round(statistics.median(gen), 1) if gen else None,
+            "chunk_play_ms": round(1000 * play_frames / results[0]["fps"], 1),
+            "chunks": int(chunks), "chunk_s_total": round(chunk_s, 2),
+            "cpu_share": round(cpu / wall, 3), "frames_per_cpu_s": round(frames / cpu, 2) if cpu else None,
+            "generation": results[0].get("generation"),
+            "fps": results[0]["fps"], "size": results[0]["size"]}
+
+
+def figures(report: dict) -> list[dict]:
+    specs = []
+    for run in report["runs"]:
+        key = f"replicas_{run['replicas']}"
+        specs += [(f"by_replicas.{key}.frames_per_s", "frames/s", f"{key}.frames_per_s"),
+                  (f"by_replicas.{key}.chunk_ms_median", "ms", f"{key}.chunk_ms_median"),
+                  (f"by_replicas.{key}.cpu_share", "ratio", f"{key}.cpu_share"),
+                  (f"by_replicas.{key}.frames_per_cpu_s", "frames/s", f"{key}.frames_per_cpu_s")]
+    return figures_at(report, specs + [("speedup", "ratio")])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--replicas", default="1,2", help="replica counts, one run each, in this order")
+    parser.add_argument("--out", default=None, help="write the result (bench.schema) here")
+    parser.add_argument("--log", default=None, help="the clusters' output: LOG.<replicas> (default: discarded)")
+    args, server_args = parser.parse_known_args(argv)
+    counts = [int(n) for n in args.replicas.split(",")]
+    server_args = [*BENCH_DEFAULTS, *server_args]
+    runs = []
+    for count in counts:
+        runs.append(one_run(count, args.sessions, args.seconds, server_args,
+                            log_path=f"{args.log}.{count}" if args.log else None))
+        print(json.dumps(runs[-1]), flush=True)
+    report = {"runs": runs, "by_replicas": {f"replicas_{r['replicas']}": r for r in runs},
+              "speedup": round(runs[-1]["frames_per_s"] / runs[0]["frames_per_s"], 3) if runs[0]["frames"] else None,
+              "goal": GOAL}
+    report["goal_met"] = report["speedup"] is not None and report["speedup"] >= GOAL
+    print(json.dumps({k: report[k] for k in ("speedup", "goal", "goal_met")}))
+    settings = {"sessions": args.sessions, "seconds": args.seconds, "replicas": counts, "server_args": server_args,
+                "threads_per_replica": 1}
+    device = dict(describe_device("cpu"), threads=1)
+    write_result(args.out, "cluster", settings, figures(report), device, details=report,
+                 command=command_line("bench.cluster", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""bench.cluster: per-replica metrics summed, the speedup of the last replica count over the first, its result
+valid in the schema. The runs themselves are stubbed (a real run starts Ray twice: minutes, run by hand)."""
+import json
+
+from bench import cluster
+from bench.schema import validate
+
+
+def run(replicas: int, frames_per_s: float) -> dict:
+    return {"replicas": replicas, "sessions": 2, "seconds": 20.0, "frames": int(20 * frames_per_s),
+            "frames_per_s": frames_per_s, "frames_per_s_per_session": [frames_per_s / 2] * 2,
+            "replicas_used": replicas, "chunk_ms_median": 180.0, "chunk_play_ms": 125.0, "chunks": 80,
+            "chunk_s_total": 14.4, "cpu_share": 0.9 * replicas, "generation": "chunked", "fps": 64, "size": [64, 64]}
+
+
+def test_summed_adds_a_family_over_the_replicas_only():
+    metrics = {'wanfly_chunk_seconds_count{replica="a"}': 3.0, 'wanfly_chunk_seconds_count{replica="b"}': 4.0,
+               "wanfly_chunk_seconds_count": 100.0, 'wanfly_chunk_seconds_count_x{replica="a"}': 9.0,
+               'wanfly_cluster_chunk_seconds_count': 7.0}
+    assert cluster.summed(metrics, "wanfly_chunk_seconds_count") == 7.0
+
+
+def test_speedup_goal_and_a_valid_result(monkeypatch, tmp_path, capsys):
+    rates = {1: 10.0, 2: 18.5}
+    seen = []
+
+    def one_run(replicas, sessions, seconds, server_args, log_path=None):
+        seen.append((replicas, sessions, seconds, tuple(server_args), log_path))
+        return run(replicas, rates[replicas])
+    monkeypatch.setattr(cluster, "one_run", one_run)
+    out = tmp_path / "cluster.json"
+    assert cluster.main(["--seconds", "20", "--out", str(out), "--log", "/tmp/x", "--world", "random"]) == 0
+    assert seen == [(1, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.1"),
+                    (2, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.2")]
+    result = validate(json.loads(out.read_text()))
+    figures = {f["name"]: (f["value"], f["unit"]) for f in result["figures"]}
+    assert figures["speedup"] == (1.85, "ratio")
+    assert figures["replicas_1.frames_per_s"] == (10.0, "frames/s")
+    assert figures["replicas_2.cpu_share"] == (1.8, "ratio")
+    assert result["details"]["goal_met"] is True and result["settings"]["replicas"] == [1, 2]
+    rates[2] = 16.0
+    cluster.main(["--out", str(out)])
+    assert json.loads(out.read_text())["details"]["goal_met"] is False  # 1.6 < 1.7
