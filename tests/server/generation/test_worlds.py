@@ -15,8 +15,8 @@ from models.artifacts import ArtifactConfig, save_action_artifacts
 from models.options import CausalSettings
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
-from server.generation import worlds
 from server.app import create_app
+from server.generation import worlds
 from server.generation.generators import GenRequest, PipelineGenerator
 from server.generation.worlds import check_world, load_world, with_generation, world_summary
 from server.settings import Settings
