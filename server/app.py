@@ -24,11 +24,13 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from models.action_format import ACTION_NAMES, ROTATION_UNIT, TRANSLATION_UNIT
 from server.api import router as rest_router
+from server.api import validation_error
 from server.bindings import bindings_config
 from server.generation.engine import Engine
 from server.generation.generators import PipelineGenerator, warm_up
@@ -210,6 +212,7 @@ def create_app(settings: Settings = None, world: World = None) -> FastAPI:
                               "The flight WebSocket `/ws` is documented in docs/protocol.md.")
     app.state.wanfly = state
     app.include_router(rest_router)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.get("/healthz", tags=["ops"])
     def healthz():

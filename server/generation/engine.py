@@ -80,7 +80,8 @@ class Engine:
                  results: FileStore = None, clock=time.monotonic):
         self.generator, self.world, self.settings = generator, generator.world, settings
         self.metrics = metrics or Metrics()
-        self.recordings = recordings or FileStore(settings.recordings_dir, keep=settings.recordings_kept)
+        self.recordings = recordings or FileStore(settings.recordings_dir, keep=settings.recordings_kept,
+                                                  prefix="wanfly-rec-")
         self.results = results or FileStore(None, keep=settings.jobs_kept, prefix="wanfly-jobs-")
         self.clock = clock
         self.max_sessions = settings.max_sessions or DEFAULT_MAX_SESSIONS
