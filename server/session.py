@@ -192,6 +192,8 @@ class Connection:
             for message in event.frames:
                 self._push("bytes", message)
         elif isinstance(event, (Queue, Recording)):
+            if isinstance(event, Queue):  # in the waiting line there was nothing to play: the clock starts again
+                self.alive_at = time.monotonic()
             self.send(event)
         elif isinstance(event, Error):
             self.error(event.code, event.message)

@@ -83,7 +83,7 @@ def receive_chunk(ws):
     while True:
         message = ws.receive()
         if message.get("text") is None:
-            raise AssertionError("binary frame before its chunk message")
+            raise AssertionError(f"binary frame before its chunk message: {str(message)[:200]}")
         data = json.loads(message["text"])
         if data["type"] == "chunk":
             break
@@ -162,7 +162,7 @@ def test_flight_with_held_keys(make_client, input_pump):
 
 
 def test_waiting_line_and_refusal(make_client):
-    client = make_client(max_sessions=1, max_waiting=1)
+    client = make_client(max_sessions=1, max_waiting=1, client_timeout_s=1.5)
     start = {"type": "start", "prompt": "hills", "image": None, "seed": 0}
     with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
         first.send_json(start)
@@ -177,6 +177,7 @@ def test_waiting_line_and_refusal(make_client):
                 third.receive_json()
             assert closed.value.code == 1013
         receive_chunk(first)
+        time.sleep(2.5)  # the silent second waits longer than client_timeout_s: the line does not count
         first.send_json({"type": "stop"})
         assert second.receive_json() == {"type": "queue", "position": 0}
         chunk, frames = receive_chunk(second)
