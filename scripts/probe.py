@@ -500,11 +500,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000, help="malformed messages in the barrage (0: none)")
-    parser.add_argument("--senders", type=int, default=3,
-                        help="connections that send malformed messages at half the rate limit (the first one flies)")
+    parser.add_argument("--senders", type=int, default=1,
+                        help="connections that send malformed messages at half the rate limit (the first one flies); "
+                             "the goal is about one abusive client")
     parser.add_argument("--baseline_s", type=float, default=20.0,
                         help="the viewer's frame rate before the barrage (at least 4 of its chunks)")
-    parser.add_argument("--polite_s", type=float, default=30.0,
+    parser.add_argument("--polite_s", type=float, default=60.0,
                         help="seconds the senders send at half the rate limit; the flooder sends the rest")
     parser.add_argument("--kill_trials", type=int, default=20, help="flights ended by SIGKILL of the server (0: none)")
     parser.add_argument("--seed", type=int, default=0)
