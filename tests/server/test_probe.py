@@ -1,7 +1,7 @@
 """scripts/probe.py in small against a real ``python -m server`` (the random world) on loopback: a barrage of malformed
 messages of every kind, a flooder, an oversized message and a dead client beside a viewer's flight, then a
 ``kill -9`` of the whole process tree mid-flight (the full goal, 10,000 messages and 20 kills:
-``python scripts/probe.py``; numbers in docs/protocol.md). Rebinding, token and Origin refusals on a real server:
+``python scripts/probe.py``; numbers in server/README.md). Rebinding, token and Origin refusals on a real server:
 test_main.py and test_guard.py."""
 from scripts import probe
 
