@@ -188,6 +188,9 @@ def test_a_temporary_store_holds_its_folder_until_closed(monkeypatch, tmp_path):
 
 @pytest.fixture(autouse=True)
 def no_stray_processes():
+    """Kill what a test started and left running (a writer killed half-way leaves nothing else behind)."""
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
     yield
     for child in psutil.Process().children(recursive=True):
-        child.kill()
+        if child.pid not in before:
+            child.kill()
