@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import math
 import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -265,9 +268,6 @@ async def barrage(base: str, messages: int, limits: dict, senders: int, baseline
 async def dead_client(base: str) -> dict:
     """A client that starts a flight, then never reads or sends again (a bare socket with a small buffer): the
     seconds until the server's ``wanfly_flights_paused`` gauge shows its flight paused (None: not in 30 s)."""
-    import base64
-    import socket
-
     host, port = base.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -329,8 +329,6 @@ def start_server(args: list[str], log_path: Path, timeout: float = 120.0) -> tup
 def kill_tree(process: subprocess.Popen) -> list[str]:
     """SIGKILL the server's process group and every descendant at once (imageio-ffmpeg starts ffmpeg in a group of
     its own; ``docker kill`` and the OOM killer take the whole container); returns the names of those killed."""
-    import psutil
-
     try:
         victims = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
