@@ -1,20 +1,24 @@
-"""REST: ``POST /generate`` -> 202 job, ``GET /jobs/{id}``, ``GET /jobs/{id}/video``, recordings download.
+"""REST: ``POST /generate`` -> 202 job, ``GET /jobs/{id}``, ``GET /jobs/{id}/video``, recordings (listing, download).
 
 The body is JSON (a multipart upload, ``curl -F``, is 415 saying so: the image goes in as a data URL). Actions are
 raw ``(T, 2, 8)`` arrays or the text form of ``python -m server.generate`` (``"forward:4,forward+yaw_left=0.5:4"``,
 ``server.inputs.parse_action_spec``, a fraction of a held key scaled by the world's full_scale).
 Validation errors are 422 in FastAPI's shape (``{"detail": [{"loc": ["body", field], "msg": ...}]}``) naming the
-field; a full job queue is 429 with ``Retry-After``. Jobs run on the engine's worker, alternating with flight chunks;
-a causal world makes a job through one stream, one block per turn, up to ``--max_job_frames`` (its num_frames must
-be whole blocks: 4 * block_frames * n + 1, else 422 naming num_frames).
+field; a full job queue is 429 with ``Retry-After``. JSON bodies are typed strictly, as the WebSocket's messages: no
+coercion (``"9"`` is not 9, ``true`` is not 1; a number field takes an integer). Jobs run on the engine's worker,
+alternating with flight chunks; a causal world makes a job through one stream, one block per turn, up to
+``--max_job_frames`` (its num_frames must be whole blocks: 4 * block_frames * n + 1, else 422 naming num_frames).
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Optional, Union
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,14 +28,15 @@ from server.generation.engine import EngineFull
 from server.generation.generators import GenRequest, check_video_steps
 from server.inputs import parse_action_spec
 from server.media.images import decode_data_url, load_sample
-from server.protocol import MAX_SEED
+from server.media.recording import list_recordings
+from server.protocol import MAX_SEED, Text
 
 router = APIRouter()
 
 
 class GenerateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(description="text prompt")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prompt: Text = Field(description="text prompt")
     image: Optional[str] = Field(None, description="first frame as a data URL (PNG/JPEG/WebP); null = a bundled sample")
     sample: Optional[str] = Field(None, description="bundled sample name when image is null")
     actions: Optional[Union[list, str]] = Field(
@@ -42,6 +47,18 @@ class GenerateBody(BaseModel):
     steps: Optional[int] = Field(None, description="denoising steps (default: the world's)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     cfg: Optional[float] = Field(None, description="classifier-free guidance scale (default: the world's)")
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped: a 422 that echoes a client's lone surrogate still encodes."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def validation_error(request: Request, error: RequestValidationError) -> AsciiJSONResponse:
+    """FastAPI's 422 for a body that fails its model, as FastAPI shapes it (``app.py`` installs it)."""
+    return AsciiJSONResponse({"detail": jsonable_encoder(error.errors())}, status_code=422)
 
 
 def invalid(field: str, message: str) -> HTTPException:
@@ -156,6 +173,13 @@ def job_video(job_id: str, request: Request):
     if path is None:
         raise HTTPException(404, detail=f"the video of job {job_id} has expired")
     return FileResponse(path, media_type="video/mp4", filename=f"wanfly-{job.id}.mp4")
+
+
+@router.get("/recordings", tags=["recordings"])
+def recordings(request: Request):
+    """The finished flights on disk, newest first: ids, download URLs, frames and action steps, and ``cut_off``
+    (true: the server was killed during the flight; frames and steps were cut to the last whole step both held)."""
+    return {"recordings": list_recordings(request.app.state.wanfly.recordings)}
 
 
 @router.get("/recordings/{name}", tags=["recordings"])

@@ -1,12 +1,15 @@
 """The FastAPI app: ``create_app(settings, world=None)``.
 
 Routes: ``/ws`` (flight), ``/api/config``, ``POST /generate``, ``/jobs/{id}``, ``/jobs/{id}/video``,
-``/recordings/{id}.mp4|json``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus), ``/gradio``, ``/docs``
-(OpenAPI) and the web UI at ``/``. The lifespan loads the world on a background thread (``/readyz`` answers 503
-until it is loaded) unless a loaded ``world`` is passed in, then starts the engine; shutdown stops it.
+``/recordings`` (the listing), ``/recordings/{id}.mp4|json``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus),
+``/gradio``, ``/docs`` (OpenAPI) and the web UI at ``/``. The lifespan loads the world on a background thread
+(``/readyz`` answers 503 until it is loaded) unless a loaded ``world`` is passed in, then starts the engine; shutdown
+stops it. At start, the recordings an earlier, killed server left unfinished are finished as cut off
+(``server.media.recording``).
 Security: an optional shared token (``--token``) guards the WebSocket, REST jobs, recordings, metrics and gradio
-(header ``Authorization: Bearer``, ``?token=`` which also sets a cookie, or the cookie); WebSocket ``Origin`` must be
-the server's own or in ``--allowed_origins``.
+(header ``Authorization: Bearer``, ``?token=`` which also sets a cookie, or the cookie); ``server.guard`` checks
+every request's ``Host`` against the allow-list (DNS rebinding) and the ``Origin`` of WebSocket handshakes and
+browser REST writes.
 """
 from __future__ import annotations
 
@@ -19,23 +22,26 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from http.cookies import SimpleCookie
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from models.action_format import ACTION_NAMES, ROTATION_UNIT, TRANSLATION_UNIT
 from server.api import router as rest_router
+from server.api import validation_error
 from server.bindings import bindings_config
 from server.generation.engine import Engine
 from server.generation.generators import PipelineGenerator, warm_up
 from server.generation.streams import StreamCost, block_play_s, derive_max_sessions, free_memory, measure_stream
 from server.generation.worlds import World, describe_world, load_world, world_summary
 from server.gradio_app import mount_gradio
+from server.guard import GuardMiddleware
 from server.media.images import list_samples
-from server.media.recording import FileStore
+from server.media.recording import FileStore, recover_recordings
 from server.metrics import Metrics
 from server.session import CLOSE_POLICY, Connection
 from server.settings import DEFAULT_MAX_SESSIONS, Settings
@@ -101,6 +107,12 @@ class AppState:
             else:
                 log.exception("loading the world failed")
             self.load_error = f"{type(error).__name__}: {error}"
+
+    def recover(self) -> None:
+        """Finish the recordings of an earlier server that was killed, then apply the retention limit to the folder."""
+        if not self.recordings.temporary:
+            recover_recordings(self.recordings)
+        self.recordings.prune()
 
     def close(self) -> None:
         if self.engine is not None:
@@ -174,15 +186,6 @@ class BodyLimitMiddleware:
         return await self.app(scope, receive, send)
 
 
-def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
-    origin = websocket.headers.get("origin")
-    if origin is None:  # not a browser (browsers always send Origin on WebSocket handshakes)
-        return True
-    if "*" in allowed or origin in allowed:
-        return True
-    return urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower()
-
-
 def public_config(state: AppState) -> dict:
     s, world = state.settings, state.world
     return {
@@ -196,7 +199,8 @@ def public_config(state: AppState) -> dict:
         "limits": {"max_upload_bytes": s.max_upload_bytes, "max_message_bytes": s.max_message_bytes,
                    "max_prompt_chars": s.max_prompt_chars, "max_steps": s.max_steps,
                    "max_sessions": s.max_sessions, "max_waiting": s.max_waiting, "max_jobs": s.max_jobs,
-                   "max_job_frames": s.max_job_frames,
+                   "max_job_frames": s.max_job_frames, "max_messages_per_s": s.max_messages_per_s,
+                   "client_timeout_s": s.client_timeout_s,
                    "stream_bytes": state.stream_cost.bytes if state.stream_cost else None},
         "samples": list_samples(s.web_dir),
         "token_required": s.token is not None,
@@ -212,6 +216,7 @@ def create_app(settings: Settings = None, world: World = None, routes: APIRouter
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        threading.Thread(target=state.recover, name="wanfly-recover", daemon=True).start()
         if world is not None:
             state.attach(world)
         else:
@@ -229,6 +234,7 @@ def create_app(settings: Settings = None, world: World = None, routes: APIRouter
     if routes is not None:
         app.include_router(routes)
     app.include_router(rest_router)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.get("/healthz", tags=["ops"])
     def healthz():
@@ -249,9 +255,6 @@ def create_app(settings: Settings = None, world: World = None, routes: APIRouter
 
     @app.websocket("/ws")
     async def flight_socket(websocket: WebSocket):
-        if not origin_allowed(websocket, settings.allowed_origins):
-            state.metrics.inc("wanfly_errors_total", code="origin")
-            return await websocket.close(code=CLOSE_POLICY)
         if not token_ok(settings.token, token_from(dict(websocket.headers), websocket.url.query)):
             state.metrics.inc("wanfly_errors_total", code="token")
             return await websocket.close(code=CLOSE_POLICY)
@@ -268,4 +271,6 @@ def create_app(settings: Settings = None, world: World = None, routes: APIRouter
     app.add_middleware(BodyLimitMiddleware, limit=settings.ws_max_size)
     if settings.token:
         app.add_middleware(TokenMiddleware, token=settings.token)
+    app.add_middleware(GuardMiddleware, host=settings.host, allowed_hosts=settings.allowed_hosts,  # outermost
+                       allowed_origins=settings.allowed_origins, metrics=state.metrics)
     return app

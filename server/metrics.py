@@ -17,6 +17,8 @@ COUNTERS = {
     "wanfly_sessions_total": "flight sessions started",
     "wanfly_sessions_refused_total": "flight sessions refused (server full)",
     "wanfly_slow_clients_closed_total": "connections closed because a send blocked past the timeout",
+    "wanfly_messages_dropped_total": "client messages dropped by the per-connection rate limit",
+    "wanfly_flights_paused_total": "flights paused because their client showed no sign of playing",
     "wanfly_jobs_total": "REST/gradio jobs, by final status",
     "wanfly_jpeg_seconds_total": "time spent encoding JPEG frames",
     "wanfly_send_seconds_total": "time spent in WebSocket sends of frames",
@@ -29,6 +31,7 @@ COUNTERS = {
 GAUGES = {
     "wanfly_sessions_active": "flight sessions generating",
     "wanfly_sessions_queued": "flight sessions waiting for a turn",
+    "wanfly_flights_paused": "flights paused now (their client shows no sign of playing)",
     "wanfly_jobs_queued": "jobs waiting",
     "wanfly_connections": "open WebSocket connections",
     "wanfly_ready": "1 when the model is loaded",

@@ -1,17 +1,19 @@
 """The flight WebSocket's messages (``docs/protocol.md``): one pydantic model per message, in both directions.
 
-    client -> server   ``ClientMessage``: ``Start``, ``Input``, ``Stop``, ``Ping``
+    client -> server   ``ClientMessage``: ``Start``, ``Input``, ``Played``, ``Stop``, ``Ping``
     server -> client   ``ServerMessage``: ``Ready``, ``Queue``, ``Chunk``, ``Recording``, ``Pong``, ``Error``
     binary frames      ``frame_message``: 8-byte header (chunk index, frame index) + one JPEG
 
 Each model's ``type`` field is its tag in the discriminated union of its direction. ``parse_client_message`` turns
 one received frame into a client message or raises ``ProtocolError`` with a code and a message naming the bad field;
-nothing reaches the engine without passing through it. Every server message goes out as ``to_wire(message)``.
+nothing reaches the engine without passing through it, and it raises nothing else (JSON nested deeper than
+``MAX_JSON_DEPTH`` is refused before it is parsed). Every server message goes out as ``to_wire(message)``.
 tests/server/test_protocol.py checks the tables of docs/protocol.md against these models.
 """
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -33,9 +35,10 @@ from models.action_format import NUM_ACTIONS
 MAX_SEED = 2**31 - 1
 MAX_SEQ = 2**53
 MAX_T_MS = 1e13
+MAX_JSON_DEPTH = 16  # nesting of arrays and objects; a valid message needs 3 (input: object, list, number)
 FRAME_HEADER = struct.Struct(">II")  # chunk index, frame index (uint32 big-endian)
 ErrorCode = Literal["bad_json", "bad_message", "unknown_type", "bad_field", "oversized", "bad_image", "not_started",
-                    "already_started", "not_ready", "busy", "generation_failed"]
+                    "already_started", "not_ready", "busy", "rate_limited", "generation_failed"]
 
 
 class ProtocolError(ValueError):
@@ -65,6 +68,16 @@ def _data_url(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def _unicode(value: str) -> str:
+    """Text that encodes as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates, which no encoder takes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("unicode", "not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 Finite = Annotated[float, AllowInfNan(False)]
 Flags = Annotated[list[Annotated[Finite, AfterValidator(_flag)]], Field(min_length=NUM_ACTIONS, max_length=NUM_ACTIONS)]
 Mags = Annotated[list[Annotated[Finite, Field(ge=0, le=1)]], Field(min_length=NUM_ACTIONS, max_length=NUM_ACTIONS)]
@@ -77,7 +90,7 @@ def _limit(info: ValidationInfo, name: str) -> Optional[int]:
 
 class Start(ClientModel):
     type: Literal["start"] = "start"
-    prompt: str
+    prompt: Text
     image: Annotated[Optional[str], AfterValidator(_data_url)] = None  # None: a bundled sample
     sample: Optional[str] = Field(None, pattern=r"^[a-z0-9_-]{1,64}$")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)  # None: random
@@ -109,6 +122,11 @@ class Input(ClientModel):
     mags: Mags  # 0..1 per action (fraction of full scale)
 
 
+class Played(ClientModel):
+    type: Literal["played"] = "played"
+    frame: int = Field(ge=-1, le=MAX_SEQ)  # global index of the last frame shown; -1: none yet
+
+
 class Stop(ClientModel):
     type: Literal["stop"] = "stop"
 
@@ -117,7 +135,7 @@ class Ping(ClientModel):
     type: Literal["ping"] = "ping"
 
 
-ClientMessage = Annotated[Union[Start, Input, Stop, Ping], Field(discriminator="type")]
+ClientMessage = Annotated[Union[Start, Input, Played, Stop, Ping], Field(discriminator="type")]
 CLIENT_MESSAGE = TypeAdapter(ClientMessage)
 
 
@@ -203,6 +221,24 @@ def _reject_constant(name):
     raise ValueError(f"{name} is not allowed")
 
 
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (unrolled: linear and fast on long strings)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+MAX_JSON_BRACKETS = 4096  # no valid message has more than a few arrays and objects
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest (brackets inside strings do not count); a text with more
+    than ``MAX_JSON_BRACKETS`` brackets counts as deeper than any limit, without looking further."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    if len(brackets) > MAX_JSON_BRACKETS:
+        return len(brackets)
+    depth = deepest = 0
+    for char in brackets:
+        depth += 1 if char in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -224,9 +260,12 @@ def parse_client_message(raw, max_bytes: int, max_start_bytes: int, max_prompt_c
     size = len(raw) if len(raw) > max_start_bytes else len(raw.encode("utf-8", "replace"))
     if size > max_start_bytes:
         raise ProtocolError("oversized", f"message of {size} bytes exceeds the limit of {max_start_bytes}")
+    if raw.count("[") + raw.count("{") > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:  # counts: C speed
+        raise ProtocolError("bad_json", f"JSON nested deeper than {MAX_JSON_DEPTH} levels (or with more than "
+                                        f"{MAX_JSON_BRACKETS} arrays and objects)")
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise ProtocolError("bad_json", f"not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_message", f"expected a JSON object, got {type(data).__name__}")

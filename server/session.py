@@ -5,29 +5,40 @@ Send path: engine threads call ``notify`` with a typed event (``server.media.del
 ``call_soon_threadsafe``) -> ``_on_event`` queues JSON messages (``server.protocol`` models, serialised by
 ``to_wire``) and binary frames -> one sender task sends them, each send bounded by ``send_timeout_s``. When more than
 ``send_queue_frames`` frames wait, the oldest frames are dropped (counted); a send that times out closes the
-connection. Whatever happens, ``finally`` removes the flight from the engine.
+connection. Whatever happens, ``finally`` removes the flight from the engine; a transport that is already gone
+(``TRANSPORT_GONE``) just ends the loop that met it.
+
+Receive path: every message passes the connection's rate limit (``server.guard.MessageLimit``) before it is parsed.
+A watcher pauses the flight (the engine gives it no turn) while its client shows no sign of playing for
+``--client_timeout_s``: the playback position it reports (``played``) stuck with frames unplayed, or, for a client
+that never reports it, no message at all; it resumes at the next sign.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
 from collections import deque
 
 import anyio
+from starlette.websockets import WebSocketDisconnect
 
 from models.action_format import ACTION_NAMES
 from models.media import fit_image
 from server.generation.engine import EngineFull
 from server.generation.flight import ChunkFrames, Flight, FlightEvent, MoreFrames
+from server.guard import CLOSE_POLICY, MessageLimit
 from server.inputs import InputTimeline
 from server.media.images import decode_data_url, load_sample
 from server.protocol import (
+    FRAME_HEADER,
     Error,
     ErrorCode,
     Input,
     Ping,
+    Played,
     Pong,
     ProtocolError,
     Queue,
@@ -43,7 +54,9 @@ from server.protocol import (
 log = logging.getLogger("wanfly.session")
 MAX_PENDING_MESSAGES = 512  # JSON messages waiting to be sent; beyond it the client is not reading at all
 CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_POLICY = 1008
+# What sending or receiving raises once the client is gone (a disconnect, uvicorn's keepalive closing the socket, a
+# send after the close): the connection ends quietly, never with an unhandled exception.
+TRANSPORT_GONE = (WebSocketDisconnect, RuntimeError, OSError)
 
 
 class Connection:
@@ -58,6 +71,11 @@ class Connection:
         self.wakeup = asyncio.Event()
         self.flight: Flight | None = None
         self.done = False
+        s = self.settings
+        self.limit = MessageLimit(s.max_messages_per_s, s.max_message_bytes, 2 * s.ws_max_size)
+        self.played: int | None = None  # the client's reported playback position (None: it does not report one)
+        self.last_sent = -1  # global index of the last frame sent
+        self.alive_at = time.monotonic()  # the last sign that the client plays (or, if it reports nothing, talks)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -71,6 +89,7 @@ class Connection:
                         group.cancel_scope.cancel()  # either loop ending ends the connection
                 group.start_soon(until_done, self._receive_loop)
                 group.start_soon(until_done, self._send_loop)
+                group.start_soon(until_done, self._watch_loop)
         finally:
             self.done = True
             if self.flight is not None:
@@ -100,8 +119,14 @@ class Connection:
         else:
             self.messages_queued += 1
             if self.messages_queued > MAX_PENDING_MESSAGES:
-                self.items.clear()
-                self.items.append(("close", (CLOSE_POLICY, "client is not reading")))
+                return self.close(CLOSE_POLICY, "client is not reading")
+        self.wakeup.set()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close now: whatever is queued is dropped, the sender closes the socket next."""
+        self.items.clear()
+        self.frames_queued = self.messages_queued = 0
+        self.items.append(("close", (code, reason)))
         self.wakeup.set()
 
     def _drop_oldest_frame(self) -> None:
@@ -127,26 +152,36 @@ class Connection:
             self.wakeup.clear()
             while self.items:
                 kind, payload = self.items.popleft()
-                if kind == "close":
-                    with anyio.move_on_after(timeout):
-                        await self.ws.close(code=payload[0], reason=payload[1])
+                try:
+                    if kind == "close":
+                        with anyio.move_on_after(timeout):
+                            await self.ws.close(code=payload[0], reason=payload[1])
+                        return
+                    if kind == "bytes":
+                        self.frames_queued -= 1
+                        send = self.ws.send_bytes(payload)
+                    else:
+                        self.messages_queued -= 1  # ASCII JSON: an echoed lone surrogate cannot break the send
+                        send = self.ws.send_text(json.dumps(payload, separators=(",", ":")))
+                    started = time.perf_counter()
+                    with anyio.move_on_after(timeout) as deadline:
+                        await send
+                except TRANSPORT_GONE as gone:
+                    log.debug("connection gone while sending: %r", gone)
                     return
-                if kind == "bytes":
-                    self.frames_queued -= 1
-                    send = self.ws.send_bytes(payload)
-                else:
-                    self.messages_queued -= 1
-                    send = self.ws.send_json(payload)
-                started = time.perf_counter()
-                with anyio.move_on_after(timeout) as deadline:
-                    await send
                 if deadline.cancelled_caught:
                     self.metrics.inc("wanfly_slow_clients_closed_total")
                     log.warning("closing a connection: a send blocked for %.1f s", timeout)
                     return
                 if kind == "bytes":
+                    self._sent(FRAME_HEADER.unpack_from(payload)[1])
                     self.metrics.inc("wanfly_frames_sent_total")
                     self.metrics.inc("wanfly_send_seconds_total", time.perf_counter() - started)
+
+    def _sent(self, frame: int) -> None:
+        if self.played is not None and self.played >= self.last_sent:  # it had played everything: it waited for us
+            self.alive_at = time.monotonic()
+        self.last_sent = max(self.last_sent, frame)
 
     def _on_event(self, event: FlightEvent) -> None:
         if isinstance(event, ChunkFrames):
@@ -157,6 +192,8 @@ class Connection:
             for message in event.frames:
                 self._push("bytes", message)
         elif isinstance(event, (Queue, Recording)):
+            if isinstance(event, Queue):  # in the waiting line there was nothing to play: the clock starts again
+                self.alive_at = time.monotonic()
             self.send(event)
         elif isinstance(event, Error):
             self.error(event.code, event.message)
@@ -168,17 +205,66 @@ class Connection:
         while True:
             message = None
             with anyio.move_on_after(self.settings.idle_timeout_s):
-                message = await self.ws.receive()
+                try:
+                    message = await self.ws.receive()
+                except TRANSPORT_GONE as gone:
+                    log.debug("connection gone while receiving: %r", gone)
+                    return
             if message is None:
-                self._push("close", (1000, "idle"))
+                self.close(1000, "idle")
                 return await anyio.sleep_forever()  # the sender closes; run() ends with it
             if message["type"] == "websocket.disconnect":
                 return
             raw = message.get("text")
+            raw = raw if raw is not None else message.get("bytes")
+            verdict = self._admit(raw)
+            if verdict == "close":
+                return await anyio.sleep_forever()  # the sender closes; run() ends with it
+            if verdict == "drop":
+                continue
+            if self.played is None:
+                self.alive_at = time.monotonic()
             try:
-                await self._handle(raw if raw is not None else message.get("bytes"))
+                await self._handle(raw)
             except ProtocolError as problem:
                 self.error(problem.code, problem.message)
+
+    def _admit(self, raw) -> str:
+        """The rate limit: "ok", "drop" (the client hears of it once a second) or, when dropping has gone on too
+        long, "close" (queued)."""
+        verdict = self.limit.check(len(raw) if raw is not None else 0)
+        if verdict == "ok":
+            return verdict
+        self.metrics.inc("wanfly_messages_dropped_total")
+        if verdict == "close":
+            log.info("closing a connection: over the message rate limit (%d messages dropped)", self.limit.dropped)
+            self.metrics.inc("wanfly_errors_total", code="rate_limited")
+            self.close(CLOSE_POLICY, "message rate limit")
+        elif self.limit.warn_now():
+            self.error("rate_limited", f"more than {self.settings.max_messages_per_s:g} messages a second: "
+                                       f"{self.limit.dropped} dropped so far; if it goes on, the connection closes")
+        return verdict
+
+    # ---- a client that stopped playing -------------------------------------------------------------------------
+    async def _watch_loop(self) -> None:
+        timeout = self.settings.client_timeout_s
+        if timeout <= 0:
+            return await anyio.sleep_forever()
+        while True:
+            await anyio.sleep(min(0.25, timeout / 4))
+            flight = self.flight
+            if flight is None or flight.stopped:
+                continue
+            now = time.monotonic()
+            if self.played is not None and self.played >= self.last_sent:
+                self.alive_at = now  # it has played everything sent: nothing to wait for
+            stalled = now - self.alive_at > timeout
+            if stalled != flight.paused:
+                self.state.engine.pause_flight(flight, stalled)
+                if stalled:
+                    self.metrics.inc("wanfly_flights_paused_total")
+                    log.info("pausing flight %s: its client showed no sign of playing for %.1f s", flight.id,
+                             now - self.alive_at)
 
     async def _handle(self, raw) -> None:
         s = self.settings
@@ -199,6 +285,10 @@ class Connection:
             self.flight = None
         elif isinstance(message, Ping):
             self.send(Pong())
+        elif isinstance(message, Played):
+            if message.frame > (-1 if self.played is None else self.played):
+                self.alive_at = time.monotonic()
+            self.played = max(message.frame, -1 if self.played is None else self.played)
 
     async def _start(self, message: Start) -> None:
         if self.flight is not None:
@@ -225,6 +315,7 @@ class Connection:
             self._push("close", (CLOSE_TRY_AGAIN_LATER, "server full"))
             return
         self.flight = flight
+        self.played, self.last_sent, self.alive_at = None, -1, time.monotonic()
         self.send(Ready(session=flight.id, fps=world.fps, chunk_frames=world.chunk_frames, actions=list(ACTION_NAMES),
                         weights=world.weights, random_weights=world.random_weights, width=world.width,
                         height=world.height, seed=seed, steps=steps, full_scale=list(world.full_scale),

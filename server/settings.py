@@ -77,11 +77,16 @@ class Settings:
     jobs_kept: int = 32  # finished jobs whose video stays downloadable
     # security and limits
     token: Optional[str] = None  # shared token for REST, WebSocket, recordings and gradio (unset = open)
-    allowed_origins: list[str] = field(default_factory=list)  # WebSocket Origins besides the server's own
+    allowed_origins: list[str] = field(default_factory=list)  # browser Origins besides the server's own (WebSocket,
+    #   REST writes); "*" = any
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides localhost, --host and IP addresses
+    #   (DNS rebinding, server.guard); "*" = any
     max_upload_bytes: int = 8 * 1024 * 1024  # the largest uploaded first frame in bytes (decoded)
     max_image_pixels: int = 4096 * 4096  # the largest first frame in pixels (width x height)
     max_message_bytes: int = 16 * 1024  # WebSocket messages other than "start"
     max_prompt_chars: int = 2000  # the longest prompt in characters
+    max_messages_per_s: float = 200.0  # WebSocket messages per connection (bursts of 2 s worth); beyond: dropped,
+    #   then closed (1008) if it goes on (server.guard.MessageLimit)
     # streaming
     block_margin_s: float = 0.1  # causal: a flight's next block starts when its client has the measured block
     #   time plus this much playback left (server.generation.streams.Pacer): larger = fewer stalls, smaller =
@@ -89,6 +94,9 @@ class Settings:
     send_queue_frames: int = 48  # frames buffered per connection; older ones are dropped beyond it
     send_timeout_s: float = 10.0  # a send blocked this long closes the connection
     idle_timeout_s: float = 120.0  # no message for this long closes the connection
+    client_timeout_s: float = 5.0  # a flight pauses (no more chunks) while its client shows no sign of playing for
+    #   this long: its reported playback position stuck with frames unplayed, or (clients that never report it) no
+    #   message at all; 0 = never
     jpeg_quality: int = 85  # JPEG quality of the frames sent to browsers (1..100)
     # recordings, UI
     recordings_dir: Optional[str] = None  # where flight recordings go (unset = a temporary folder)
@@ -110,6 +118,10 @@ class Settings:
         for name, low in (("block_frames", 1), ("window", 0)):
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)}")
+        if not self.max_messages_per_s > 0:
+            raise ValueError(f"max_messages_per_s must be > 0, got {self.max_messages_per_s}")
+        if not 0 <= self.client_timeout_s <= 3600:
+            raise ValueError(f"client_timeout_s must be in 0..3600 seconds, got {self.client_timeout_s}")
         if not 0 <= self.block_margin_s <= 10:
             raise ValueError(f"block_margin_s must be in 0..10 seconds, got {self.block_margin_s}")
         for name in ("max_waiting", "max_jobs"):

@@ -112,6 +112,8 @@ async function init() {
   $("player").addEventListener("blur", () => { $("focus-hint").hidden = !app.flying; });
   setInterval(sendInput, 1000 / config.bindings.input_hz);
   setInterval(() => send({ type: "ping" }), 15000);
+  // The playback position: a flight whose frames stop being played (a dead client, a hidden tab) pauses on the server.
+  setInterval(() => { if (app.flying) send({ type: "played", frame: app.player.played }); }, 250);
   setInterval(updateStats, 250);
   // Guidance changes what a key does (hover + g x the key's effect), so a world that uses it says so.
   const guidance = world.action_guidance !== 1 ? `, action guidance ${world.action_guidance}` : "";

@@ -19,6 +19,7 @@ export class Player {
     this.stalled = false;
     this.stalls = 0;
     this.shown = 0;
+    this.played = -1;            // global index of the last frame shown: the playback position the server is told
     this.nextAt = 0;
     this.shownTimes = [];
   }
@@ -65,6 +66,7 @@ export class Player {
       return;
     }
     this.queue.shift();
+    this.played = Math.max(this.played, head.frame);
     head.bitmap.then((bitmap) => {
       this.ctx.drawImage(bitmap, 0, 0, this.canvas.width, this.canvas.height);
       bitmap.close();

@@ -2,8 +2,8 @@
 
     Generator        the interface between scheduling and a model (``server.generation.generators``)
     Engine           scheduling: up to ``max_sessions`` active flights served round-robin, one chunk (or block)
-                     each in turn, a bounded waiting line with positions, a bounded job queue; job parts alternate
-                     with flight turns
+                     each in turn (a paused flight, whose client shows no sign of playing, gets none), a bounded
+                     waiting line with positions, a bounded job queue; job parts alternate with flight turns
     Delivery         JPEG encoding, hand-off to the connection and recording, on its own thread
                      (``server.media.delivery``)
 
@@ -80,7 +80,8 @@ class Engine:
                  results: FileStore = None, clock=time.monotonic):
         self.generator, self.world, self.settings = generator, generator.world, settings
         self.metrics = metrics or Metrics()
-        self.recordings = recordings or FileStore(settings.recordings_dir, keep=settings.recordings_kept)
+        self.recordings = recordings or FileStore(settings.recordings_dir, keep=settings.recordings_kept,
+                                                  prefix="wanfly-rec-")
         self.results = results or FileStore(None, keep=settings.jobs_kept, prefix="wanfly-jobs-")
         self.clock = clock
         self.max_sessions = settings.max_sessions or DEFAULT_MAX_SESSIONS
@@ -156,6 +157,13 @@ class Engine:
             self._delivery.finish(flight, offer_recording)
             self._cond.notify_all()
 
+    def pause_flight(self, flight: Flight, paused: bool) -> None:
+        """No turns for a flight while ``paused`` (its client shows no sign of playing), until it is resumed."""
+        with self._cond:
+            flight.paused = paused
+            self._update_gauges()
+            self._cond.notify_all()
+
     def _release(self, flight: Flight) -> None:
         """Close a stopped flight's stream (its caches go); under the lock, never while its turn runs."""
         if flight.world_stream is not None:
@@ -183,6 +191,7 @@ class Engine:
         self.metrics.set("wanfly_sessions_active", len(self._active))
         self.metrics.set("wanfly_sessions_queued", len(self._waiting))
         self.metrics.set("wanfly_jobs_queued", len(self._queued_jobs))
+        self.metrics.set("wanfly_flights_paused", sum(f.paused for f in itertools.chain(self._active, self._waiting)))
 
     # ---- jobs ----------------------------------------------------------------------------------------------
     def submit_job(self, request: GenRequest) -> Job:
@@ -215,7 +224,8 @@ class Engine:
         """Seconds of client playback left when an active flight becomes due (under the lock)."""
         if self.pacer is None:
             return self.chunk_seconds
-        others = max(0, len(self._active) - 1) + int(self._job is not None or bool(self._queued_jobs))
+        playing = sum(not f.paused for f in self._active)
+        others = max(0, playing - 1) + int(self._job is not None or bool(self._queued_jobs))
         return self.pacer.lead(others)
 
     # ---- the worker ----------------------------------------------------------------------------------------
@@ -226,6 +236,8 @@ class Engine:
         count = len(self._active)
         for offset in range(count):
             candidate = self._active[(self._rr + offset) % count]
+            if candidate.paused:
+                continue
             due_in = candidate.play_end - lead - now
             if due_in <= 0:
                 flight, next_rr = candidate, (self._rr + offset + 1) % count

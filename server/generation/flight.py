@@ -60,6 +60,7 @@ class Flight:
         self.frame_index = 0  # global index of the next frame sent
         self.play_end = 0.0  # estimated time the client runs out of frames
         self.stopped = False  # no more chunks
+        self.paused = False  # no turns while its client shows no sign of playing (the connection sets it)
         self.closed = False  # connection gone: deliver nothing
         self.recorder: Optional[FlightRecorder] = None
         self.recording_failed = False

@@ -140,7 +140,7 @@ def _folder_world(folder: str, device: str, dtype) -> World:
 
 # The toy world committed in the repository (``python -m training.toyworld``, docs/toyworld.md).
 # WANFLY_TOY_WORLD_DIR points there when the package is installed outside the repository (the Docker image).
-TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(  # <repo>/server/generation/worlds.py
+TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(  # <repo>/worlds/toy
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "worlds", "toy")
 
 

@@ -101,7 +101,7 @@ class Delivery:
         try:
             if flight.recorder is None:
                 flight.recorder = FlightRecorder(
-                    self.recordings, flight.id, self.world.width, self.world.height, self.world.fps,
+                    self.recordings, flight.id, self.world.fps,
                     {"prompt": flight.prompt, "seed": flight.seed, "steps": flight.steps, **flight.meta},
                     self.settings.max_recording_frames)
             flight.recorder.add({"index": chunk.index, "frames": chunk.frames, "actions": chunk.actions,
@@ -109,6 +109,8 @@ class Delivery:
         except Exception:
             log.exception("recording of flight %s failed", flight.id)
             flight.recording_failed = True
+            if flight.recorder is not None:
+                flight.recorder.abandon()
 
     def _finalize(self, flight: Flight, offer: bool) -> None:
         chunk = flight.open_chunk  # stopped mid-chunk: what the client was already sent belongs in the recording

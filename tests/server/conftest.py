@@ -5,6 +5,7 @@ import io
 import json
 import threading
 import time
+from urllib.parse import urljoin
 
 import pytest
 import torch
@@ -15,6 +16,17 @@ from server.app import create_app
 from server.generation.generators import PipelineGenerator, warm_up
 from server.generation.worlds import load_world
 from server.settings import Settings
+
+
+class LocalClient(TestClient):
+    """A TestClient whose requests and WebSocket handshakes name ``Host: localhost`` (one the server answers to;
+    starlette's default, ``testserver``, is refused by the Host allow-list)."""
+
+    def __init__(self, app, **kwargs):
+        super().__init__(app, base_url="http://localhost", **kwargs)
+
+    def websocket_connect(self, url: str, *args, **kwargs):
+        return super().websocket_connect(urljoin("ws://localhost", url), *args, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +63,7 @@ def make_client(random_world, tmp_path):
         overrides.setdefault("gradio", False)
         overrides.setdefault("recordings_dir", str(tmp_path / "recordings"))
         world = dataclasses.replace(random_world, **(world_overrides or {}))
-        client = TestClient(create_app(Settings(**overrides), world=world))
+        client = LocalClient(create_app(Settings(**overrides), world=world))
         client.__enter__()
         clients.append(client)
         return client

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.options import CausalSettings
+from server.media.recording import FileStore, FlightRecorder
 
 
 def forward(steps):
@@ -62,10 +63,20 @@ def test_job_flow_to_mp4(make_client, tmp_path, png_url):
     ({"num_frames": 9, "actions": "forward:3"}, "actions"),
     ({"num_frames": 9, "actions": "forwards:2"}, "actions"),
     ({"num_frames": 9, "actions": "forward=1.5:2"}, "actions"),
+    ({"num_frames": "9"}, "num_frames"),  # strict types: no coercion, for every field
+    ({"num_frames": 9.0}, "num_frames"),
+    ({"steps": True}, "steps"),
+    ({"seed": "1"}, "seed"),
+    ({"cfg": "2"}, "cfg"),
+    ({"image": 5}, "image"),
+    ('{"prompt": "\\ud800"}', "prompt"),  # a lone surrogate: no encoder takes it
 ])
 def test_validation_422_names_the_field(make_client, body, field):
     client = make_client()
-    response = client.post("/generate", json={"prompt": "hills", **body})
+    if isinstance(body, str):
+        response = client.post("/generate", content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post("/generate", json={"prompt": "hills", **body})
     assert response.status_code == 422, response.text
     assert any(field in detail["loc"] for detail in response.json()["detail"]), response.json()
 
@@ -128,3 +139,35 @@ def test_a_multipart_upload_is_a_clear_415(make_client, tmp_path):
     assert response.status_code == 415, response.text
     assert response.json()["detail"].startswith("the body must be JSON (Content-Type: application/json), got "
                                                 "multipart/form-data")
+def test_a_recording_cut_off_by_a_kill_is_listed_and_downloadable_after_a_restart(make_client, tmp_path):
+    """The parts a killed server left (its writer gone: no lock) are finished at the next start, said cut off."""
+    folder = tmp_path / "recordings"
+    store = FileStore(folder)
+    finished = FlightRecorder(store, "flight-done", 8, {"prompt": "done"}, max_frames=100)
+    finished.add({"index": 0, "frames": 5, "actions": forward(1)}, np.zeros((5, 32, 32, 3), np.uint8))
+    finished.close()
+    killed = FlightRecorder(store, "flight-kill", 8, {"prompt": "hills"}, max_frames=100)
+    killed.add({"index": 0, "frames": 9, "actions": forward(2)}, np.full((9, 32, 32, 3), 90, np.uint8))
+    killed.add({"index": 1, "frames": 4, "actions": forward(1)}, np.full((4, 32, 32, 3), 120, np.uint8))
+    killed.abandon()  # as a kill leaves it: the parts on disk, the lock gone
+    assert client_listing(make_client(recordings_dir=str(folder)), tmp_path) == {"flight-done": (5, 1, False),
+                                                                               "flight-kill": (13, 3, True)}
+
+
+def client_listing(client, tmp_path) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # recovery runs on a thread at start
+        entries = client.get("/recordings").json()["recordings"]
+        if any(entry["cut_off"] for entry in entries):
+            break
+        time.sleep(0.05)
+    listing = {}
+    for entry in entries:
+        record = client.get(entry["actions"]).json()
+        video = client.get(entry["video"])
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+        (tmp_path / "download.mp4").write_bytes(video.content)
+        frames = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "download.mp4"))[0]
+        assert frames == record["frames"] == entry["frames"] == 1 + 4 * len(record["actions"]), entry
+        listing[entry["id"]] = (entry["frames"], entry["steps"], entry["cut_off"])
+    return listing

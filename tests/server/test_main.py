@@ -191,9 +191,30 @@ def test_origin_and_token(base):
     assert status("/generate", "POST", {**json_type, "Authorization": "Bearer wrong"}, body)[0] == 401
     assert status("/generate", "POST", {**json_type, "Authorization": f"Bearer {TOKEN}"}, body)[0] == 422
     assert status("/metrics")[0] == 401 and status("/recordings/abcdefgh.mp4")[0] == 401
+    authorized = {**json_type, "Authorization": f"Bearer {TOKEN}"}
+    assert status("/generate", "POST", {**authorized, "Origin": "http://evil.example"}, body)[0] == 403  # a browser
+    assert status("/generate", "POST", {**authorized, "Origin": GOOD_ORIGIN}, body)[0] == 422
+    # DNS rebinding: evil.example re-pointed at 127.0.0.1; the page's own origin, the right token, a wrong Host
+    rebound = {"Host": "evil.example:8710", "Origin": "http://evil.example:8710", "Authorization": f"Bearer {TOKEN}"}
+    assert raw_status(base, "GET", "/api/config", rebound) == 400
+    assert raw_status(base, "GET", f"/ws?token={TOKEN}", {**rebound, "Upgrade": "websocket", "Connection": "Upgrade",
+                                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                          "Sec-WebSocket-Version": "13"}) == 403
     code, headers = status(f"/metrics?token={TOKEN}")
     assert code == 200 and "wanfly_token=" in headers.get("set-cookie", "")
     assert status("/healthz")[0] == 200 and status("/readyz")[0] == 200 and status("/api/config")[0] == 200
+
+
+def raw_status(base, method, path, headers) -> int:
+    """The status code of one request with exactly these headers (``Host`` included), on a bare socket."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+        sock.sendall("\r\n".join(lines).encode())
+        response = b""
+        while b"\r\n" not in response:
+            response += sock.recv(1024)
+    return int(response.split()[1])
 
 
 def alignment_error(recorded, sent, offset):

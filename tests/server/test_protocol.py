@@ -16,6 +16,7 @@ from server.protocol import (
     ErrorCode,
     Input,
     Ping,
+    Played,
     Pong,
     ProtocolError,
     Queue,
@@ -24,6 +25,7 @@ from server.protocol import (
     Start,
     Stop,
     frame_message,
+    json_depth,
     parse_client_message,
     to_wire,
 )
@@ -48,10 +50,24 @@ def test_client_messages_parse_into_their_models():
     assert parse({"type": "stop"}) == Stop() and parse('{"type": "ping"}') == Ping()
     assert parse({"type": "start", "prompt": "x" * 3000}, max_prompt_chars=3000).prompt == "x" * 3000
     assert parse({"type": "start", "prompt": "x", "pad": "y" * 20000}).prompt == "x"  # start may carry an image
+    assert parse({"type": "played", "frame": 17}) == Played(frame=17) and parse({"type": "played", "frame": -1})
+    assert parse({"type": "start", "prompt": "[[[[ {{{{ \" ]]]]", "x": [[[[1]]]]}).prompt == '[[[[ {{{{ " ]]]]'
+
+
+def test_json_depth_skips_strings_and_is_cheap_on_huge_texts():
+    assert json_depth('{"a": [1, {"b": "[[[[[["}], "c": "\\"}') == 3
+    assert json_depth("[" * 982 + "]" * 982) == 982
+    assert json_depth("[" * 10_000) == 10_000  # beyond MAX_JSON_BRACKETS: counted, not walked
+    assert json_depth('"' + "x" * 1_000_000 + '"') == 0
 
 
 @pytest.mark.parametrize("message, code, starts", [
     ("{", "bad_json", "not valid JSON"),
+    ("[" * 982 + "]" * 982, "bad_json", "JSON nested deeper than 16"),  # json.loads: RecursionError
+    ('{"type": "ping", "x": ' + "[" * 17 + "]" * 17 + "}", "bad_json", "JSON nested deeper than 16"),
+    ('{"type": "start", "prompt": "\\ud800"}', "bad_field", "prompt: not valid Unicode"),
+    ({"type": "played", "frame": -2}, "bad_field", "frame:"),
+    ({"type": "played", "frame": "3"}, "bad_field", "frame:"),
     ('{"type": "ping", "n": Infinity}', "bad_json", "not valid JSON"),
     (b"{}", "bad_message", "binary"),
     ("3", "bad_message", "expected a JSON object"),
@@ -164,6 +180,9 @@ def error_code(ws, payload) -> tuple[str, str]:
     ({"type": "start", "prompt": "x", "image": None, "steps": 2.5}, "bad_field", "steps"),
     ({"type": "start", "prompt": "x", "image": None, "seed": True}, "bad_field", "seed"),
     ({"type": "ping", "pad": "x" * 20000}, "oversized", "limit"),
+    ("[" * 982 + "]" * 982, "bad_json", "nested"),  # once: RecursionError, a traceback and close 1006
+    ("[" * 400_000 + "]" * 400_000, "bad_json", "nested"),
+    ('{"type": "start", "prompt": "\\udfff", "image": null}', "bad_field", "prompt"),
 ])
 def test_bad_messages_before_start(make_client, payload, code, names):
     client = make_client()

@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 from models.action_format import ACTION_NAMES
 from server.generation.flight import ChunkFrames
 from server.metrics import Metrics
-from server.protocol import Chunk
+from server.protocol import FRAME_HEADER, Chunk
 from server.session import Connection
 from server.settings import Settings
 
@@ -34,8 +34,8 @@ class StalledSocket:
     async def receive(self):
         await asyncio.sleep(3600)
 
-    async def send_json(self, message):
-        self.json.append(message)
+    async def send_text(self, text):
+        self.json.append(json.loads(text))
 
     async def send_bytes(self, data):
         self.bytes_started += 1
@@ -60,7 +60,7 @@ def test_stalled_client_drops_frames_then_is_closed():
 
     async def main():
         connection = Connection(socket, state)
-        connection.flight = flight = object()
+        connection.flight = flight = SimpleNamespace(stopped=False, paused=False)
         for index in range(3):  # three chunks of 8 frames arrive while the first send is stuck
             chunk = Chunk(index=index, frames=8, first_frame=8 * index, actions=[], gen_ms=1.0, input_seq=-1)
             connection.notify(ChunkFrames(chunk, [b"jpeg"] * 8))
@@ -83,7 +83,7 @@ def receive_chunk(ws):
     while True:
         message = ws.receive()
         if message.get("text") is None:
-            raise AssertionError("binary frame before its chunk message")
+            raise AssertionError(f"binary frame before its chunk message: {str(message)[:200]}")
         data = json.loads(message["text"])
         if data["type"] == "chunk":
             break
@@ -162,7 +162,7 @@ def test_flight_with_held_keys(make_client, input_pump):
 
 
 def test_waiting_line_and_refusal(make_client):
-    client = make_client(max_sessions=1, max_waiting=1)
+    client = make_client(max_sessions=1, max_waiting=1, client_timeout_s=1.5)
     start = {"type": "start", "prompt": "hills", "image": None, "seed": 0}
     with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
         first.send_json(start)
@@ -177,9 +177,120 @@ def test_waiting_line_and_refusal(make_client):
                 third.receive_json()
             assert closed.value.code == 1013
         receive_chunk(first)
+        time.sleep(2.5)  # the silent second waits longer than client_timeout_s: the line does not count
         first.send_json({"type": "stop"})
         assert second.receive_json() == {"type": "queue", "position": 0}
         chunk, frames = receive_chunk(second)
         assert chunk["index"] == 0 and len(frames) == 9
     metrics = client.get("/metrics").text
     assert "wanfly_sessions_refused_total 1" in metrics and "wanfly_sessions_total 2" in metrics
+
+
+class ClosedSocket(StalledSocket):
+    """uvicorn after its keepalive closed the socket: every send raises what uvicorn raises then."""
+
+    async def send_bytes(self, data):
+        raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.")
+
+    send_text = send_bytes
+
+    async def close(self, code=1000, reason=None):
+        raise RuntimeError("Unexpected ASGI message 'websocket.close', after sending 'websocket.close'.")
+
+
+def test_a_send_after_the_socket_closed_ends_the_connection_quietly():
+    settings = Settings(gradio=False)
+    state = SimpleNamespace(settings=settings, metrics=Metrics(), engine=Engine(), ready=True, world=None)
+
+    async def main(messages):
+        connection = Connection(ClosedSocket(), state)
+        connection.flight = flight = SimpleNamespace(stopped=False, paused=False)
+        for message in messages:
+            connection.notify(message)
+        await asyncio.wait_for(connection.run(), 5)  # no exception out of run()
+        return flight
+
+    chunk = Chunk(index=0, frames=1, first_frame=0, actions=[], gen_ms=1.0, input_seq=-1)
+    flights = [asyncio.run(main([ChunkFrames(chunk, [FRAME_HEADER.pack(0, 0) + b"jpeg"])]))]
+
+    async def close_first():
+        connection = Connection(ClosedSocket(), state)
+        connection.flight = flight = SimpleNamespace(stopped=False, paused=False)
+        connection.close(1008, "test")
+        await asyncio.wait_for(connection.run(), 5)
+        return flight
+    flights.append(asyncio.run(close_first()))
+    assert state.engine.removed == flights
+
+
+def test_the_rate_limit_drops_then_closes_a_flooding_client(make_client):
+    client = make_client(max_messages_per_s=20)
+    with client.websocket_connect("/ws") as ws:
+        for _ in range(40):  # the burst: 2 s worth
+            ws.send_json({"type": "ping"})
+        assert [ws.receive_json() for _ in range(40)] == [{"type": "pong"}] * 40
+        replies = []
+        with pytest.raises(WebSocketDisconnect) as closed:
+            for _ in range(200):
+                ws.send_json({"type": "ping"})
+            while True:
+                replies.append(ws.receive_json())
+    assert closed.value.code == 1008
+    limited = [r for r in replies if r.get("code") == "rate_limited"]
+    assert len(limited) == 1 and "more than 20 messages a second" in limited[0]["message"]
+    assert len([r for r in replies if r == {"type": "pong"}]) < 10  # the rest was dropped unread
+    metrics = client.get("/metrics").text
+    assert 'wanfly_errors_total{code="rate_limited"} 2' in metrics  # the warning and the close
+    assert metric(client, "wanfly_messages_dropped_total") >= 41  # 2 s worth dropped before the close
+
+
+def metric(client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(name)
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_client_that_stops_playing_pauses_its_flight_and_resumes_it(make_client):
+    client = make_client(client_timeout_s=0.6)
+    with client.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "start", "prompt": "hills", "image": None, "seed": 2})
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_json({"type": "played", "frame": -1})  # a client that reports its position (none played yet)
+        chunk, frames = receive_chunk(ws)
+        ws.send_json({"type": "played", "frame": frames[1][1]})  # it plays, then its position stops
+        assert wait_for(lambda: metric(client, "wanfly_flights_paused") == 1)
+        time.sleep(1.0)  # on a loaded machine it may have paused and resumed once before its report came
+        assert metric(client, "wanfly_flights_paused") == 1
+        made, pauses = metric(client, "wanfly_chunks_total"), metric(client, "wanfly_flights_paused_total")
+        time.sleep(1.0)
+        assert metric(client, "wanfly_chunks_total") <= made + 1  # at most the chunk under way when it paused
+        for _ in range(3):
+            ws.send_json({"type": "input", "seq": 0, "t": 0.0, "flags": [0] * 8, "mags": [0.0] * 8})
+        time.sleep(1.0)  # talking is no sign of playing, for a client that reports its position: no resume
+        assert metric(client, "wanfly_flights_paused") == 1 and metric(client, "wanfly_flights_paused_total") == pauses
+        ws.send_json({"type": "played", "frame": frames[-1][1]})  # it plays again
+        assert wait_for(lambda: metric(client, "wanfly_flights_paused") == 0)
+        assert wait_for(lambda: metric(client, "wanfly_chunks_total") > made + 1)
+
+
+def test_a_silent_client_that_never_reports_playback_is_paused_until_it_talks(make_client):
+    client = make_client(client_timeout_s=0.6)
+    with client.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "start", "prompt": "hills", "image": None, "seed": 2})
+        assert ws.receive_json()["type"] == "ready"
+        assert wait_for(lambda: metric(client, "wanfly_flights_paused") == 1)
+        made = metric(client, "wanfly_chunks_total")
+        time.sleep(1.0)
+        assert metric(client, "wanfly_chunks_total") <= made + 1
+        ws.send_json({"type": "ping"})
+        assert wait_for(lambda: metric(client, "wanfly_flights_paused") == 0, 2.0)

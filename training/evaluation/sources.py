@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.media import fit_image
+from models.media import PART_ACTIONS, fit_image, read_recording_part, read_video
 from training.data.dataset import read_metadata
 from training.data.synthetic import held_out_view, render_random_flight
 from training.evaluation.metrics import check_actions
@@ -42,21 +42,41 @@ def read_recording(path) -> tuple[np.ndarray, str | None]:
 
 
 def load_recordings(folder) -> list[dict]:
-    """Clips ``{name, video, actions, prompt}`` of a folder of ``*.mp4`` with sibling ``*.json``."""
+    """Clips ``{name, video, actions, prompt}`` of a folder of ``*.mp4`` with sibling ``*.json``, and of server
+    recordings that were cut off (``<id>.part.jsonl`` + ``<id>.part.ts``, ``models.media.read_recording_part``: their
+    frames (loaded) and actions cut to the whole steps both files hold; one with none is skipped, said on stderr)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--recordings {folder}: not a folder")
-    videos = sorted(folder.glob("*.mp4"))
-    if not videos:
+    parts = {p.name[:-len(PART_ACTIONS)]: p for p in sorted(folder.glob("*" + PART_ACTIONS))}
+    videos = [v for v in sorted(folder.glob("*.mp4")) if not v.name.endswith(".tmp.mp4")]  # .tmp: being renamed
+    if not videos and not parts:
         raise ValueError(f"--recordings {folder}: no *.mp4 files")
     clips = []
     for video in videos:
         meta = video.with_suffix(".json")
         if not meta.is_file():
+            if video.stem in parts:  # a recording killed while it was being finished: its parts are read below
+                continue
             raise ValueError(f"--recordings: {video} has no sibling {meta.name} with its actions")
+        parts.pop(video.stem, None)  # finished: a part left beside it is a leftover
         actions, prompt = read_recording(meta)
         clips.append({"name": video.stem, "video": str(video), "actions": actions, "prompt": prompt})
-    return clips
+    for name, part in parts.items():
+        try:
+            record = read_recording_part(part)
+        except ValueError as error:
+            record = {"actions": [], "why": str(error)}
+        if not record["actions"]:
+            why = record.get("why", "it was cut off before its first whole step")
+            print(f"--recordings: {part} skipped: {why}", file=sys.stderr)
+            continue
+        prompt = record.get("prompt")
+        frames = read_video(record["video"])[:record["frames"]]  # the whole steps only: the tail may be half a frame
+        clips.append({"name": name, "frames": frames, "video": record["video"],
+                      "actions": check_actions(record["actions"], str(part)),
+                      "prompt": prompt if isinstance(prompt, str) else None})
+    return sorted(clips, key=lambda clip: clip["name"])
 
 
 def load_csv(path, base_path=None) -> list[dict]:

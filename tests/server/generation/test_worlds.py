@@ -100,7 +100,8 @@ def test_a_world_that_cannot_load_is_reported_by_readyz_without_a_traceback(worl
     (world_folder / "serve.json").write_text(json.dumps({**hints, "action_guidance_rescale": 3}))
     threads = torch.get_num_threads()
     try:
-        with TestClient(create_app(Settings(world=str(world_folder), gradio=False, threads=1))) as client:
+        with TestClient(create_app(Settings(world=str(world_folder), gradio=False, threads=1)),
+                        base_url="http://localhost") as client:
             deadline = time.monotonic() + 60
             while client.get("/readyz").json()["error"] is None and time.monotonic() < deadline:
                 time.sleep(0.1)
