@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +179,9 @@ def test_constant_actions_zero_magnitude_is_off_and_bad_values_are_refused():
 def test_full_scale_ignores_a_zero_percentile():
     scale, source = full_scale_from_stats({"actions": {"Forward": {"p90": 0.0}, "Back": {"p90": 0.02}}})
     assert scale[:2] == (DEFAULT_FULL_SCALE[0], 0.02) and source[:2] == ["default", "action_stats p90"]
+
+
+def test_a_float64_scale_still_gives_float32_magnitudes_and_step_counts_are_ints():
+    binary, magnitude = split_actions(torch.zeros(1, 2, 8), scale=np.full(8, 2.0))
+    assert magnitude.dtype == torch.float32
+    assert [type(num_actions_for_frames(n)) for n in (1, 9, 81)] == [int] * 3

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from models import media
 from models.media import probe_video, read_video
+from server.media import recording
 from server.media.recording import FileStore, FlightRecorder, write_mp4
 
 H, W = 16, 16
@@ -22,8 +24,8 @@ def chunk(index, steps, first):
     return {"index": index, "frames": frames, "actions": actions.tolist(), "gen_ms": 1.0}, pixels
 
 
-def record(tmp_path, chunks, max_frames=1000):
-    store = FileStore(tmp_path)
+def record(tmp_path, chunks, max_frames=1000, store=None):
+    store = store or FileStore(tmp_path)
     recorder = FlightRecorder(store, "flight-0001", W, H, 8, {"prompt": "p", "seed": 3}, max_frames)
     for index, steps in enumerate(chunks):
         recorder.add(*chunk(index, steps, index == 0))
@@ -44,14 +46,21 @@ def test_flight_actions_are_the_chunks_actions_in_flight_order(tmp_path):
     np.testing.assert_allclose(means, [0] * 9 + [40] * 8 + [80] * 4, atol=3)
 
 
-@pytest.mark.parametrize("max_frames, frames, steps", [(14, 13, 3), (9, 9, 2), (8, 5, 1), (12, 9, 2)])
-def test_a_cut_at_max_frames_keeps_whole_steps(tmp_path, max_frames, frames, steps):
-    info, data, video = record(tmp_path, [2, 2, 2], max_frames=max_frames)
+@pytest.mark.parametrize("chunks, max_frames, frames, steps", [
+    ([2, 2, 2], 14, 13, 3), ([2, 2, 2], 9, 9, 2), ([2, 2, 2], 8, 5, 1), ([2, 2, 2], 12, 9, 2), ([3], 10, 9, 2)])
+def test_a_cut_at_max_frames_keeps_whole_steps(tmp_path, chunks, max_frames, frames, steps):
+    info, data, video = record(tmp_path, chunks, max_frames=max_frames)
     assert info["truncated"] and data["truncated"]
     assert (info["frames"], data["frames"], len(data["actions"])) == (frames, frames, steps)
     assert frames == 1 + 4 * steps and probe_video(video)["frames"] == frames
     assert sum(c["frames"] for c in data["chunks"]) == frames
     assert sum(len(c["actions"]) for c in data["chunks"]) == steps
+    assert info["chunks"] == len(data["chunks"]) and all(c["frames"] > 0 for c in data["chunks"])
+
+
+def test_a_flight_that_just_fits_is_not_truncated(tmp_path):
+    info, data, _ = record(tmp_path, [2, 2], max_frames=17)
+    assert (info["frames"], info["truncated"], data["truncated"]) == (17, False, False)
 
 
 def test_a_cut_before_any_whole_step_records_frame_zero_only(tmp_path):
@@ -72,13 +81,43 @@ def test_file_store_keeps_the_newest_ids_and_refuses_bad_ones(tmp_path):
         store.path("short", ".mp4")
     temporary = FileStore(None)
     folder = temporary.folder
-    assert folder.is_dir()
+    assert folder.is_dir() and folder.name.startswith("wanfly-")
     temporary.close()
     assert not folder.exists()
+    nested = FileStore(tmp_path / "a" / "b")  # made with its parents; a given folder outlives close()
+    nested.close()
+    assert nested.folder.is_dir()
 
 
-def test_job_video_is_a_real_mp4(tmp_path):
-    frames = np.zeros((9, H, W, 3), np.uint8)
+def test_file_store_keeps_16_ids_by_default_and_recordings_count(tmp_path):
+    store = FileStore(tmp_path)
+    for i in range(17):
+        store.add(f"item-{i:04d}")
+        store.path(f"item-{i:04d}", ".json").write_text("{}")
+    assert store.find("item-0000", ".json") is None and store.find("item-0001", ".json") is not None
+    small = FileStore(tmp_path / "small", keep=1)
+    record(small.folder, [1], store=small)
+    FlightRecorder(small, "flight-0002", W, H, 8, {}, 100).close()  # the newer flight evicts the first
+    assert sorted(p.name for p in small.folder.iterdir()) == ["flight-0002.json"]  # no frames: no mp4
+
+
+def test_duration_is_in_seconds_to_the_millisecond(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(recording.time, "time", lambda: now[0])
+    recorder = FlightRecorder(FileStore(tmp_path), "flight-0003", W, H, 8, {}, 100)
+    now[0] = 101.23456
+    recorder.close()
+    assert json.loads((tmp_path / "flight-0003.json").read_text())["duration_s"] == 1.235
+
+
+def test_job_video_is_a_real_mp4_encoded_for_speed(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (9, 64, 64, 3), dtype=np.uint8)  # (F, H, W, 3)
     write_mp4(tmp_path / "job.mp4", frames, 8)
     info = probe_video(tmp_path / "job.mp4")
-    assert (info["frames"], info["width"], info["height"]) == (9, W, H) and info["fps"] == pytest.approx(8)
+    assert (info["frames"], info["width"], info["height"]) == (9, 64, 64) and info["fps"] == pytest.approx(8)
+    media.write_mp4(tmp_path / "live.mp4", frames, 8, crf=media.LIVE_CRF, preset=media.LIVE_PRESET)
+    assert (tmp_path / "job.mp4").read_bytes() == (tmp_path / "live.mp4").read_bytes()  # the live settings
+    recorder = FlightRecorder(FileStore(tmp_path), "flight-0004", 64, 64, 8, {}, 100)
+    recorder.add({"index": 0, "frames": 9, "actions": [[[0] * 8] * 2] * 2, "gen_ms": 1.0}, frames)
+    recorder.close()
+    assert (tmp_path / "flight-0004.mp4").read_bytes() == (tmp_path / "live.mp4").read_bytes()
