@@ -51,7 +51,18 @@ def test_round_trip_gives_bit_identical_video(tmp_path, pipe_with, gen_kwargs, i
     pipe.load_action_artifacts(str(tmp_path))
     assert pipe.action_magnitude_scale == tuple(float(s) for s in scale)
     assert pipe.action_stats == {"Forward": {"p90": 0.012}}
-    assert torch.equal(pipe(actions=ACTIONS, **gen_kwargs), before)
+    loaded = pipe.action_controller.state_dict()
+    assert loaded.keys() == controller.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in controller.state_dict().items())
+    after = pipe(actions=ACTIONS, **gen_kwargs)
+    assert torch.equal(after, before)
+    # ...and the comparison can fail: the actions, the weights and the scale each change the video
+    assert (after - pipe(**gen_kwargs)).abs().max() > 1e-3  # no actions
+    pipe.set_action_controller(build_tiny_controller(4, injection_type=injection_type, initial_scale=0.7),
+                               magnitude_scale=scale)
+    assert (after - pipe(actions=ACTIONS, **gen_kwargs)).abs().max() > 1e-3  # other weights
+    pipe.set_action_controller(controller, magnitude_scale=MAGNITUDE_SCALE)
+    assert (after - pipe(actions=ACTIONS, **gen_kwargs)).abs().max() > 1e-3  # the default scale
 
 
 def test_lora_is_fused_when_configured(tmp_path, gen_kwargs):

@@ -229,3 +229,28 @@ def test_presets_and_resolution():
         resolve_controller_config("wan_5b")
     with pytest.raises(ValueError, match="unknown field"):
         ActionControllerConfig.from_dict({"hidden": 3})
+
+
+# ---- issue 23: the input layout trained artifacts depend on, pinned without a trained world --------------------
+def test_action_tokens_read_flags_then_magnitudes_in_action_order_one_token_per_step():
+    """build_action_emb's features are [8 flags, 8 scaled magnitudes] in ACTION_NAMES order, token t from action
+    step t, plus the temporal embedding of step t. With an identity embedding the tokens show the layout."""
+    controller = make("cross_attn_frame")
+    first, second = controller.action_embed[0], controller.action_embed[2]  # Linear(16, C), SiLU, Linear(C, C)
+    with torch.no_grad():
+        first.weight.zero_()
+        first.weight[:16, :16] = torch.eye(16)
+        first.bias.zero_()
+        second.weight.copy_(torch.eye(second.weight.shape[0]))
+        second.bias.zero_()
+        controller.temporal_pos_embed.zero_()
+        controller.temporal_pos_embed[0, :, 20] = torch.arange(controller.temporal_pos_embed.shape[1]) * 10.0
+    binary = torch.zeros(1, 3, 8)
+    magnitude = torch.zeros(1, 3, 8)
+    binary[0, 0, 0], magnitude[0, 0, 0] = 1, 1.0  # step 0: Forward 1.0 (scaled)
+    binary[0, 2, 5], magnitude[0, 2, 5] = 1, 2.0  # step 2: Yaw Right 2.0
+    tokens = controller.build_action_emb(binary, magnitude)  # (1, 3, C)
+    expected = F.silu(torch.cat([binary, magnitude], dim=-1))  # (1, 3, 16)
+    torch.testing.assert_close(tokens[..., :16], expected)
+    assert tokens[0, :, 20].tolist() == [0.0, 10.0, 20.0]  # the temporal embedding of each step
+    assert tokens[0, 1, :16].abs().max() == 0  # a hover step carries nothing

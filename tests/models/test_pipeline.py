@@ -182,6 +182,35 @@ def test_compile_for_inference_wraps_blocks_and_controller():
         assert name in vars(pipe.action_controller)  # instance attributes shadow the eager methods
 
 
+def test_compiled_graphs_compute_what_the_eager_pipeline_computes(gen_kwargs, monkeypatch):
+    """Numbers by default: the graphs torch.compile captures of the blocks and the controller (TorchDynamo, run by
+    its eager backend: seconds, not the ~100 s of inductor code generation) give the eager latents, and the
+    controller's wrappers run (a wrapper around the wrong method, or graphs that drop the actions, would not)."""
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+
+    def eager_backend(fn=None, *, mode=None, dynamic=None, **kwargs):
+        return real_compile(fn, backend="eager", dynamic=dynamic)
+    monkeypatch.setattr(torch, "compile", eager_backend)
+    torch._dynamo.reset()
+    counters.clear()
+    pipe = build_tiny_pipeline(seed=0).set_action_controller(build_tiny_controller(seed=0, initial_scale=0.5))
+    kwargs = dict(gen_kwargs, actions=constant_actions(2, {"Forward": 0.01, "Yaw Left": 1.0}), cfg_scale=1.0,
+                  num_inference_steps=1)
+    eager = pipe.generate_latents(**kwargs)  # (1, 48, 3, 4, 4)
+    hover = pipe.generate_latents(**dict(kwargs, actions=constant_actions(2, {})))
+    pipe.compile_for_inference()
+    compiled = pipe.generate_latents(**kwargs)
+    assert counters["stats"]["unique_graphs"] > 0  # something was captured
+    wrappers = vars(pipe.action_controller)  # instance attributes shadowing the eager methods
+    assert [wrappers[name]._torchdynamo_orig_callable.__name__ for name in ("apply_action", "add_to_tmod")] == [
+        "apply_action", "add_to_tmod"]
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert (compiled - hover).abs().max() > 1e-3  # the actions reach the compiled graphs
+    torch._dynamo.reset()
+
+
 @pytest.mark.skipif(SLOW, reason="torch.compile of the tiny pipeline takes ~100 s on 2 CPU cores; "
                                  "set WANFLY_SLOW_TESTS=1 to run it")
 def test_compiled_pipeline_matches_eager(gen_kwargs):

@@ -143,3 +143,17 @@ def test_a_causal_block_cancels_opposites_and_releases_stale_input():
     clock.now += STALE_AFTER_S + 0.5  # the client went silent while holding
     raw, seq = timeline.block_actions(1)
     assert not raw.any() and seq == 480
+
+
+# ---- issue 23: what the mutation run showed nothing caught ----------------------------------------------------
+def test_one_late_packet_does_not_delay_later_inputs():
+    """Client times map to server time by the fastest packet's offset: one packet delayed 300 ms in the network
+    must not shift every later input by 300 ms (the slowest packet's offset would)."""
+    timeline = InputTimeline(DEFAULT_FULL_SCALE, FPS, clock=lambda: 0.0)
+    timeline.add(0, 0.0, one_hot(), one_hot(), received=100.0)  # on time: offset 100.0
+    timeline.add(1, 40.0, one_hot(), one_hot(), received=100.34)  # 300 ms late
+    timeline.add(2, 500.0, one_hot(FWD), one_hot(FWD), received=100.5)  # forward from client 0.5 s, on time
+    raw, seq = timeline.actions(2, end=100.75)  # intervals [100.25, 100.5), [100.5, 100.75)
+    assert seq == 2
+    assert raw[:, 0, FWD].tolist() == [0, 1], raw[:, 0, FWD]  # the slowest offset would start forward at 100.8
+    assert raw[1, 1, FWD] == pytest.approx(0.01)

@@ -2,7 +2,10 @@
 through the app, where the session goes on), server messages on the wire as documented, and docs/protocol.md's
 tables naming exactly the models' fields and the error codes."""
 import json
+import queue
 import re
+import threading
+import time
 from pathlib import Path
 from typing import get_args
 
@@ -193,6 +196,31 @@ def test_bad_messages_before_start(make_client, payload, code, names):
         assert ws.receive_json() == {"type": "pong"}
 
 
+def receive_within(ws, seconds, payload, limit):
+    """``ws.receive()`` or a failure naming ``payload`` after ``seconds`` (the test client's receive has no
+    timeout: a missing reply would otherwise hang until pytest's 300 s)."""
+    box = queue.Queue()
+    threading.Thread(target=lambda: box.put(ws.receive()), daemon=True).start()
+    try:
+        return box.get(timeout=max(seconds, 0.0))
+    except queue.Empty:
+        pytest.fail(f"no error reply to {payload!r} within {limit:g} s")
+
+
+def error_reply(ws, payload, seconds=30.0):
+    """Send ``payload``; the error it gets, skipping the flight's frames and chunk messages meanwhile."""
+    ws.send_text(payload if isinstance(payload, str) else json.dumps(payload))
+    deadline = time.monotonic() + seconds
+    while True:
+        message = receive_within(ws, deadline - time.monotonic(), payload, seconds)
+        if message.get("text") is None:
+            continue  # a binary frame
+        data = json.loads(message["text"])
+        if data["type"] == "error":
+            return data
+        assert data["type"] == "chunk", (payload, data)  # anything else is a wrong reply
+
+
 def test_bad_input_during_a_flight(make_client, png_url):
     client = make_client()
     with client.websocket_connect("/ws") as ws:
@@ -215,19 +243,9 @@ def test_bad_input_during_a_flight(make_client, png_url):
         ]
         ws.send_json(good)
         for payload, code in cases:
-            while True:  # chunks keep arriving meanwhile
-                ws.send_text(payload if isinstance(payload, str) else json.dumps(payload))
-                message = ws.receive()
-                while message.get("text") is None or json.loads(message["text"])["type"] in ("chunk",):
-                    message = ws.receive()
-                data = json.loads(message["text"])
-                assert data["type"] == "error", data
-                assert data["code"] == code, (payload, data)
-                break
-        ws.send_json({**good, "seq": 2, "t": 500.0})  # time going backwards
-        while (data := ws.receive()).get("text") is None or json.loads(data["text"])["type"] == "chunk":
-            pass
-        data = json.loads(data["text"])
-        assert data["code"] == "bad_field" and data["message"].startswith("t:")
+            data = error_reply(ws, payload)
+            assert data["code"] == code, (payload, data)
+        data = error_reply(ws, {**good, "seq": 2, "t": 500.0})  # time going backwards
+        assert data["code"] == "bad_field" and data["message"].startswith("t:"), data
     metrics = client.get("/metrics").text
     assert 'wanfly_errors_total{code="bad_field"}' in metrics

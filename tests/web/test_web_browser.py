@@ -96,6 +96,16 @@ def test_keyboard_flight(page, base_url, tmp_path):
     record = page.request.get(base_url + page.get_attribute("#rec-actions", "href")).json()
     flags = [step[0] for step in record["actions"]]
     assert any(f[FORWARD] == 1 and f[YAW_LEFT] == 1 for f in flags)
+    # the flight's actions are its chunks' actions in flight order, as the browser received them
+    indices = [chunk["index"] for chunk in record["chunks"]]
+    assert indices == list(range(len(indices))), indices
+    assert record["actions"] == [step for chunk in record["chunks"] for step in chunk["actions"]]
+    assert record["frames"] == 1 + 4 * len(record["actions"])
+    received = page.evaluate("Object.fromEntries([...window.wanfly.chunks].map(([i, c]) => [i, c.actions]))")
+    recorded = {str(chunk["index"]): chunk["actions"] for chunk in record["chunks"]}
+    last = str(indices[-1])  # a stop in the middle of a streamed chunk records the steps of the frames shown
+    assert received and all(recorded[i] == (actions[:len(recorded[i])] if i == last else actions)
+                            for i, actions in received.items() if i in recorded)
 
 
 STUB_GAMEPAD = """

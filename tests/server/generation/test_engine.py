@@ -73,17 +73,66 @@ def test_round_robin_and_jobs_alternate(random_world, tmp_path):
     assert all(j.status == "done" and j.frames == 9 for j in jobs)
 
 
-def test_pacing_does_not_run_ahead_of_playback(random_world, tmp_path):
-    engine, generator = make_engine(random_world, tmp_path, fps=16)  # a chunk plays 8 / 16 = 0.5 s
-    events = []
-    engine.add_flight(flight("solo", generator.world, events))
-    engine.start()
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class TimedGenerator(RecordingGenerator):
+    """Each chunk takes ``seconds`` of the fake clock (the worker's time is simulated, so the load of the machine
+    that runs the test changes nothing)."""
+
+    def __init__(self, world, clock, seconds):
+        super().__init__(world)
+        self.clock, self.seconds = clock, seconds
+
+    def generate(self, request, progress=None):
+        self.clock.now += self.seconds
+        return super().generate(request, progress)
+
+
+def simulate_flight(random_world, tmp_path, gen_s, until_s, fps=16):
+    """The engine's worker loop on a fake clock: (chunk start times, stalls) of one flight over ``until_s``."""
+    clock = FakeClock()
+    world = dataclasses.replace(random_world, fps=fps)
+    generator = TimedGenerator(world, clock, gen_s)
+    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False), clock=clock)
+    engine.add_flight(flight("solo", world))
+    starts = []
     try:
-        time.sleep(1.3)
+        while clock.now < until_s:
+            with engine._cond:
+                kind, item = engine._pick()
+            if kind is None:
+                assert item is not None and item > 0, item  # waits for the flight to be due
+                clock.now += item
+                continue
+            starts.append(round(clock.now, 4))
+            engine._run_flight(item)
     finally:
         engine.close()
-    chunks = len(generator.calls)
-    assert 3 <= chunks <= 4, chunks  # first at once, then one per 0.5 s of playback (one chunk ahead)
+    return starts, engine.metrics.value("wanfly_stalls_total")
+
+
+def test_pacing_does_not_run_ahead_of_playback(random_world, tmp_path):
+    """A chunk plays 8 / 16 = 0.5 s (the first 9 frames); with a 200 ms generator the next chunk starts one chunk of
+    playback before the client runs out (the look-ahead): 7 chunks, no stall in 3 s. Without the look-ahead a
+    chunk starts only when the previous one has played out: 4 chunks and 3 stalls. Running ahead (no pacing at
+    all) would start one every 200 ms: 15 chunks."""
+    starts, stalls = simulate_flight(random_world, tmp_path, gen_s=0.2, until_s=3.0)
+    assert starts == [0.0, 0.2625, 0.7625, 1.2625, 1.7625, 2.2625, 2.7625], starts
+    assert stalls == 0
+
+
+def test_a_generator_slower_than_playback_stalls_every_chunk(random_world, tmp_path):
+    """A 600 ms generator for 500 ms chunks: each chunk starts as soon as it is due (0.5 s before the previous one
+    plays out, at once from the second on) and every chunk after the first is 100 ms late: a stall each."""
+    starts, stalls = simulate_flight(random_world, tmp_path, gen_s=0.6, until_s=3.0)
+    assert starts == [0.0, 0.6625, 1.2625, 1.8625, 2.4625], starts
+    assert stalls == 4
 
 
 def test_closed_flight_gets_nothing_and_frees_its_slot(random_world, tmp_path):

@@ -108,3 +108,36 @@ def test_jitter_below_thresholds_reads_as_hover():
     poses[:, 0, 0], poses[:, 0, 2], poses[:, 2, 0], poses[:, 2, 2] = (np.cos(angle), np.sin(angle),
                                                                       -np.sin(angle), np.cos(angle))
     assert not poses_to_actions(poses).any()
+
+
+# ---- issue 23: a step where 4 x step is not a whole number ----------------------------------------------------
+def straight_flight(speed_per_frame, count, yaw_deg_per_frame=0.0):
+    """``(count, 4, 4)`` poses flying forward along +z at a constant speed (and yawing at a constant rate)."""
+    poses = np.tile(np.eye(4), (count, 1, 1))
+    position = np.zeros(3)
+    for i in range(count):
+        yaw = np.radians(yaw_deg_per_frame * i)
+        poses[i, 0, 0], poses[i, 0, 2], poses[i, 2, 0], poses[i, 2, 2] = (np.cos(yaw), np.sin(yaw), -np.sin(yaw),
+                                                                           np.cos(yaw))
+        poses[i, :3, 3] = position
+        position = position + speed_per_frame * poses[i, :3, 2]  # along the camera's forward axis
+    return poses
+
+
+def test_a_constant_speed_reads_constant_when_4_steps_are_not_whole_frames():
+    """25 fps source, 24 fps clips: intervals span 4 or 5 source frames (round(4 x 25/24 x k)); a constant speed of
+    0.0025 per source frame must read 4 x 25/24 x 0.0025 = 0.0104 every interval (an inverted spacing factor reads
+    0.0096 with a 0.0150 spike every fifth interval)."""
+    step = 25 / 24
+    poses = straight_flight(0.0025, 60)
+    actions = poses_to_actions(poses, step=step, num_steps=12)
+    assert sorted(set(np.diff(np.round(4 * step * np.arange(13))).astype(int))) == [4, 5]  # uneven intervals
+    np.testing.assert_allclose(actions[:, 1, IDX["Forward"]], 4 * step * 0.0025, rtol=1e-6)
+    assert actions[:, 0, IDX["Forward"]].all()
+
+
+def test_a_constant_yaw_rate_reads_constant_when_4_steps_are_not_whole_frames():
+    step = 25 / 24
+    actions = poses_to_actions(straight_flight(0.0, 60, yaw_deg_per_frame=0.5), step=step, num_steps=12)
+    np.testing.assert_allclose(actions[:, 1, IDX["Yaw Right"]], 4 * step * 0.5, rtol=1e-5)
+    assert actions[:, 0, IDX["Yaw Right"]].all() and not actions[:, 0, IDX["Yaw Left"]].any()
