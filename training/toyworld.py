@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+CAUSAL_ONLY = ("block_frames", "window", "sink", "teacher_forcing", "context_noise", "error_prob", "error_buffer")
+
+
 def fill_generation_defaults(a: argparse.Namespace) -> argparse.Namespace:
     """The defaults that depend on --generation: clip length and count."""
     causal = a.generation == "causal"
@@ -104,6 +107,10 @@ def main(argv=None) -> int:
         parser.error(f"--serve_guidance_rescale must be in [0, 1] (0 = off), got {a.serve_guidance_rescale}")
     if a.vae_motion_weight < 0:
         parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
+    if a.generation != "causal":  # a chunked recipe would ignore them: say so rather than train without them
+        given = [name for name in CAUSAL_ONLY if getattr(a, name) != parser.get_default(name)]
+        if given:
+            parser.error(f"--{given[0]} applies to --generation causal only (this recipe is {a.generation})")
     if a.threads:
         torch.set_num_threads(a.threads)
     fill_generation_defaults(a)

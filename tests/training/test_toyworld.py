@@ -33,7 +33,13 @@ def test_the_defaults_are_the_committed_worlds_recipe():
     assert {k: defaults[k] for k in recipe if k not in sized} == {k: v for k, v in recipe.items() if k not in sized}
 
 
-@pytest.mark.parametrize("option, value, message", [("--cond_noise", "-0.1", "--cond_noise must be >= 0"),
+CHUNKED_REFUSES = [("--context_noise", "0", "--context_noise applies to --generation causal only"),
+                   ("--error_prob", "0", "--error_prob applies to --generation causal"),
+                   ("--window", "5", "--window applies to --generation causal")]
+
+
+@pytest.mark.parametrize("option, value, message", CHUNKED_REFUSES + [
+                                                    ("--cond_noise", "-0.1", "--cond_noise must be >= 0"),
                                                     ("--vae_motion_weight", "-0.1", "--vae_motion_weight must be >= 0"),
                                                     ("--serve_guidance", "0.5", "--serve_guidance must be >= 1"),
                                                     ("--serve_guidance", "nan", "--serve_guidance must be >= 1"),
