@@ -29,7 +29,7 @@ def test_gradio_redirects_and_fills_the_loaded_worlds_defaults(make_client):
     client = make_client(world_overrides={"prompt": "a drone over the sea", "steps": 3, "sample": "sand-dunes"},
                          gradio=True)
     response = client.get("/gradio?token=x", follow_redirects=False)
-    assert response.status_code == 307 and response.headers["location"] == "http://testserver/gradio/?token=x"
+    assert response.status_code == 307 and response.headers["location"] == "http://localhost/gradio/?token=x"
     event = client.post("/gradio/gradio_api/call/world_defaults", json={"data": []}).json()["event_id"]
     stream = client.get(f"/gradio/gradio_api/call/world_defaults/{event}").text
     data = json.loads(stream.split("event: complete\ndata: ", 1)[1].splitlines()[0])
