@@ -17,6 +17,7 @@ from typing import Optional
 from safetensors.torch import load_file, save_file
 
 from .action_format import MAGNITUDE_SCALE, check_scale
+from .config_io import read_json_file
 from .controller import ActionControllerConfig, WanActionController
 from .lora import fuse_lora
 
@@ -88,12 +89,7 @@ def load_artifact_config(folder: str) -> ArtifactConfig:
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"artifacts folder {folder!r} has no {CONFIG_NAME}")
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: invalid JSON ({error.msg})") from None
-    return ArtifactConfig.from_dict(data, source=path)
+    return ArtifactConfig.from_dict(read_json_file(path), source=path)
 
 
 def load_controller(folder: str) -> tuple[WanActionController, ArtifactConfig]:

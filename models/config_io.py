@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 
 def config_from_dict(cls, data: dict, what: str):
@@ -11,3 +12,12 @@ def config_from_dict(cls, data: dict, what: str):
     if unknown:
         raise ValueError(f"{what}: unknown field(s) {unknown}; known fields are {sorted(known)}")
     return cls(**data)
+
+
+def read_json_file(path: str):
+    """The parsed JSON of an existing file; invalid JSON is a ValueError naming the file and the line."""
+    with open(path) as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None

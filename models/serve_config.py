@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .config_io import config_from_dict
+from .config_io import config_from_dict, read_json_file
 from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale, check_decoder
 
 SERVE_CONFIG_NAME = "serve.json"
@@ -108,12 +108,7 @@ def load_serve_config(folder: str) -> Optional[ServeConfig]:
     path = os.path.join(folder, SERVE_CONFIG_NAME)
     if not os.path.isfile(path):
         return None
-    with open(path) as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
-    return serve_config_from_dict(data, path)
+    return serve_config_from_dict(read_json_file(path), path)
 
 
 def save_serve_config(folder: str, config: ServeConfig) -> str:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..config_io import config_from_dict
+from ..config_io import config_from_dict, read_json_file
 
 FORMAT = "wanfly-small-decoder"
 CONFIG_FILE = "small_decoder.json"
@@ -207,11 +207,7 @@ def read_small_decoder_json(folder: str) -> dict:
     path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"small decoder folder {folder!r} has no {CONFIG_FILE}")
-    with open(path) as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
+    data = read_json_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: format {data.get('format') if isinstance(data, dict) else None!r} is not "
                          f"{FORMAT!r}")

@@ -56,15 +56,20 @@ def wait_for(predicate, seconds=10.0):
 
 def started_streaming_flight(random_world, tmp_path):
     """(generator, started engine, its one streaming flight, the flight's events) on a GroupGenerator."""
-    world = dataclasses.replace(random_world, fps=1000)
-    generator = GroupGenerator(world)
+    generator = GroupGenerator(dataclasses.replace(random_world, fps=1000))
+    return (generator, *start_solo_flight(generator, tmp_path))
+
+
+def start_solo_flight(generator, tmp_path):
+    """(started engine, its one streaming flight, the flight's events) on ``generator``."""
+    world = generator.world
     engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
     events = []
     solo = Flight(prompt="s", image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
                   timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
     engine.add_flight(solo)
     engine.start()
-    return generator, engine, solo, events
+    return engine, solo, events
 
 
 def test_streaming_flight_gets_frame_groups_before_the_chunk_is_decoded(random_world, tmp_path):
@@ -176,12 +181,7 @@ def test_stop_in_the_middle_of_a_block_records_its_frames_and_steps_alike(causal
     world = dataclasses.replace(causal_world, fps=1000, chunk_frames=9,
                                 causal_settings=CausalSettings(block_frames=2))
     generator = HeldStreamGenerator(world)
-    engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False))
-    events = []
-    solo = Flight(prompt="s", image=Image.new("RGB", (world.width, world.height)), seed=0, steps=1,
-                  timeline=InputTimeline(world.full_scale, world.fps), notify=events.append, stream=True)
-    engine.add_flight(solo)
-    engine.start()
+    engine, solo, events = start_solo_flight(generator, tmp_path)
     try:
         assert wait_for(lambda: len(events) >= 2)  # frames 0..4 sent, the block's last group still decoding
         engine.finish_flight(solo)
