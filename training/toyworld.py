@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error_prob", type=float, default=0.5,
                    help="causal: chance a context frame carries a stored prediction residual (0 = no error buffer)")
     p.add_argument("--error_buffer", type=int, default=256, help="causal: prediction residuals kept")
+    p.add_argument("--first_window", type=float, default=0.25,
+                   help="causal: share of training windows right after the sink (the stream's first blocks)")
+    p.add_argument("--action_change", type=float, default=0.5,
+                   help="causal: share of training windows whose last block starts where the action changes")
+    p.add_argument("--init_dit", default=None,
+                   help="start the DiT and the action controller from this world folder (e.g. the chunked "
+                        "worlds/toy: it knows the stream's first block, image + action -> next frame)")
     p.add_argument("--init_vae", default=None,
                    help="start from this world folder's VAE and skip the VAE stage (e.g. worlds/toy)")
     p.add_argument("--speed", type=float, default=5.0,
@@ -84,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-CAUSAL_ONLY = ("block_frames", "window", "sink", "teacher_forcing", "context_noise", "error_prob", "error_buffer")
+CAUSAL_ONLY = ("block_frames", "window", "sink", "teacher_forcing", "context_noise", "error_prob", "error_buffer",
+               "first_window", "action_change")
 
 
 def fill_generation_defaults(a: argparse.Namespace) -> argparse.Namespace:

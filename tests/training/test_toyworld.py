@@ -35,7 +35,8 @@ def test_the_defaults_are_the_committed_worlds_recipe():
 
 CHUNKED_REFUSES = [("--context_noise", "0", "--context_noise applies to --generation causal only"),
                    ("--error_prob", "0", "--error_prob applies to --generation causal"),
-                   ("--window", "5", "--window applies to --generation causal")]
+                   ("--window", "5", "--window applies to --generation causal"),
+                   ("--action_change", "0", "--action_change applies to --generation causal")]
 
 
 @pytest.mark.parametrize("option, value, message", CHUNKED_REFUSES + [

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from models.action_format import num_actions_for_frames, split_actions
-from models.artifacts import ArtifactConfig, save_action_artifacts
+from models.artifacts import ArtifactConfig, load_controller, save_action_artifacts
 from models.controller import ActionControllerConfig
 from models.options import CausalSettings
 from models.serve_config import ServeConfig, save_serve_config
@@ -130,7 +130,7 @@ def causal_settings(a) -> CausalSettings | None:
 
 def forcing_config(a) -> ForcingConfig:
     return ForcingConfig(teacher_forcing=a.teacher_forcing, context_noise=a.context_noise, error_prob=a.error_prob,
-                         error_buffer=a.error_buffer)
+                         error_buffer=a.error_buffer, first_window=a.first_window, action_change=a.action_change)
 
 
 def build_models(a, config):
@@ -165,6 +165,8 @@ class ToyRun:
             except RuntimeError as error:
                 raise ValueError(f"--init_vae {a.init_vae}: its VAE does not fit --vae_dim {a.vae_dim} "
                                  f"({str(error).splitlines()[0]})") from None
+        if a.init_dit:  # a chunked world has learned the stream's first block: image + action -> next frame
+            self.init_dit_from(a.init_dit)
         self.state = {"stage": "vae", "step": 0, "plan": None, "losses": {"vae": [], "dit": [], "decoder": []},
                       "times": {}}
         self.resume_from = None
@@ -176,6 +178,21 @@ class ToyRun:
             self.pipe.dit.load_state_dict(self.resume_from["dit"])
             self.controller.load_state_dict(self.resume_from["controller"])
             logger.info("resuming at stage %s step %d", self.state["stage"], self.state["step"])
+
+    def init_dit_from(self, folder: str) -> None:
+        """The DiT, its text encoder and the action controller of a world folder of the same architecture and
+        vocabulary (--init_dit)."""
+        parts = (("DiT", self.pipe.dit, lambda: load_world_weights(folder, "dit"), "--dim/--heads/--layers"),
+                 ("text encoder", self.pipe.text_encoder, lambda: load_world_weights(folder, "text_encoder"),
+                  "the vocabulary of the prompts (render the same scenes: --seed, --clips)"),
+                 ("action controller", self.controller, lambda: load_controller(folder)[0].state_dict(),
+                  "--dim/--heads/--layers/--injection_type"))
+        for name, module, weights, hint in parts:
+            try:
+                module.load_state_dict(weights())
+            except RuntimeError as error:
+                raise ValueError(f"--init_dit {folder}: its {name} does not fit this recipe ({hint}): "
+                                 f"{str(error).splitlines()[0]}") from None
 
     # ---- plan ----
     def plan(self, vae_stage, dit_stage) -> dict:
@@ -232,8 +249,9 @@ class ToyRun:
         if self.causal is None:
             return latents[idx], context, binary, magnitude
         rng = random.Random(self.a.seed * 1_000_003 + step)  # a pure function of the step: resumable
-        clips = [sample_window(latents[i:i + 1], binary[k:k + 1], magnitude[k:k + 1], self.causal, rng)
-                 for k, i in enumerate(idx)]
+        forcing = forcing_config(self.a)
+        clips = [sample_window(latents[i:i + 1], binary[k:k + 1], magnitude[k:k + 1], self.causal, rng,
+                               forcing.first_window, forcing.action_change) for k, i in enumerate(idx)]
         return (torch.cat([c[0] for c in clips]), context, torch.cat([c[1] for c in clips]),
                 torch.cat([c[2] for c in clips]))
 

@@ -81,6 +81,10 @@ class TrainConfig:
     error_prob: float = _opt(0.5, "--causal: chance a context frame carries a stored prediction residual (0 = no "
                              "error buffer)", "causal", float)
     error_buffer: int = _opt(256, "--causal: prediction residuals kept", "causal", int)
+    first_window: float = _opt(0.25, "--causal: share of windows starting right after the sink (trains the "
+                               "stream's first blocks)", "causal", float)
+    action_change: float = _opt(0.5, "--causal: share of windows whose last block starts where the commanded "
+                                "action changes (so the context alone cannot predict the motion)", "causal", float)
     # ---- LoRA ---------------------------------------------------------------------------------------------
     lora_base_model: Optional[str] = _opt(None, "'dit' to train a LoRA on the DiT as well", "lora", str, ("dit",))
     lora_target_modules: str = _opt("q,k,v,o,ffn.0,ffn.2", "comma-separated DiT Linear names the LoRA patches",
@@ -303,7 +307,8 @@ def causal_settings(c: TrainConfig) -> Optional[CausalSettings]:
 def forcing_config(c: TrainConfig) -> ForcingConfig:
     try:
         return ForcingConfig(teacher_forcing=c.teacher_forcing, context_noise=c.context_noise,
-                             error_prob=c.error_prob, error_buffer=c.error_buffer)
+                             error_prob=c.error_prob, error_buffer=c.error_buffer, first_window=c.first_window,
+                             action_change=c.action_change)
     except ValueError as error:
         raise ConfigError(_flag_message(error)) from None
 

@@ -6,7 +6,15 @@ T = F - 1 action steps, A actions (8).
 
 A training clip is the sink (frame 0) plus a window of ``window + block_frames`` consecutive frames taken anywhere
 in the video (``sample_window``): once a stream's window is full, that is exactly what a block sees, so a long video
-also teaches the model a first image far in the past. Per clip, one of two modes:
+also teaches the model a first image far in the past. Two biases of where the window sits:
+
+    first_window   share of windows that start right after the sink: the stream's first blocks (context = the
+                   first image only) are then trained too, not only blocks deep into a flight
+    action_change  share of windows whose last block starts where the commanded action changes: with actions held
+                   for several steps, the clean context alone predicts the next frame's motion, and the model
+                   learns to continue the motion instead of following the keys (the first causal toy world did)
+
+Per clip, one of two modes:
 
     diffusion forcing (1 - teacher_forcing)  every block at its own noise level; the loss on every block
     teacher forcing (teacher_forcing)        the last block noised, the earlier ones are context: clean frames plus
@@ -38,9 +46,11 @@ class ForcingConfig:
     context_noise: float = 0.1  # max noise level (sigma) of context frames in teacher forcing; 0 = clean context
     error_prob: float = 0.5  # chance a context frame gets a stored prediction residual; 0 = no error buffer
     error_buffer: int = 256  # residuals kept (frames)
+    first_window: float = 0.25  # share of windows starting right after the sink (the stream's first blocks)
+    action_change: float = 0.5  # share of windows whose last block starts at a change of the commanded action
 
     def __post_init__(self):
-        for name in ("teacher_forcing", "context_noise", "error_prob"):
+        for name in ("teacher_forcing", "context_noise", "error_prob", "first_window", "action_change"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -71,17 +81,31 @@ class ErrorBuffer:
 
 
 def sample_window(latents: torch.Tensor, binary: torch.Tensor, magnitude: torch.Tensor, settings: CausalSettings,
-                  rng: random.Random):
+                  rng: random.Random, first_window: float = 0.0, action_change: float = 0.0):
     """Frame 0 plus ``window + block_frames`` consecutive later frames (all of them when the clip is shorter), with
-    the actions that drive those frames. latents (B, C, F, h, w), actions (B, F-1, A) -> the same, cropped."""
+    the actions that drive those frames. latents (B, C, F, h, w), actions (B, F-1, A) -> the same, cropped.
+    ``first_window``/``action_change``: the shares of windows placed right after the sink / with the last block
+    starting at a change of the commanded action (module docstring); the clips of a batch share one window."""
     frames = latents.shape[2]
     span = settings.window + settings.block_frames
     if frames <= 1 + span:
         return latents, binary, magnitude
-    start = rng.randrange(1, frames - span + 1)  # the window's first frame
+    starts = range(1, frames - span + 1)  # the window's possible first frames
+    if rng.random() < first_window:
+        start = 1
+    else:
+        changes = [s for s in starts if _action_changes(binary, magnitude, s + settings.window - 1)]
+        start = rng.choice(changes if changes and rng.random() < action_change else starts)
     keep = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + span)])  # (1 + span,)
     steps = keep[1:] - 1  # action t drives frame t + 1
     return latents[:, :, keep], binary[:, steps], magnitude[:, steps]
+
+
+def _action_changes(binary: torch.Tensor, magnitude: torch.Tensor, step: int) -> bool:
+    """Whether the action of ``step`` (B, T, A) differs from the one before it in any clip of the batch."""
+    if step < 1:
+        return True
+    return bool((binary[:, step] != binary[:, step - 1]).any() or (magnitude[:, step] != magnitude[:, step - 1]).any())
 
 
 def causal_loss(dit, controller, scheduler, latents: torch.Tensor, context: torch.Tensor, binary: torch.Tensor,

@@ -13,6 +13,7 @@ from training.evaluation.suite import generate_clip, suite_actions, suite_magnit
 from training.smallworld import recipe as toyworld
 from training.smallworld import stages as toyworld_stages
 from training.toyworld import build_parser as toyworld_parser
+from training.toyworld import fill_generation_defaults
 from training.toyworld import main as toyworld_main
 
 YAW_MIN, PITCH_MIN = 0.3, 0.3  # degrees per interval read back by optical flow (asked for ~9: it moves less)
@@ -96,6 +97,23 @@ def test_recipe_is_deterministic_and_an_interrupted_run_resumes_to_the_same_worl
         assert first[name].keys() == second[name].keys()
         for key in first[name]:
             assert torch.equal(first[name][key], second[name][key]), (name, key)
+
+
+def test_a_causal_world_starts_from_a_chunked_worlds_dit_and_controller(tmp_path):
+    """--init_dit: the stream's first block is the chunked world's task, so a causal run can start from it."""
+    base, causal = str(tmp_path / "base"), str(tmp_path / "causal")
+    assert toyworld_main(_tiny_recipe(base, "--generation", "chunked", "--frames", "9")) == 0  # the same scenes
+    args = _tiny_recipe(causal, *GENERATIONS["causal"], "--init_dit", base, "--init_vae", base)
+    run = toyworld.ToyRun(fill_generation_defaults(toyworld_parser().parse_args(args)))
+    chunked = _weights(base)
+    for name, module in (("dit.safetensors", run.pipe.dit), ("action_controller.safetensors", run.controller)):
+        state = module.state_dict()
+        assert all(torch.equal(state[k], chunked[name][k]) for k in chunked[name]), name
+    assert toyworld_main(args) == 0
+    recipe = json.load(open(os.path.join(causal, "world_config.json")))["recipe"]
+    assert recipe["init_dit"] == base and recipe["generation"] == "causal"
+    with pytest.raises(ValueError, match="--init_dit"):
+        toyworld_main(_tiny_recipe(str(tmp_path / "wider"), *GENERATIONS["causal"], "--dim", "96", "--init_dit", base))
 
 
 def test_committed_toy_world_follows_opposite_actions():

@@ -33,6 +33,34 @@ def test_a_window_is_the_sink_plus_consecutive_frames_with_their_actions():
     assert short[0].shape[2] == 3  # a clip shorter than sink + window + block is taken whole
 
 
+def held_clip(frames: int, change_at: int):
+    """Forward held, then Right from action step ``change_at`` on: one change of the commanded action."""
+    latents = torch.arange(frames, dtype=torch.float32).view(1, 1, frames, 1, 1).expand(1, 48, frames, 4, 4)
+    raw = torch.cat([constant_actions(1, {"Forward" if t < change_at else "Right": 0.01}) for t in range(frames - 1)])
+    return (latents.clone(), *split_actions(raw[None]))  # (1, C, F, h, w), (1, F-1, 8) x 2
+
+
+def test_first_windows_start_right_after_the_sink():
+    settings = CausalSettings(block_frames=1, window=2)
+    for seed in range(10):
+        window, _, _ = sample_window(*clip(9), settings, random.Random(seed), first_window=1.0)
+        assert window[0, 0, :, 0, 0].long().tolist() == [0, 1, 2, 3]  # the stream's first blocks
+
+
+def test_action_change_windows_end_on_a_block_whose_action_is_new():
+    settings = CausalSettings(block_frames=1, window=2)
+    starts = set()
+    for seed in range(20):
+        window, binary, _ = sample_window(*held_clip(12, change_at=6), settings, random.Random(seed),
+                                          action_change=1.0)
+        starts.add(int(window[0, 0, 1, 0, 0]))
+        assert not torch.equal(binary[0, -1], binary[0, -2])  # the last block's action differs from the context's
+    assert starts == {5}  # the only window whose last block is driven by step 6: frames 5, 6, 7
+    anywhere = {int(sample_window(*held_clip(12, change_at=6), settings, random.Random(seed))[0][0, 0, 1, 0, 0])
+                for seed in range(40)}
+    assert len(anywhere) > 3  # without the bias, windows sit anywhere
+
+
 def test_error_buffer_keeps_the_newest_residuals():
     buffer = ErrorBuffer(3)
     buffer.add(torch.arange(5.0).view(5, 1, 1, 1))
@@ -41,7 +69,7 @@ def test_error_buffer_keeps_the_newest_residuals():
 
 
 @pytest.mark.parametrize("field, value", [("teacher_forcing", 1.5), ("context_noise", -0.1), ("error_prob", "a"),
-                                          ("error_buffer", 0)])
+                                          ("error_buffer", 0), ("first_window", 2.0), ("action_change", -1)])
 def test_forcing_values_are_checked_by_name(field, value):
     with pytest.raises(ValueError, match=field):
         ForcingConfig(**{field: value})
