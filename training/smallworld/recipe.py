@@ -253,7 +253,7 @@ class ToyRun:
         clips = [sample_window(latents[i:i + 1], binary[k:k + 1], magnitude[k:k + 1], self.causal, rng,
                                forcing.first_window, forcing.action_change) for k, i in enumerate(idx)]
         return (torch.cat([c[0] for c in clips]), context, torch.cat([c[1] for c in clips]),
-                torch.cat([c[2] for c in clips]))
+                torch.cat([c[2] for c in clips]), torch.tensor([c[3] for c in clips]))
 
     # ---- one stage on the shared loop ----
     def run_stage(self, name: str, module, make_batch, total: int, lr: float):

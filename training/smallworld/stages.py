@@ -110,7 +110,7 @@ class DitStage(torch.nn.Module):
         pipe.scheduler.set_timesteps(1000, training=True)
 
     def forward(self, batch) -> torch.Tensor:
-        latents, context, binary, magnitude = batch
+        latents, context, binary, magnitude, *adjacent = batch  # adjacent (B,): sample_window's, when given
         if not self.pipe.scheduler.training:
             self.pipe.scheduler.set_timesteps(1000, training=True)
         first = latents[:, :, :1].clone()  # (B, 48, 1, h, w)
@@ -138,13 +138,13 @@ class CausalDitStage(torch.nn.Module):
         pipe.scheduler.set_timesteps(1000, training=True)
 
     def forward(self, batch, forcing: ForcingConfig | None = None) -> torch.Tensor:
-        latents, context, binary, magnitude = batch
+        latents, context, binary, magnitude, *adjacent = batch  # adjacent (B,): sample_window's, when given
         if not self.pipe.scheduler.training:
             self.pipe.scheduler.set_timesteps(1000, training=True)
         forcing = forcing or self.forcing
         errors = self.errors if forcing.error_prob > 0 else None
         return causal_loss(self.dit, self.controller, self.pipe.scheduler, latents, context, binary, magnitude,
-                           self.settings, forcing, errors)
+                           self.settings, forcing, errors, adjacent=adjacent[0] if adjacent else None)
 
 
 @torch.no_grad()

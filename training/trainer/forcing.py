@@ -9,7 +9,11 @@ in the video (``sample_window``): once a stream's window is full, that is exactl
 also teaches the model a first image far in the past. Two biases of where the window sits:
 
     first_window   share of windows that start right after the sink: the stream's first blocks (context = the
-                   first image only) are then trained too, not only blocks deep into a flight
+                   first image only) are then trained too, not only blocks deep into a flight. A window further
+                   in leaves its first frame with no predecessor to see (only the far sink): one step's action,
+                   a motion relative to the frame before, cannot be read there, so that frame is kept out of the
+                   loss (trained on, it teaches the model to ignore the actions: the second causal toy world
+                   lost most of its action effect that way, docs/toyworld.md)
     action_change  share of windows whose last block starts where the commanded action changes: with actions held
                    for several steps, the clean context alone predicts the next frame's motion, and the model
                    learns to continue the motion instead of following the keys (the first causal toy world did)
@@ -83,13 +87,14 @@ class ErrorBuffer:
 def sample_window(latents: torch.Tensor, binary: torch.Tensor, magnitude: torch.Tensor, settings: CausalSettings,
                   rng: random.Random, first_window: float = 0.0, action_change: float = 0.0):
     """Frame 0 plus ``window + block_frames`` consecutive later frames (all of them when the clip is shorter), with
-    the actions that drive those frames. latents (B, C, F, h, w), actions (B, F-1, A) -> the same, cropped.
+    the actions that drive those frames. latents (B, C, F, h, w), actions (B, F-1, A) -> the same, cropped, and
+    whether the window's first frame directly follows the sink in the video (``causal_loss``'s ``adjacent``).
     ``first_window``/``action_change``: the shares of windows placed right after the sink / with the last block
     starting at a change of the commanded action (module docstring); the clips of a batch share one window."""
     frames = latents.shape[2]
     span = settings.window + settings.block_frames
     if frames <= 1 + span:
-        return latents, binary, magnitude
+        return latents, binary, magnitude, True
     starts = range(1, frames - span + 1)  # the window's possible first frames
     if rng.random() < first_window:
         start = 1
@@ -98,7 +103,7 @@ def sample_window(latents: torch.Tensor, binary: torch.Tensor, magnitude: torch.
         start = rng.choice(changes if changes and rng.random() < action_change else starts)
     keep = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + span)])  # (1 + span,)
     steps = keep[1:] - 1  # action t drives frame t + 1
-    return latents[:, :, keep], binary[:, steps], magnitude[:, steps]
+    return latents[:, :, keep], binary[:, steps], magnitude[:, steps], start == 1
 
 
 def _action_changes(binary: torch.Tensor, magnitude: torch.Tensor, step: int) -> bool:
@@ -111,11 +116,13 @@ def _action_changes(binary: torch.Tensor, magnitude: torch.Tensor, step: int) ->
 def causal_loss(dit, controller, scheduler, latents: torch.Tensor, context: torch.Tensor, binary: torch.Tensor,
                 magnitude: torch.Tensor, settings: CausalSettings, forcing: ForcingConfig,
                 errors: Optional[ErrorBuffer] = None, rng: Optional[random.Random] = None,
-                use_gradient_checkpointing: bool = False) -> torch.Tensor:
+                use_gradient_checkpointing: bool = False, adjacent: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The flow-matching loss of a block-causal clip. ``latents`` (B, C, F, h, w) clean, frame 0 the first image;
     ``context`` (B, S, D_text); ``binary``/``magnitude`` (B, F-1, A) scaled; ``scheduler`` in training mode
     (diffsynth's Wan FlowMatchScheduler: sigma = timestep / 1000). Randomness: torch's RNG for noise and
-    timesteps, ``rng`` for the mode and the error buffer."""
+    timesteps, ``rng`` for the mode and the error buffer. ``adjacent`` (B,) bool: whether frame 1 directly
+    follows frame 0 in the video (``sample_window``; default: all do); where not, frame 1 stays out of the loss
+    (module docstring)."""
     rng = rng or random.Random(int(torch.randint(0, 2 ** 31, (1,))))
     B, _, frames, _, _ = latents.shape
     block = block_of_frames(frames, settings.block_frames).to(latents.device)  # (F,)
@@ -128,6 +135,8 @@ def causal_loss(dit, controller, scheduler, latents: torch.Tensor, context: torc
     block_t = torch.where(teacher[:, None] & ~last[None], context_t, block_t)  # (B, blocks)
     timesteps = torch.cat([torch.zeros(B, 1, device=latents.device), block_t[:, block[1:] - 1]], 1)  # (B, F)
     in_loss = torch.where(teacher[:, None], (block == blocks)[None], (block > 0)[None])  # (B, F)
+    if adjacent is not None:  # a first frame far from the sink, with no predecessor in view: not a stream's task
+        in_loss[:, 1] &= adjacent.to(latents.device) | teacher
 
     clean = latents.clone()
     if errors is not None and len(errors) and forcing.error_prob > 0:

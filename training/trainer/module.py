@@ -147,12 +147,12 @@ class ActionTrainingModule(DiffusionTrainingModule):
 
     def causal_loss(self, shared: dict, posi: dict) -> torch.Tensor:
         """--causal: the block-causal objective (``training.trainer.forcing``) on the sink + a window of the clip."""
-        latents, binary, magnitude = sample_window(shared["input_latents"], shared["action_binary"],
-                                                   shared["action_magnitude"], self.causal, random,
-                                                   self.forcing.first_window, self.forcing.action_change)
+        latents, binary, magnitude, adjacent = sample_window(shared["input_latents"], shared["action_binary"],
+                                                             shared["action_magnitude"], self.causal, random,
+                                                             self.forcing.first_window, self.forcing.action_change)
         return causal_loss(self.pipe.dit, self.pipe.action_controller, self.pipe.scheduler, latents,
                            posi["context"], binary, magnitude, self.causal, self.forcing, self.errors,
-                           use_gradient_checkpointing=True)
+                           use_gradient_checkpointing=True, adjacent=torch.tensor([adjacent] * len(latents)))
 
     def _autocast(self):
         dtype = self.pipe.torch_dtype

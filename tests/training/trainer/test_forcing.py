@@ -23,7 +23,7 @@ def test_a_window_is_the_sink_plus_consecutive_frames_with_their_actions():
     settings = CausalSettings(block_frames=1, window=2)
     starts = set()
     for seed in range(30):
-        window, b, m = sample_window(latents, binary, magnitude, settings, random.Random(seed))
+        window, b, m, _ = sample_window(latents, binary, magnitude, settings, random.Random(seed))
         frames = window[0, 0, :, 0, 0].long().tolist()
         assert len(frames) == 4 and frames[0] == 0 and frames[1:] == list(range(frames[1], frames[1] + 3))
         assert torch.allclose(m[0, :, 0], torch.tensor([0.1 * f for f in frames[1:]]))  # action t drives frame t+1
@@ -43,18 +43,18 @@ def held_clip(frames: int, change_at: int):
 def test_first_windows_start_right_after_the_sink():
     settings = CausalSettings(block_frames=1, window=2)
     for seed in range(10):
-        window, _, _ = sample_window(*clip(9), settings, random.Random(seed), first_window=1.0)
-        assert window[0, 0, :, 0, 0].long().tolist() == [0, 1, 2, 3]  # the stream's first blocks
+        window, _, _, adjacent = sample_window(*clip(9), settings, random.Random(seed), first_window=1.0)
+        assert window[0, 0, :, 0, 0].long().tolist() == [0, 1, 2, 3] and adjacent  # the stream's first blocks
 
 
 def test_action_change_windows_end_on_a_block_whose_action_is_new():
     settings = CausalSettings(block_frames=1, window=2)
     starts = set()
     for seed in range(20):
-        window, binary, _ = sample_window(*held_clip(12, change_at=6), settings, random.Random(seed),
+        window, binary, _, adjacent = sample_window(*held_clip(12, change_at=6), settings, random.Random(seed),
                                           action_change=1.0)
         starts.add(int(window[0, 0, 1, 0, 0]))
-        assert not torch.equal(binary[0, -1], binary[0, -2])  # the last block's action differs from the context's
+        assert not torch.equal(binary[0, -1], binary[0, -2]) and not adjacent  # the last block's action is new
     assert starts == {5}  # the only window whose last block is driven by step 6: frames 5, 6, 7
     anywhere = {int(sample_window(*held_clip(12, change_at=6), settings, random.Random(seed))[0][0, 0, 1, 0, 0])
                 for seed in range(40)}
@@ -99,6 +99,24 @@ def test_teacher_forcing_noises_the_last_block_only_and_fills_the_error_buffer(m
     causal_loss(pipe.dit, pipe.action_controller, scheduler, latents, torch.zeros(2, 8, 32), binary, magnitude,
                 settings, diffusion, None, random.Random(0))
     assert (seen["timesteps"][:, 0] == 0).all() and len(set(seen["timesteps"][0, 1:].tolist())) == 3
+
+
+def test_a_first_frame_far_from_the_sink_stays_out_of_the_diffusion_forcing_loss(monkeypatch):
+    """Its action (a motion relative to a frame it cannot see) is unreadable: trained on, it teaches ignoring keys."""
+    pipe = build_pipeline(preset="tiny")
+    scheduler = FlowMatchScheduler("Wan")
+    scheduler.set_timesteps(1000, training=True)
+    monkeypatch.setattr(forcing_lib, "model_fn_causal", lambda dit, ctrl, noisy, *a, **k: torch.zeros_like(noisy))
+    latents, binary, magnitude = clip(4)
+    diffusion = ForcingConfig(teacher_forcing=0.0, context_noise=0.0, error_prob=0.0)
+    in_loss = {}
+    for adjacent in (True, False):
+        errors = ErrorBuffer(16)  # one residual per frame in the loss
+        causal_loss(pipe.dit, pipe.action_controller, scheduler, latents, torch.zeros(2, 8, 32), binary, magnitude,
+                    CausalSettings(block_frames=1, window=2), diffusion, errors, random.Random(0),
+                    adjacent=torch.tensor([adjacent, True]))
+        in_loss[adjacent] = len(errors)
+    assert in_loss == {True: 6, False: 5}  # frames 1-3 of both clips; frame 1 of the far clip left out
 
 
 def test_the_loss_trains_the_dit_and_the_controller():
