@@ -17,7 +17,7 @@ from models.options import CausalSettings
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
 from server.app import create_app
-from server.generation import worlds
+from server.generation import world_args, worlds
 from server.generation.generators import GenRequest, PipelineGenerator
 from server.generation.worlds import check_world, load_world, with_generation, world_summary
 from server.settings import Settings
@@ -115,7 +115,8 @@ def test_a_world_that_cannot_load_is_reported_by_readyz_without_a_traceback(worl
 
 
 def test_server_registers_the_toy_world():
-    assert "toy" in worlds.WORLD_FACTORIES and worlds.default_world() == "toy"
+    assert "toy" in worlds.WORLD_FACTORIES and world_args.default_world() == "toy"
+    assert world_args.WORLD_FACTORIES is worlds.WORLD_FACTORIES  # one registry, checked before the model loads
 
 
 def test_a_serve_json_with_an_unknown_field_is_refused_naming_it(world_folder):
