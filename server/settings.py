@@ -66,6 +66,8 @@ class Settings:
     compile: bool = False  # torch.compile the DiT blocks and the controller; compiled during the warm-up
     decoder: Optional[str] = None  # "wan" (the world's VAE decoder) | "small" (its distilled one); None = serve.json
     decode_device: Optional[str] = None  # decode on another device, e.g. cuda:1 (None = the world's device)
+    decode_overlap: Optional[bool] = None  # causal: a block decodes on its own lane (a second CUDA stream, or the
+    #   decode device) while the worker makes the next block; unset = on when the world or --decode_device is CUDA
     jpeg_device: str = "auto"  # JPEG encoding: auto = the world's GPU when it runs on one, else cpu (simplejpeg)
     fp8: bool = False  # FP8 weights and activations in the DiT's linear layers (H100-class GPUs; models.fp8)
     # capacity

@@ -70,6 +70,8 @@ class World:
     generation: str = "chunked"  # "chunked" | "causal" (models.serve_config.GENERATIONS)
     causal_settings: CausalSettings = field(default_factory=CausalSettings)  # blocks, window, sink (causal only)
     decoder: str = "wan"  # "wan" (the VAE decoder) | "small" (the world's distilled one; models.frames)
+    decode_overlap: bool = False  # causal: each block decodes on its stream's lane (models.frames.lane) while the
+    #   worker makes the next block
     warm: bool = False  # set by server.generation.generators.warm_up
 
     @property
@@ -189,8 +191,9 @@ def load_world(settings: Settings) -> World:
 
 
 def with_frame_path(world: World, settings: Settings) -> World:
-    """The decoder (``--decoder``, else the world's serve.json), ``--decode_device`` and ``--fp8`` applied to the
-    world's pipeline; ValueError naming the option when the world cannot (no small decoder, no FP8 GPU)."""
+    """The decoder (``--decoder``, else the world's serve.json), ``--decode_device``, ``--fp8`` and
+    ``--decode_overlap`` applied to the world's pipeline; ValueError naming the option when the world cannot (no
+    small decoder, no FP8 GPU)."""
     import torch
     pipe = world.pipe
     for folder in (settings.model_dir, settings.artifacts):  # the real model's small decoder, if one was made
@@ -209,7 +212,10 @@ def with_frame_path(world: World, settings: Settings) -> World:
             raise ValueError(f"fp8: the world runs on {world.device}; FP8 matmuls need a CUDA GPU of compute "
                              f"capability 8.9 or newer (H100, H200, L40S, ...)")
         quantize_dit_linears(pipe.dit)
-    return replace(world, decoder=decoder)
+    overlap = settings.decode_overlap
+    if overlap is None:  # a second CUDA stream pays off on a GPU; on the CPU the cores are already all busy
+        overlap = any(str(device).startswith("cuda") for device in (world.device, settings.decode_device))
+    return replace(world, decoder=decoder, decode_overlap=overlap)
 
 
 def describe_generation(world: World) -> str:
@@ -272,4 +278,5 @@ def world_summary(world: Optional[World]) -> dict:
             "generation": world.generation, "block_frames": world.causal_settings.block_frames,
             "window": world.causal_settings.window, "sink": world.causal_settings.sink,
             "full_scale": list(world.full_scale),
-            "full_scale_source": world.full_scale_source, "max_frames": world.max_frames, "decoder": world.decoder}
+            "full_scale_source": world.full_scale_source, "max_frames": world.max_frames, "decoder": world.decoder,
+            "decode_overlap": world.decode_overlap}

@@ -56,7 +56,7 @@ def test_help_describes_every_option_from_the_settings_class():
     helps, groups = field_help()
     assert set(helps) == set(Settings.__dataclass_fields__) and all(len(text) > 10 for text in helps.values()), helps
     assert helps["max_sessions"].endswith("from the measured per-stream memory for causal ones")  # continued lines
-    assert groups["speed"] == ["compile", "decoder", "decode_device", "jpeg_device", "fp8"]
+    assert groups["speed"] == ["compile", "decoder", "decode_device", "decode_overlap", "jpeg_device", "fp8"]
     assert "port" in groups["where and what to serve"]
     text = build_parser().format_help()
     assert text.splitlines()[0] == "usage: python -m server [--option VALUE ...]" and "``" not in text
