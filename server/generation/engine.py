@@ -25,9 +25,8 @@ JPEG encoding, recording and hand-off to the connection run on the delivery thre
 hand-off (``flight.notify``) must never block: the worker never waits for a client. Frames arrive in groups as the
 VAE decodes them (``models.streaming``); each group goes to the delivery thread at once, so JPEG encoding overlaps
 decoding. A flight created with ``stream=True`` also gets each group on the wire at once; otherwise the chunk is
-handed over whole when it is complete. With ``World.decode_overlap`` (``--decode_overlap``, on by default with CUDA)
-a causal block's decode runs on its stream's lane (``models.frames.lane``: a second CUDA stream, or
-``--decode_device``) while the worker goes on to the next turn, and the delivery thread waits for its frames in order.
+handed over whole when it is complete. ``--decode_overlap`` (default on with CUDA): a causal block decodes on its
+stream's lane (``models.frames.lane``) while the worker goes on; the delivery thread takes its frames in order.
 """
 from __future__ import annotations
 
@@ -335,10 +334,10 @@ class Engine:
         self._unless_stopped(flight, self._delivery.close_chunk, chunk, turn_s)
 
     def _run_block_overlapped(self, flight: Flight, raw, input_seq: int, started: float) -> None:
-        """``_run_block`` with the decode on the stream's lane: the worker denoises the block and writes its cache
-        while the lane decodes the flight's previous block, waits for that one (so at most one block per flight
-        decodes behind the worker), opens the new block's chunk and moves on; the delivery thread hands its groups
-        over once decoded. A failed decode stops the flight here, at its next turn, before another chunk opens."""
+        """``_run_block`` with the decode on the stream's lane: the worker denoises while the lane decodes the
+        flight's previous block, waits for that one (at most one block per flight decodes behind), opens the chunk
+        and moves on; the delivery thread hands the groups over once decoded. A failed decode stops the flight here,
+        at its next turn, before another chunk opens."""
         groups = flight.world_stream.step_async(raw)  # a Future of the block's frame groups
         previous, flight.decoding = flight.decoding, groups
         if previous is not None and previous.exception() is not None:  # waits for it
