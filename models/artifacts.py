@@ -20,10 +20,8 @@ from .action_format import MAGNITUDE_SCALE, check_scale
 from .config_io import read_json_file
 from .controller import ActionControllerConfig, WanActionController
 from .lora import fuse_lora
+from .model_dir import CONFIG_NAME, CONTROLLER_NAME, LORA_NAME  # the folder's file names live with no torch
 
-CONFIG_NAME = "action_train_config.json"
-CONTROLLER_NAME = "action_controller.safetensors"
-LORA_NAME = "lora.safetensors"
 DEFAULT_BASE_MODEL_ID = "Wan-AI/Wan2.2-TI2V-5B"
 
 

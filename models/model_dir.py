@@ -1,7 +1,8 @@
-"""The original Wan2.2-TI2V-5B folder layout (as its publisher ships it), the DiT's settings, and the check of a
-folder against the layout.
+"""The original Wan2.2-TI2V-5B folder layout (as its publisher ships it), the DiT's settings, the check of a
+folder against the layout, and the file names of a training run's artifacts folder (``models.artifacts``).
 
-No torch or diffsynth here, so command lines can check a ``--model_dir`` before they load anything heavy.
+No torch or diffsynth here, so command lines can check a ``--model_dir`` or ``--artifacts`` before they load anything
+heavy.
 """
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ MODEL_DIR_LAYOUT = {
     "vae": "Wan2.2_VAE.pth",
     "tokenizer": "google/umt5-xxl/",
 }
+
+# A training run's artifacts folder (written and read by models.artifacts).
+CONFIG_NAME = "action_train_config.json"
+CONTROLLER_NAME = "action_controller.safetensors"
+LORA_NAME = "lora.safetensors"
 
 
 # The Wan2.2-TI2V-5B DiT (diffsynth's registered config for it).

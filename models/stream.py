@@ -8,9 +8,9 @@ sink, and decodes it (the flight's frame 0). Each ``step(actions)`` then makes o
 denoising steps of the block's tokens against the cached context (``models.causal.forward_block``) -> its frames
 through the decoder that never restarts (``models.streaming.StreamDecoder``, or the small decoder of
 ``models.frames``: ``pipe.use_decoder``) -> one clean pass at timestep 0 that
-writes the block's keys and values into the cache (the window rolls). With ``overlap`` the cache write comes first
-and the decode runs on a lane (``models.frames.lane``: a second CUDA stream or the decode device) while the caller
-makes the next block (``step_async``). Nothing is ever re-encoded: the model sees
+writes the block's keys and values into the cache (the window rolls). With ``overlap`` the decode runs on a lane
+(``models.frames.lane``: a second CUDA stream or the decode device) beside the cache write and the caller's next
+block (``step_async``). Nothing is ever re-encoded: the model sees
 its own latents, not decoded frames. Memory per stream is constant: the cache is a fixed ring, the decoder keeps
 the last frames of each causal conv, and with ``keep_latents=False`` no history is kept at all.
 """
@@ -122,14 +122,16 @@ class WorldStream:
         self._commit()
 
     def step_async(self, actions) -> Future:
-        """The next block with its decode on the lane (a stream opened with ``overlap=True``): denoised and its keys
-        and values written now, then a Future of its frame groups (``step_iter``'s) is returned at once, so the
-        caller can make the next block while this one decodes (on a second CUDA stream or ``decode_device``)."""
+        """The next block with its decode on the lane (a stream opened with ``overlap=True``): denoised now, its
+        decode submitted, its keys and values written while it decodes, then a Future of its frame groups
+        (``step_iter``'s), so the caller can make the next block while this one decodes (on a second CUDA stream or
+        ``decode_device``)."""
         if self.lane is None:
             raise ValueError("step_async: the stream was opened without overlap=True")
         x, first = self._block(actions)  # (1, C, b, h, w)
-        self._commit()  # nothing waits for the decode now: the cache write goes first
-        return self.lane.submit(lambda latents: self._decode_groups(latents, first), x)
+        groups = self.lane.submit(lambda latents: self._decode_groups(latents, first), x)
+        self._commit()  # beside the decode: the first frames do not wait for the cache write (only reads x)
+        return groups
 
     def _decode_groups(self, x: torch.Tensor, first: bool) -> list[np.ndarray]:
         groups = [self._first_frames] if first else []

@@ -1,4 +1,4 @@
-"""The FastAPI app: ``create_app(settings, world=None)``.
+"""The FastAPI app: ``create_app(settings, world=None)``; ``app_from_env`` is the same for uvicorn's factory mode.
 
 Routes: ``/ws`` (flight), ``/api/config``, ``POST /generate``, ``/jobs/{id}``, ``/jobs/{id}/video``,
 ``/recordings`` (the listing), ``/recordings/{id}.mp4|json``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus),
@@ -206,6 +206,14 @@ def public_config(state: AppState) -> dict:
         "token_required": s.token is not None,
         "gradio": s.gradio,
     }
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's app factory (``uvicorn server.app:app_from_env --factory``): ``create_app`` with the settings of the
+    ``WANFLY_*`` environment. ``python -m server`` checks its options, binds the port and logs, then puts its settings
+    there (``Settings.to_env``) and names this factory to uvicorn, so that this module, which imports torch and
+    diffsynth (seconds), loads only after all that."""
+    return create_app(Settings.from_args([]))
 
 
 def create_app(settings: Settings = None, world: World = None, routes: APIRouter | None = None) -> FastAPI:

@@ -21,7 +21,8 @@ import numpy as np
 from models.action_format import num_frames_for_actions, parse_actions
 from models.media import fit_image
 from server.generation.generators import GenRequest, PipelineGenerator, check_video_steps
-from server.generation.worlds import check_world_args, load_world
+from server.generation.world_args import check_world_args
+from server.generation.worlds import load_world
 from server.inputs import parse_action_spec
 from server.media.images import decode_image_bytes, load_sample
 from server.media.recording import write_mp4

@@ -66,6 +66,8 @@ class Settings:
     compile: bool = False  # torch.compile the DiT blocks and the controller; compiled during the warm-up
     decoder: Optional[str] = None  # "wan" (the world's VAE decoder) | "small" (its distilled one); None = serve.json
     decode_device: Optional[str] = None  # decode on another device, e.g. cuda:1 (None = the world's device)
+    decode_overlap: Optional[bool] = None  # causal: a block decodes on its own lane (a second CUDA stream, or the
+    #   decode device) while the worker makes the next block; unset = on when the world or --decode_device is CUDA
     jpeg_device: str = "auto"  # JPEG encoding: auto = the world's GPU when it runs on one, else cpu (simplejpeg)
     fp8: bool = False  # FP8 weights and activations in the DiT's linear layers (H100-class GPUs; models.fp8)
     # capacity
@@ -107,6 +109,8 @@ class Settings:
     log_level: str = "info"  # debug, info, warning or error
 
     def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
         for name in ("max_steps", "max_job_frames", "send_queue_frames", "max_message_bytes",
                      "max_upload_bytes", "max_prompt_chars", "jobs_kept", "recordings_kept"):
             if getattr(self, name) < 1:
@@ -153,6 +157,12 @@ class Settings:
         """uvicorn's WebSocket message cap: a start message carrying the largest allowed image as a data URL."""
         return self.max_upload_bytes * 4 // 3 + self.max_prompt_chars * 4 + 64 * 1024
 
+    def to_env(self) -> dict[str, Optional[str]]:
+        """Every field as its ``WANFLY_<NAME>`` variable's text (None: unset, the field is None), so that
+        ``Settings.from_args([], env=...)`` gives these settings back: how ``python -m server`` hands the settings
+        it checked to the app factory uvicorn imports (``server.app.app_from_env``)."""
+        return {ENV_PREFIX + f.name.upper(): _text(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     @classmethod
     def from_args(cls, argv=None, env=None, error=None, parser=None) -> "Settings":
         """Settings from the command line and WANFLY_* variables; a bad value exits 2 through ``error`` (default:
@@ -186,6 +196,17 @@ def _convert(f: dataclasses.Field, text: str):
     if typing.get_origin(kind) is list:
         return [part.strip() for part in text.split(",") if part.strip()]
     return kind(text)
+
+
+def _text(value) -> Optional[str]:
+    """A field's value as ``_convert`` reads it back."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)  # str(float) is the shortest text that reads back to the same float
 
 
 def _from_env(env) -> dict:

@@ -28,10 +28,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(*args: str, timeout: float = 90.0, threads: int = 1, log_path=None):
-    """Yield the base URL of ``python -m server --host 127.0.0.1 --port <free> *args`` once /readyz says ready;
-    the process is terminated afterwards. Its output goes to ``log_path`` (or is discarded)."""
-    with _process("server", args, timeout, threads, log_path, ready=None) as base:
+def server_process(*args: str, timeout: float = 90.0, threads: int = 1, log_path=None, python_options=()):
+    """Yield the base URL of ``python [python_options] -m server --host 127.0.0.1 --port <free> *args`` once /readyz
+    says ready; the process is terminated afterwards. Its output goes to ``log_path`` (or is discarded)."""
+    with _process("server", args, timeout, threads, log_path, ready=None, python_options=python_options) as base:
         yield base
 
 
@@ -47,10 +47,11 @@ def cluster_process(*args: str, replicas: int = 2, timeout: float = 180.0, threa
 
 
 @contextlib.contextmanager
-def _process(module: str, args, timeout: float, threads: int, log_path, ready: Optional[Callable[[dict], bool]]):
+def _process(module: str, args, timeout: float, threads: int, log_path, ready: Optional[Callable[[dict], bool]],
+             python_options=()):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port),
+    command = [sys.executable, *python_options, "-m", module, "--host", "127.0.0.1", "--port", str(port),
                "--threads", str(threads), "--log_level", "warning",
                *([] if "--world" in args else ["--world", "random"]), *args]  # tests fly the fast random preset
     log = open(log_path, "w") if log_path else subprocess.DEVNULL

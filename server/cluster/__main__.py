@@ -22,7 +22,7 @@ from server.cluster.options import (
     parse_args,
     replica_count,
 )
-from server.generation.worlds import check_world_args, with_world_resolved
+from server.generation.world_args import check_world_args, with_world_resolved
 from server.settings import REPO_ROOT
 
 log = logging.getLogger("wanfly.cluster")

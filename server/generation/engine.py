@@ -25,7 +25,8 @@ JPEG encoding, recording and hand-off to the connection run on the delivery thre
 hand-off (``flight.notify``) must never block: the worker never waits for a client. Frames arrive in groups as the
 VAE decodes them (``models.streaming``); each group goes to the delivery thread at once, so JPEG encoding overlaps
 decoding. A flight created with ``stream=True`` also gets each group on the wire at once; otherwise the chunk is
-handed over whole when it is complete.
+handed over whole when it is complete. ``--decode_overlap`` (default on with CUDA): a causal block decodes on its
+stream's lane (``models.frames.lane``) while the worker goes on; the delivery thread takes its frames in order.
 """
 from __future__ import annotations
 
@@ -167,8 +168,8 @@ class Engine:
     def _release(self, flight: Flight) -> None:
         """Close a stopped flight's stream (its caches go); under the lock, never while its turn runs."""
         if flight.world_stream is not None:
-            flight.world_stream.close()
-            flight.world_stream = None
+            flight.world_stream.close()  # after the decodes on its lane
+            flight.world_stream = flight.decoding = None
             self.metrics.set("wanfly_streams_open", self.metrics.value("wanfly_streams_open") - 1)
 
     def remove_flight(self, flight: Flight) -> None:
@@ -314,6 +315,8 @@ class Engine:
                 flight.world_stream = stream
                 self.metrics.set("wanfly_streams_open", self.metrics.value("wanfly_streams_open") + 1)
         raw, input_seq = flight.timeline.block_actions(self.world.causal_settings.block_frames)  # (b, 2, 8)
+        if self.world.decode_overlap:
+            return self._run_block_overlapped(flight, raw, input_seq, started)
         chunk, first_s = None, 0.0
         for group in flight.world_stream.step_iter(raw):  # (n, H, W, 3) per latent frame; the cache write follows
             if chunk is None:
@@ -328,6 +331,32 @@ class Engine:
         self.metrics.inc("wanfly_chunks_total")
         with self._cond:
             self.metrics.set("wanfly_pacing_lead_seconds", self.lead_s())
+        self._unless_stopped(flight, self._delivery.close_chunk, chunk, turn_s)
+
+    def _run_block_overlapped(self, flight: Flight, raw, input_seq: int, started: float) -> None:
+        """``_run_block`` with the decode on the stream's lane: the worker denoises while the lane decodes the
+        flight's previous block, waits for that one (at most one block per flight decodes behind), opens the chunk
+        and moves on; the delivery thread hands the groups over once decoded. A failed decode stops the flight here,
+        at its next turn, before another chunk opens."""
+        groups = flight.world_stream.step_async(raw)  # a Future of the block's frame groups
+        previous, flight.decoding = flight.decoding, groups
+        if previous is not None and previous.exception() is not None:  # waits for it
+            raise previous.exception()
+        turn_s = time.perf_counter() - started  # the worker's part: what other flights wait for
+        chunk = self._open_chunk(flight, raw, input_seq, turn_s, {})
+        if chunk is None:
+            return  # the flight stopped meanwhile; releasing its stream waits for the decode
+
+        def decoded(error: Optional[BaseException]) -> None:  # on the delivery thread, as it hands the frames over
+            if error is None and chunk.message.index > 0:  # the first block also opened the stream
+                with self._cond:
+                    self.pacer.observe(time.perf_counter() - started, turn_s)
+
+        self.metrics.observe_chunk(turn_s)
+        self.metrics.inc("wanfly_chunks_total")
+        with self._cond:
+            self.metrics.set("wanfly_pacing_lead_seconds", self.lead_s())
+        self._unless_stopped(flight, self._delivery.decoded_block, chunk, groups, decoded)
         self._unless_stopped(flight, self._delivery.close_chunk, chunk, turn_s)
 
     def _unless_stopped(self, flight: Flight, deliver: Callable, *args) -> bool:

@@ -66,3 +66,4 @@ class Flight:
         self.recording_failed = False
         self.open_chunk: Optional[OpenChunk] = None  # the chunk being generated, recorded as far as sent on stop
         self.world_stream = None  # a causal world's models.stream.WorldStream while the flight is active (engine)
+        self.decoding = None  # with the decode lane: the Future of its last block's frames (engine)

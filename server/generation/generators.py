@@ -99,7 +99,8 @@ class PipelineGenerator(Generator):
                                       window=causal.window, sink=causal.sink, height=world.height, width=world.width,
                                       action_guidance=world.action_guidance,
                                       action_guidance_rescale=world.action_guidance_rescale, tiled=world.tiled,
-                                      keep_latents=False)  # nothing grows with the flight
+                                      keep_latents=False,  # nothing grows with the flight
+                                      overlap=world.decode_overlap)  # step_async: the decode on the stream's lane
 
     def generate_parts(self, request: GenRequest, progress=None) -> Iterator[np.ndarray]:
         if not self.world.causal:

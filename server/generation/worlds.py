@@ -7,8 +7,9 @@
     --model_dir <Wan2.2-TI2V-5B>   the real model (``WanActionPipeline.from_model_dir``), overrides --world
     --artifacts <folder>           a training output folder applied to the pipeline (controller, LoRA, action_stats)
 
-Pipelines come from ``models.loading.build_pipeline``. Settings fields that are not None (``--height``, ``--fps``,
-...) override the world's defaults.
+The names and the checks of the world options before anything loads live in ``server.generation.world_args`` (no
+torch). Pipelines come from ``models.loading.build_pipeline``. Settings fields that are not None (``--height``,
+``--fps``, ...) override the world's defaults.
 
 A world generates ``"chunked"`` (each flight chunk a TI2V generation from the previous chunk's last frame) or
 ``"causal"`` (a flight is one block-causal stream, ``models.stream``: blocks of ``block_frames`` latent frames, a
@@ -22,16 +23,22 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Optional
 
 from models.action_format import FRAMES_PER_LATENT, full_scale_from_stats, num_actions_for_frames
-from models.artifacts import CONFIG_NAME
 from models.fp8 import fp8_supported, quantize_dit_linears
 from models.loading import build_pipeline
-from models.model_dir import check_model_dir
 from models.options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 from models.serve_config import DEFAULT_PROMPT, SERVE_CONFIG_NAME, ServeConfig, load_serve_config
 from models.small_world import attach_folder_small_decoder
+from server.generation.world_args import (
+    TOY_WORLD_DIR,
+    WORLD_FACTORIES,
+    check_world_args,
+    register_world,
+    toy_world_ships,
+    with_world_resolved,
+)
 from server.media.images import list_samples
 from server.settings import MAX_SESSIONS_CAP, Settings
 
@@ -63,6 +70,8 @@ class World:
     generation: str = "chunked"  # "chunked" | "causal" (models.serve_config.GENERATIONS)
     causal_settings: CausalSettings = field(default_factory=CausalSettings)  # blocks, window, sink (causal only)
     decoder: str = "wan"  # "wan" (the VAE decoder) | "small" (the world's distilled one; models.frames)
+    decode_overlap: bool = False  # causal: each block decodes on its stream's lane (models.frames.lane) while the
+    #   worker makes the next block
     warm: bool = False  # set by server.generation.generators.warm_up
 
     @property
@@ -82,14 +91,6 @@ class World:
         return FRAMES_PER_LATENT * controller.num_latent_frames + 1 if controller is not None else 81
 
 
-WORLD_FACTORIES: dict[str, Callable[[Settings, str, object], World]] = {}
-
-
-def register_world(name: str, factory: Callable[[Settings, str, object], World]) -> None:
-    """Plug in a named world: ``factory(settings, device, torch_dtype) -> World``."""
-    WORLD_FACTORIES[name] = factory
-
-
 def resolve_device(settings: Settings) -> tuple[str, object]:
     import torch
     device = settings.device
@@ -102,18 +103,6 @@ def resolve_device(settings: Settings) -> tuple[str, object]:
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"dtype: unknown torch dtype {settings.dtype!r}")
     return device, dtype
-
-
-def check_world_args(settings: Settings) -> None:
-    """Fail fast (before starting a server) on paths and names that cannot load."""
-    settings = with_world_resolved(settings)
-    if settings.model_dir:
-        check_model_dir(settings.model_dir)
-    elif settings.world != "random" and settings.world not in WORLD_FACTORIES and not os.path.isdir(settings.world):
-        raise ValueError(f"world: {settings.world!r} is neither 'random', a registered world "
-                         f"({sorted(WORLD_FACTORIES)}) nor a folder")
-    if settings.artifacts and not os.path.isfile(os.path.join(settings.artifacts, CONFIG_NAME)):
-        raise ValueError(f"artifacts: {settings.artifacts!r} has no {CONFIG_NAME}")
 
 
 def _random_world(settings: Settings, device: str, dtype) -> World:
@@ -138,23 +127,12 @@ def _folder_world(folder: str, device: str, dtype) -> World:
                  generation=serve.generation, causal_settings=serve.causal_settings(), decoder=serve.decoder)
 
 
-# The toy world committed in the repository (``python -m training.toyworld``, docs/toyworld.md).
-# WANFLY_TOY_WORLD_DIR points there when the package is installed outside the repository (the Docker image).
-TOY_WORLD_DIR = os.environ.get("WANFLY_TOY_WORLD_DIR") or os.path.join(  # <repo>/worlds/toy
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "worlds", "toy")
-
-
 def _toy_world(settings: Settings, device: str, dtype) -> World:
     return replace(_folder_world(TOY_WORLD_DIR, device, dtype), name="toy")  # banner and sample: its serve.json
 
 
-if os.path.isfile(os.path.join(TOY_WORLD_DIR, "world_config.json")):
+if toy_world_ships():
     register_world("toy", _toy_world)
-
-
-def with_world_resolved(settings: Settings) -> Settings:
-    """``--world auto`` (the default) becomes the toy world when it ships, else the random preset."""
-    return replace(settings, world=default_world()) if settings.world == "auto" else settings
 
 
 def describe_world(settings: Settings) -> str:
@@ -162,11 +140,6 @@ def describe_world(settings: Settings) -> str:
     settings = with_world_resolved(settings)
     what = f"the model in {settings.model_dir}" if settings.model_dir else f"world {settings.world}"
     return what + (f" + artifacts {settings.artifacts}" if settings.artifacts else "")
-
-
-def default_world() -> str:
-    """"toy" when the committed toy world is present, else "random" (for ``Settings.world``'s default)."""
-    return "toy" if "toy" in WORLD_FACTORIES else "random"
 
 
 def _real_world(settings: Settings, device: str, dtype) -> World:
@@ -218,8 +191,9 @@ def load_world(settings: Settings) -> World:
 
 
 def with_frame_path(world: World, settings: Settings) -> World:
-    """The decoder (``--decoder``, else the world's serve.json), ``--decode_device`` and ``--fp8`` applied to the
-    world's pipeline; ValueError naming the option when the world cannot (no small decoder, no FP8 GPU)."""
+    """The decoder (``--decoder``, else the world's serve.json), ``--decode_device``, ``--fp8`` and
+    ``--decode_overlap`` applied to the world's pipeline; ValueError naming the option when the world cannot (no
+    small decoder, no FP8 GPU)."""
     import torch
     pipe = world.pipe
     for folder in (settings.model_dir, settings.artifacts):  # the real model's small decoder, if one was made
@@ -238,7 +212,10 @@ def with_frame_path(world: World, settings: Settings) -> World:
             raise ValueError(f"fp8: the world runs on {world.device}; FP8 matmuls need a CUDA GPU of compute "
                              f"capability 8.9 or newer (H100, H200, L40S, ...)")
         quantize_dit_linears(pipe.dit)
-    return replace(world, decoder=decoder)
+    overlap = settings.decode_overlap
+    if overlap is None:  # a second CUDA stream pays off on a GPU; on the CPU the cores are already all busy
+        overlap = any(str(device).startswith("cuda") for device in (world.device, settings.decode_device))
+    return replace(world, decoder=decoder, decode_overlap=overlap)
 
 
 def describe_generation(world: World) -> str:
@@ -301,4 +278,5 @@ def world_summary(world: Optional[World]) -> dict:
             "generation": world.generation, "block_frames": world.causal_settings.block_frames,
             "window": world.causal_settings.window, "sink": world.causal_settings.sink,
             "full_scale": list(world.full_scale),
-            "full_scale_source": world.full_scale_source, "max_frames": world.max_frames, "decoder": world.decoder}
+            "full_scale_source": world.full_scale_source, "max_frames": world.max_frames, "decoder": world.decoder,
+            "decode_overlap": world.decode_overlap}

@@ -1,10 +1,12 @@
 """The delivery thread: a flight's decoded frames -> JPEG binary frame messages -> its connection, and its recording.
 
 The engine's worker hands each decoded frame group to ``Delivery.group`` at once, so JPEG encoding overlaps the VAE
-decode; the worker never waits for it. A streaming flight gets each group on the wire at once (``ChunkFrames`` with
-the chunk's message and first group, then ``MoreFrames`` per later group); otherwise the chunk goes out whole at
-``Delivery.close_chunk``. Closed chunks are appended to the flight's recording (``FlightRecorder``);
-``Delivery.finish`` closes it and offers the ``Recording`` message. One thread runs all of it in order, so a chunk's
+decode; the worker never waits for it. A causal block decoded on its stream's lane (``--decode_overlap``) comes as a
+Future (``Delivery.decoded_block``): this thread waits for it in turn while the worker makes the next block. A
+streaming flight gets each group on the wire at once (``ChunkFrames`` with the chunk's message and first group, then
+``MoreFrames`` per later group); otherwise the chunk goes out whole at ``Delivery.close_chunk``. Closed chunks are
+appended to the flight's recording (``FlightRecorder``); ``Delivery.finish`` closes it and offers the ``Recording``
+message. One thread runs all of it in order, so a chunk's
 frames, its recording and the flight's end never overtake each other.
 
 What a flight's ``notify`` receives (``FlightEvent``): ``ChunkFrames``, ``MoreFrames``, and the protocol messages
@@ -15,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +44,12 @@ class Delivery:
     def group(self, flight: Flight, chunk: OpenChunk, frames: np.ndarray) -> None:
         """Frames ``(n, H, W, 3)`` of ``chunk`` as decoded."""
         self._thread.submit(self._deliver_group, flight, chunk, frames)
+
+    def decoded_block(self, flight: Flight, chunk: OpenChunk, groups: Future, decoded: Callable) -> None:
+        """A causal block whose decode runs on its stream's lane (``WorldStream.step_async``): here, in order with
+        the rest, its groups once decoded (``groups``: a Future of the list), as ``group`` delivers them, after
+        ``decoded(error)`` (None, or the decode's exception: then nothing is delivered; the engine reports it)."""
+        self._thread.submit(self._deliver_block, flight, chunk, groups, decoded)
 
     def close_chunk(self, flight: Flight, chunk: OpenChunk, gen_s: float) -> None:
         """The chunk is complete (``gen_s``: its whole generation time)."""
@@ -73,6 +82,16 @@ class Delivery:
         else:
             chunk.messages += messages
 
+    def _deliver_block(self, flight: Flight, chunk: OpenChunk, groups: Future, decoded: Callable) -> None:
+        try:
+            frames = groups.result()  # [(n, H, W, 3), ...] one per latent frame
+        except Exception as error:  # the engine's worker stops the flight and says so
+            decoded(error)
+            return
+        decoded(None)
+        for group in frames:
+            self._deliver_group(flight, chunk, group)
+
     def _hand_over(self, flight: Flight, chunk: OpenChunk, messages: list[bytes]) -> None:
         if chunk.sent == 0:
             flight.notify(ChunkFrames(chunk.message, messages))
@@ -86,6 +105,11 @@ class Delivery:
 
     def _close_chunk(self, flight: Flight, chunk: OpenChunk, gen_s: float) -> None:
         if flight.closed:
+            return
+        if not chunk.frames:  # its decode failed (the engine stops the flight): nothing to hand over or record
+            with self.lock:
+                if flight.open_chunk is chunk:
+                    flight.open_chunk = None
             return
         if not flight.stream:
             chunk.message.gen_ms = round(gen_s * 1000, 2)  # the whole chunk was generated before it went out

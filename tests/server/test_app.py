@@ -34,6 +34,16 @@ def test_config_health_and_docs(make_client):
         assert name in metrics
 
 
+def test_the_app_factory_takes_its_settings_from_the_environment(monkeypatch):
+    """``python -m server`` names ``app_from_env`` to uvicorn (factory mode) and hands the settings over as WANFLY_*
+    variables; nothing loads until the lifespan runs."""
+    monkeypatch.setenv("WANFLY_MAX_JOBS", "3")
+    monkeypatch.setenv("WANFLY_GRADIO", "0")
+    monkeypatch.setenv("WANFLY_ALLOWED_HOSTS", "a.example,b.example")
+    settings = app_module.app_from_env().state.wanfly.settings
+    assert (settings.max_jobs, settings.gradio, settings.allowed_hosts) == (3, False, ["a.example", "b.example"])
+
+
 def test_request_body_limit_413(make_client):
     client = make_client(max_upload_bytes=1000)
     body = {"prompt": "hills", "image": "data:image/png;base64," + "A" * 200_000}

@@ -181,13 +181,23 @@ def test_a_failing_chunk_stops_its_flight_with_an_error(random_world, tmp_path):
 class CountingGenerator(PipelineGenerator):
     """The real tiny pipeline; counts the streams it opens and closes, and can fail a flight's nth block."""
 
-    def __init__(self, world, fail_at=None):
+    def __init__(self, world, fail_at=None, fail_decode_at=None):
         super().__init__(world)
         self.opened, self.closed, self.blocks, self.fail_at = [], [], [], fail_at
+        self.fail_decode_at = fail_decode_at  # the nth latent frame's decode fails (after frame 0's, at opening)
 
     def open_stream(self, prompt, image, seed, steps):
         stream = super().open_stream(prompt, image, seed, steps)
         generator, step_iter, close = self, stream.step_iter, stream.close
+        if self.fail_decode_at is not None:
+            push, pushed = stream.decoder.push, []
+
+            def failing_push(latents):
+                pushed.append(1)
+                if len(pushed) == generator.fail_decode_at:
+                    raise RuntimeError("decoder out of memory")
+                return push(latents)
+            stream.decoder.push = failing_push
 
         def counted_step_iter(actions):
             generator.blocks.append(prompt)
@@ -203,9 +213,11 @@ class CountingGenerator(PipelineGenerator):
         return stream
 
 
-def causal_engine(causal_world, tmp_path, fps=1000, fail_at=None, **settings):
+def causal_engine(causal_world, tmp_path, fps=1000, fail_at=None, fail_decode_at=None, decode_overlap=False,
+                  **settings):
     torch.set_num_threads(1)  # as the server on 2 cores (conftest gives the test's own back)
-    generator = CountingGenerator(dataclasses.replace(causal_world, fps=fps), fail_at)
+    world = dataclasses.replace(causal_world, fps=fps, decode_overlap=decode_overlap)
+    generator = CountingGenerator(world, fail_at, fail_decode_at)
     engine = Engine(generator, Settings(recordings_dir=str(tmp_path), gradio=False, **settings))
     return engine, generator
 
@@ -248,6 +260,63 @@ def test_a_causal_flight_is_one_stream_one_block_per_turn_recorded_as_sent(causa
     record = json.loads((engine.recordings.folder / f"{recording.id}.json").read_text())
     assert len(record["actions"]) == len(chunks) and record["frames"] == sent  # one step per 4 frames after frame 0
     assert generator.opened == ["solo"] and generator.closed == ["solo"] and solo.world_stream is None
+    assert engine.metrics.value("wanfly_streams_open") == 0
+
+
+def fly_solo(engine, generator, blocks):
+    """A causal flight until ``blocks`` chunks arrived, then stopped: its events once its recording is offered."""
+    events = []
+    solo = causal_flight("solo", generator.world, events)
+    engine.add_flight(solo)
+    engine.start()
+    try:
+        assert wait_for(lambda: len(chunks_of(events)) >= blocks)
+        engine.finish_flight(solo)
+        assert wait_for(lambda: any(isinstance(e, Recording) for e in events))
+    finally:
+        engine.close()
+    assert generator.closed == ["solo"] and solo.world_stream is None
+    return events
+
+
+def test_the_decode_lane_sends_the_same_frames_in_the_same_order(causal_world, tmp_path):
+    """``World.decode_overlap`` (on by default with CUDA): each block decodes on its stream's lane (here its thread,
+    on a GPU a second CUDA stream) while the worker goes on; the flight gets exactly the bytes, chunk numbers and
+    frame order of the inline path."""
+    sent = {}
+    for overlap in (False, True):
+        engine, generator = causal_engine(causal_world, tmp_path / str(overlap), decode_overlap=overlap)
+        events = fly_solo(engine, generator, 5)
+        assert generator.opened == ["solo"] and engine.metrics.value("wanfly_streams_open") == 0
+        frames = [jpeg for e in events if isinstance(e, ChunkFrames | MoreFrames) for jpeg in e.frames]
+        recording = next(e for e in events if isinstance(e, Recording))
+        assert recording.frames == len(frames)
+        sent[overlap] = frames, [(c.index, c.frames, c.first_frame) for c in chunks_of(events)]
+    assert (len(generator.blocks), len(sent[True][0])) == (0, recording.frames)  # step_async, not step_iter
+    assert sent[False][1][:5] == sent[True][1][:5] == [(0, 5, 0), (1, 4, 5), (2, 4, 9), (3, 4, 13), (4, 4, 17)]
+    shared = min(len(sent[False][0]), len(sent[True][0]))
+    assert shared >= 21 and sent[True][0][:shared] == sent[False][0][:shared]
+
+
+def test_a_failing_decode_on_the_lane_stops_its_flight_with_an_error(causal_world, tmp_path):
+    """The lane decodes at most one block behind the worker; a failed decode stops the flight before any later
+    chunk opens (its frames, and the next block's, never go out)."""
+    engine, generator = causal_engine(causal_world, tmp_path, fail_decode_at=3, decode_overlap=True)
+    events = []
+    failing = causal_flight("failing", generator.world, events)
+    engine.add_flight(failing)
+    engine.start()
+    try:
+        assert wait_for(lambda: any(isinstance(e, Error) for e in events))  # its third block's decode failed
+        assert wait_for(lambda: failing.world_stream is None) and generator.closed == ["failing"]
+        assert failing.decoding is None
+        assert wait_for(lambda: any(isinstance(e, Recording) for e in events))
+    finally:
+        engine.close()
+    assert next(e for e in events if isinstance(e, Error)).code == "generation_failed"
+    assert [c.index for c in chunks_of(events)] == [0, 1]  # the failed block's frames never went out
+    sent = sum(len(e.frames) for e in events if isinstance(e, ChunkFrames | MoreFrames))
+    assert sent == 9 and next(e for e in events if isinstance(e, Recording)).frames == sent  # recorded as sent
     assert engine.metrics.value("wanfly_streams_open") == 0
 
 

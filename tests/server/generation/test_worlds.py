@@ -17,9 +17,9 @@ from models.options import CausalSettings
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
 from server.app import create_app
-from server.generation import worlds
+from server.generation import world_args, worlds
 from server.generation.generators import GenRequest, PipelineGenerator
-from server.generation.worlds import check_world, load_world, with_generation, world_summary
+from server.generation.worlds import check_world, load_world, with_frame_path, with_generation, world_summary
 from server.settings import Settings
 
 
@@ -115,7 +115,8 @@ def test_a_world_that_cannot_load_is_reported_by_readyz_without_a_traceback(worl
 
 
 def test_server_registers_the_toy_world():
-    assert "toy" in worlds.WORLD_FACTORIES and worlds.default_world() == "toy"
+    assert "toy" in worlds.WORLD_FACTORIES and world_args.default_world() == "toy"
+    assert world_args.WORLD_FACTORIES is worlds.WORLD_FACTORIES  # one registry, checked before the model loads
 
 
 def test_a_serve_json_with_an_unknown_field_is_refused_naming_it(world_folder):
@@ -161,6 +162,17 @@ def test_causal_options_are_checked_by_name(random_world):
         check_world(dataclasses.replace(world, cfg_scale=5.0), Settings())
     with pytest.raises(ValueError, match="generation: a causal world needs an action controller"):
         check_world(dataclasses.replace(world, pipe=SimpleNamespace(check_shape=lambda *a: None)), Settings())
+
+
+def test_the_decode_lane_is_on_with_cuda_or_when_asked(random_world):
+    """``--decode_overlap``: unset, a causal block decodes on its stream's lane when the world (or --decode_device)
+    is on CUDA; on the CPU the blocks decode inline as before unless asked."""
+    assert random_world.decode_overlap is False and world_summary(random_world)["decode_overlap"] is False
+    asked = with_frame_path(random_world, Settings(world="random", gradio=False, decode_overlap=True))
+    assert asked.decode_overlap is True and world_summary(asked)["decode_overlap"] is True
+    on_gpu = dataclasses.replace(random_world, device="cuda:0")
+    assert with_frame_path(on_gpu, Settings(world="random", gradio=False)).decode_overlap is True
+    assert with_frame_path(on_gpu, Settings(world="random", gradio=False, decode_overlap=False)).decode_overlap is False
 
 
 def test_the_decoder_comes_from_serve_json_or_the_option(world_folder):
