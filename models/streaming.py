@@ -46,13 +46,9 @@ class _TileDecoder:
         """The next latent frames (B, C, n, h, w) of this tile -> (B, 3, frames, H, W) pixels, not yet clamped."""
         from diffsynth.models.wan_video_vae import unpatchify
         model, z = self.model, latents.to(self.device)  # (B, C, n, h, w)
-        scale = self.vae.scale
-        if isinstance(scale[0], torch.Tensor):  # as VideoVAE38_.decode
-            mean, inv_std = [s.to(dtype=z.dtype, device=z.device) for s in scale]
-            z = z / inv_std.view(1, model.z_dim, 1, 1, 1) + mean.view(1, model.z_dim, 1, 1, 1)
-        else:
-            scale = scale.to(dtype=z.dtype, device=z.device)
-            z = z / scale[1] + scale[0]
+        # as VideoVAE38_.decode; WanVideoVAE38 always holds its scale as the tensors [mean, 1 / std]
+        mean, inv_std = [s.to(dtype=z.dtype, device=z.device) for s in self.vae.scale]  # (C,) each
+        z = z / inv_std.view(1, model.z_dim, 1, 1, 1) + mean.view(1, model.z_dim, 1, 1, 1)
         x = model.conv2(z)  # (B, C, n, h, w): a 1x1x1 conv, frame by frame the same as over the whole tile
         outs = []
         for i in range(x.shape[2]):

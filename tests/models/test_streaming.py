@@ -12,6 +12,14 @@ def latents():
     return torch.randn(1, 48, 4, 4, 4, generator=generator)  # (1, C, F=4, h, w): 13 frames of 64x64
 
 
+def test_tile_tasks_cover_the_grid_without_a_redundant_last_tile():
+    """As ``WanVideoVAE.tiled_decode``: a tile starts every stride, except one whose predecessor already reaches the
+    edge (a grid no larger than one tile is one tile)."""
+    assert _tile_tasks(1, 1, (3, 3), (2, 2)) == [(0, 3, 0, 3)]
+    assert _tile_tasks(3, 5, (3, 3), (2, 2)) == [(0, 3, 0, 3), (0, 3, 2, 5)]
+    assert _tile_tasks(5, 3, (3, 3), (2, 2)) == [(0, 3, 0, 3), (2, 5, 0, 3)]
+
+
 def test_group_sizes_put_the_first_image_alone():
     assert _group_sizes(5, 1) == [1, 1, 1, 1, 1]
     assert _group_sizes(5, 3) == [1, 3, 1]

@@ -249,3 +249,71 @@ def test_bad_input_during_a_flight(make_client, png_url):
         assert data["code"] == "bad_field" and data["message"].startswith("t:"), data
     metrics = client.get("/metrics").text
     assert 'wanfly_errors_total{code="bad_field"}' in metrics
+
+
+# ---- mutation run (scripts/mutation.sh server/protocol.py): the exact refusals, at each limit ------------------
+NOT_INT = "Input should be a valid integer"
+
+
+@pytest.mark.parametrize("message, text", [
+    (b"{}", "binary messages are not accepted from clients; send JSON text"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ('{"type": "ping", "n": NaN}', "not valid JSON: NaN is not allowed"),
+    ({"type": "start"}, "prompt: Field required"),  # a missing field: no "got"
+    ({"type": "start", "prompt": "x", "image": "file:///etc/passwd"},
+     "image: expected a data URL (data:image/png;base64,...) or null, got 'file:///etc/passwd'"),
+    ({"type": "input", "seq": 1, "t": 0, "flags": [0, 0, 0, 0.5, 0, 0, 0, 0], "mags": ZEROS},
+     "flags[3]: must be 0 or 1, got 0.5"),
+    # the offending value is shown whole up to 40 characters of its repr, else as 37 + "..."
+    ({"type": "start", "prompt": "x", "seed": "y" * 38}, f"seed: {NOT_INT}, got '" + "y" * 38 + "'"),
+    ({"type": "start", "prompt": "x", "seed": "y" * 39}, f"seed: {NOT_INT}, got '" + "y" * 36 + "..."),
+    ({"type": "z" * 50}, "unknown type '" + "z" * 40 + "'; expected one of 'start', 'input', 'played', 'stop', 'ping'"),
+])
+def test_refusals_read_exactly(message, text):
+    with pytest.raises(ProtocolError) as refused:
+        parse(message)
+    assert refused.value.message == text and str(refused.value) == text  # a ValueError whose text is the message
+
+
+def padded_ping(size: int) -> str:
+    """A ping message of exactly ``size`` bytes."""
+    raw = '{"type": "ping", "pad": ""}'
+    return raw[:-2] + "x" * (size - len(raw)) + raw[-2:]
+
+
+def test_size_limits_are_inclusive_and_count_utf8_bytes():
+    assert parse(padded_ping(100), max_bytes=100) == Ping()  # exactly at the limit: accepted
+    with pytest.raises(ProtocolError, match="^'ping' message of 101 bytes exceeds the limit of 100$"):
+        parse(padded_ping(101), max_bytes=100)
+    start = json.dumps({"type": "start", "prompt": "x", "image": None, "pad": ""})
+    exact = start[:-2] + "x" * (1000 - len(start)) + start[-2:]
+    assert parse(exact, max_start_bytes=1000).prompt == "x"
+    with pytest.raises(ProtocolError) as refused:
+        parse(exact[:-2] + "x" + exact[-2:], max_start_bytes=1000)
+    assert (refused.value.code, refused.value.message) == ("oversized",
+                                                           "message of 1001 bytes exceeds the limit of 1000")
+    # 600 characters but 1200 bytes of UTF-8; and exactly 1000 characters, more than 1000 bytes
+    for text in ('{"type": "start", "prompt": "' + "é" * 580 + '"}', padded_ping(1000)[:-3] + 'é"}'):
+        with pytest.raises(ProtocolError) as refused:
+            parse(text, max_start_bytes=1000)
+        assert refused.value.code == "oversized" and "of 1000" in refused.value.message, refused.value.message
+    assert parse('{"type": "ping", "x": "\ud800"}') == Ping()  # a lone surrogate is counted, not an encode error
+
+
+def test_nesting_limit_counts_arrays_and_objects_and_allows_exactly_16():
+    many = '{"type": "ping", "x": [' + ", ".join(["[]"] * 30) + "]}"  # 32 brackets, nested 3 deep
+    assert parse(many) == Ping()
+    deepest = '{"type": "ping", "y": [], "x": ' + "[" * 15 + "]" * 15 + "}"  # exactly 16 levels
+    assert json_depth(deepest) == 16 and parse(deepest) == Ping()
+    objects = '{"type": "ping", "x": ' + '{"a": ' * 16 + "1" + "}" * 17  # 17 levels of objects, no array
+    with pytest.raises(ProtocolError, match="^JSON nested deeper than 16"):
+        parse(objects)
+
+
+def test_json_depth_counts_closing_brackets_once_and_counts_exactly_4096():
+    assert json_depth("[][[]]") == 2
+    assert json_depth("[" * 2048 + "]" * 2048) == 2048  # 4096 brackets: still walked
+
+
+def test_recording_message_names_its_id():
+    assert to_wire(Recording.of("abcdefgh", frames=17, chunks=2))["id"] == "abcdefgh"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from models.action_format import ACTION_NAMES, constant_actions
-from training.data.pose_actions import estimate_up, poses_to_actions
+from training.data.pose_actions import estimate_up, median_step, poses_to_actions
 from training.data.sekai import Settings, plan_video
 from training.data.synthetic import DroneState, fly, random_actions
 
@@ -141,3 +141,10 @@ def test_a_constant_yaw_rate_reads_constant_when_4_steps_are_not_whole_frames():
     actions = poses_to_actions(straight_flight(0.0, 60, yaw_deg_per_frame=0.5), step=step, num_steps=12)
     np.testing.assert_allclose(actions[:, 1, IDX["Yaw Right"]], 4 * step * 0.5, rtol=1e-5)
     assert actions[:, 0, IDX["Yaw Right"]].all() and not actions[:, 0, IDX["Yaw Left"]].any()
+
+
+def test_median_step_is_the_median_displacement_over_the_spacing_and_0_without_a_pair():
+    poses = np.tile(np.eye(4), (6, 1, 1))
+    poses[:, 2, 3] = [0.0, 0.1, 0.3, 0.6, 1.0, 1.5]  # displacements 2 frames apart: 0.3, 0.5, 0.7, 0.9
+    assert median_step(poses, 2) == pytest.approx(0.6)
+    assert median_step(poses[:4], 4) == 0.0  # 4 poses hold no pair 4 frames apart
