@@ -24,7 +24,8 @@ def test_decode_latency_small(tmp_path):
     realtime = results["details"]["realtime"]
     assert sorted(realtime) == ["32x32 small", "32x32 small+fp8", "32x32 small+overlap"]
     for cell in realtime.values():
-        assert cell["fps"] == pytest.approx(4 / (cell["block_ms"] / 1e3), rel=1e-2)
+        # fps is printed to 2 decimals: at a loaded machine's ~0.25 fps that rounding alone is ~2%
+        assert cell["fps"] == pytest.approx(4 / (cell["block_ms"] / 1e3), rel=1e-2, abs=0.006)
     fp8 = results["details"]["fp8"]
     assert fp8["linears"] > 0 and 0 < fp8["latent_relative_error"] < 0.5  # e4m3 with per-row scales: percents
     saved = validate(json.loads(out.read_text()))
