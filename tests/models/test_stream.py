@@ -2,23 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.action_format import constant_actions
 from models.loading import build_pipeline
 from models.media import video_to_frames
 
 PROMPT = "a drone flies over a green field"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0})
-
-
-@pytest.fixture(scope="module")
-def first():
-    return Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
 
 
 def flight(steps: int):

@@ -158,7 +158,7 @@ class ToyRun:
         self.data = load_or_render(self.out, a)
         self.config = world_config(a, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         self.pipe, self.controller = build_models(a, self.config)
-        self.causal = causal_settings(a)
+        self.causal, self.forcing = causal_settings(a), forcing_config(a)
         if a.init_vae:  # start from a world's trained VAE; the VAE stage is then skipped
             try:
                 self.pipe.vae.model.load_state_dict(load_world_weights(a.init_vae, "vae"))
@@ -249,9 +249,8 @@ class ToyRun:
         if self.causal is None:
             return latents[idx], context, binary, magnitude
         rng = random.Random(self.a.seed * 1_000_003 + step)  # a pure function of the step: resumable
-        forcing = forcing_config(self.a)
         clips = [sample_window(latents[i:i + 1], binary[k:k + 1], magnitude[k:k + 1], self.causal, rng,
-                               forcing.first_window, forcing.action_change) for k, i in enumerate(idx)]
+                               self.forcing.first_window, self.forcing.action_change) for k, i in enumerate(idx)]
         return (torch.cat([c[0] for c in clips]), context, torch.cat([c[1] for c in clips]),
                 torch.cat([c[2] for c in clips]), torch.tensor([c[3] for c in clips]))
 
@@ -306,7 +305,7 @@ class ToyRun:
         vae_stage = VaeStage(self.pipe.vae, a.vae_motion_weight)
         self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         dit_stage = DitStage(self.pipe, self.controller, a.cond_noise) if self.causal is None else \
-            CausalDitStage(self.pipe, self.controller, self.causal, forcing_config(a))
+            CausalDitStage(self.pipe, self.controller, self.causal, self.forcing)
         self.dit_stage = dit_stage
         if self.resume_from is not None and "error_buffer" in self.resume_from:
             dit_stage.errors.items = self.resume_from["error_buffer"]["items"]

@@ -3,7 +3,6 @@ decodes, streams), the choice refused by name when impossible. Tiny preset on CP
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.action_format import constant_actions
 from models.frames.small_decoder import SmallDecoder, SmallDecoderConfig, decode_video
@@ -19,11 +18,6 @@ def pipe():
     torch.manual_seed(0)
     pipe.use_decoder("small", SmallDecoder(SmallDecoderConfig(widths=[16, 8, 8], blocks=[1, 1, 0], patch=4)))
     return pipe
-
-
-@pytest.fixture(scope="module")
-def first():
-    return Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
 
 
 def kwargs(first):

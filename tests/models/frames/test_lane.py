@@ -5,23 +5,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.action_format import constant_actions
 from models.frames.lane import DecodeLane
-from models.loading import build_pipeline
 
 PROMPT = "a drone flies over a green field"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0})
-
-
-@pytest.fixture(scope="module")
-def first():
-    return Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
 
 
 def actions(i):
