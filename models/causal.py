@@ -17,6 +17,17 @@ at the next positions in order, the block after them: the same layout as a train
 frames, so once the window is full every block sees its context at the distances it was trained on, however long
 the flight (positions never grow, the RoPE table of 1024 positions never runs out). Action tokens carry the
 frame's index within its block (``block_action_emb``), for the same reason.
+
+A controller with ``joint_previous`` denoises each block together with a clean copy of the latent frame before it
+(timestep 0, that frame's RoPE position, no action): the copy and the block attend to each other both ways and to
+the block's context, as a chunked world's first image and next frame do, so a block's actions act on a clean
+picture. The copy's tokens sit after the block's; its output is dropped; the cache never holds it (the clean pass
+that writes a block runs without a copy, as a training clip's context frames do). Needs ``window`` >= 1: the frame
+before a block must be the window's last (or, for the first block, the sink).
+
+A controller with ``lookahead`` also tells each context frame the action that drives the frame after it (``ahead``
+in training: every frame before the clip's last block; in a stream: the clean pass that writes a block's keys and
+values, run once the next block's actions are known, and the sink's, run with the first action).
 """
 from __future__ import annotations
 
@@ -54,9 +65,30 @@ def frame_mask(num_frames: int, settings: CausalSettings) -> torch.Tensor:
     return same_block | in_window | ((j == 0) & settings.sink)  # (F, F)
 
 
-def token_mask(num_frames: int, tokens_per_frame: int, settings: CausalSettings, device) -> torch.Tensor:
-    """(L, L) bool attention mask of a clip's tokens (frame-major token order)."""
-    mask = frame_mask(num_frames, settings)  # (F, F)
+def last_block_start(num_frames: int, block_frames: int) -> int:
+    """Index of the first frame of a clip's last block."""
+    block = block_of_frames(num_frames, block_frames)  # (F,)
+    return int((block == block.max()).nonzero()[0])
+
+
+def joint_frame_mask(num_frames: int, settings: CausalSettings) -> torch.Tensor:
+    """(F+1, F+1) ``frame_mask`` plus a last frame, the copy of the frame before the last block (joint_previous):
+    the last block and the copy see each other; the copy sees what the block sees; earlier frames never see it."""
+    base = frame_mask(num_frames, settings)  # (F, F)
+    start = last_block_start(num_frames, settings.block_frames)
+    mask = torch.zeros(num_frames + 1, num_frames + 1, dtype=torch.bool)
+    mask[:num_frames, :num_frames] = base
+    mask[:num_frames, num_frames] = torch.arange(num_frames) >= start  # the last block sees the copy
+    mask[num_frames, :num_frames] = base[start]  # the copy: the block's context and the block
+    mask[num_frames, num_frames] = True
+    return mask  # (F+1, F+1)
+
+
+def token_mask(num_frames: int, tokens_per_frame: int, settings: CausalSettings, device,
+               joint: bool = False) -> torch.Tensor:
+    """(L, L) bool attention mask of a clip's tokens (frame-major token order); ``joint``: with the copy frame
+    last (``joint_frame_mask``)."""
+    mask = joint_frame_mask(num_frames, settings) if joint else frame_mask(num_frames, settings)  # (F|F+1, ..)
     return mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1).to(device)  # (L, L)
 
 
@@ -86,6 +118,11 @@ def block_action_emb(controller, binary: torch.Tensor, magnitude: torch.Tensor, 
     index = (torch.arange(binary.shape[1], device=binary.device) + first_index) % block_frames  # (T,)
     features = torch.cat([binary, magnitude], dim=-1)  # (B, T, 2A)
     return controller.action_embed(features) + controller.temporal_pos_embed[0, index]  # (B, T, D)
+
+
+def ahead_action_emb(controller, binary: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """lookahead: (B, f, A) flags + scaled magnitudes of each frame's *next* action -> (B, f, D) tokens."""
+    return controller.action_embed(torch.cat([binary, magnitude], dim=-1))  # (B, f, D)
 
 
 # ---- one block ---------------------------------------------------------------------------------------------------
@@ -140,6 +177,34 @@ def _timestep_modulation(dit, timesteps: torch.Tensor, tokens_per_frame: int):
     return t, dit.time_projection(t).unflatten(2, (6, dit.dim))  # (B, L, D), (B, L, 6, D)
 
 
+def _look_ahead(controller, block_idx: int, t_mod, ahead, f: int, n: int):
+    """t_mod (B|1, L, 6, D) plus the lookahead delta of the frames that know their next action; ``ahead`` =
+    (tokens (B, f, D), present (B, f)) or None."""
+    if ahead is None or not controller.should_inject(block_idx):
+        return t_mod
+    delta = controller.ahead_change(ahead[0], ahead[1], block_idx)  # (B, f, 1, 6, D)
+    per_frame = t_mod.view(t_mod.shape[0], f, n, 6, -1)  # (B|1, f, n, 6, D)
+    return (per_frame + delta).reshape(delta.shape[0], f * n, 6, -1)  # (B, L, 6, D)
+
+
+def _modulation(controller, block_idx: int, t_mod, x, action_emb, ahead, f: int, n: int, first_is_image: bool):
+    """t_mod (B|1, L, 6, D) of a block: the controller's change and the lookahead on the first ``f`` frames' tokens;
+    tokens after them (a joint_previous copy) keep their own (no action)."""
+    own = f * n
+    out = _inject(controller, block_idx, t_mod[:, :own], x[:, :own], action_emb, f, n, True, first_is_image)
+    out = _look_ahead(controller, block_idx, out, ahead, f, n)  # (B|1, f*n, 6, D)
+    if t_mod.shape[1] == own:
+        return out
+    return torch.cat([out, t_mod[:, own:].expand(out.shape[0], -1, -1, -1)], dim=1)  # (B|1, L, 6, D)
+
+
+def _after_block(controller, block_idx: int, t_mod, x, action_emb, f: int, n: int, first_is_image: bool):
+    """The controller's change after a block, on the first ``f`` frames' tokens only (as ``_modulation``)."""
+    own = f * n
+    out = _inject(controller, block_idx, t_mod, x[:, :own], action_emb, f, n, False, first_is_image)  # (B, f*n, D)
+    return out if x.shape[1] == own else torch.cat([out, x[:, own:]], dim=1)  # (B, L, D)
+
+
 def _inject(controller, block_idx: int, t_mod, x, action_emb, f: int, tokens_per_frame: int, before: bool,
             first_frame_is_image: bool):
     """The controller's change of one block: t_mod before it (adaln_tmod), the hidden states after it (others).
@@ -161,66 +226,102 @@ def _inject(controller, block_idx: int, t_mod, x, action_emb, f: int, tokens_per
 def model_fn_causal(dit, controller, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                     settings: CausalSettings, action_binary: Optional[torch.Tensor] = None,
                     action_magnitude: Optional[torch.Tensor] = None,
-                    use_gradient_checkpointing: bool = False) -> torch.Tensor:
+                    use_gradient_checkpointing: bool = False, ahead: Optional[tuple] = None) -> torch.Tensor:
     """Velocity prediction (B, C, F, h, w) of a clip whose frame 0 is the first image: ``latents`` (B, C, F, h, w),
-    ``timesteps`` (B, F) per frame (frame 0's is 0), ``context`` (B, S, D_text), actions (B, F-1, A) scaled."""
+    ``timesteps`` (B, F) per frame (frame 0's is 0), ``context`` (B, S, D_text), actions (B, F-1, A) scaled.
+    ``ahead`` = (binary (B, F, A), magnitude (B, F, A), present (B, F) bool): each frame's next action, used by a
+    controller with ``lookahead`` (ignored otherwise). A ``joint_previous`` controller's last block is denoised
+    with a copy of the frame before it (the module docstring)."""
     B, _, f, _, _ = latents.shape
-    x = dit.patchify(latents)  # (B, D, F, h', w')
+    positions = tuple(range(f))
+    joint = controller is not None and controller.config.joint_previous
+    if joint:
+        previous = _joint_previous_index(f, settings)
+        latents = torch.cat([latents, latents[:, :, previous:previous + 1]], dim=2)  # (B, C, F+1, h, w)
+        timesteps = torch.cat([timesteps, timesteps[:, previous:previous + 1]], dim=1)  # (B, F+1)
+        positions += (previous,)
+    x = dit.patchify(latents)  # (B, D, F(+1), h', w')
     h, w = x.shape[3:]
     n = h * w
     x = rearrange(x, "b c f h w -> b (f h w) c").contiguous()  # (B, L, D)
     t, t_mod = _timestep_modulation(dit, timesteps.to(x.dtype), n)  # (B, L, D), (B, L, 6, D)
     context = dit.text_embedding(context)  # (B, S, D)
-    freqs = rope_table(dit, tuple(range(f)), h, w, x.device)  # (L, 1, D_head/2)
-    mask = token_mask(f, n, settings, x.device)  # (L, L)
+    freqs = rope_table(dit, positions, h, w, x.device)  # (L, 1, D_head/2)
+    mask = token_mask(f, n, settings, x.device, joint)  # (L, L)
     action_emb = None
     if action_binary is not None and controller is not None:
         dtype = next(controller.parameters()).dtype
         action_emb = block_action_emb(controller, action_binary.to(x.device, dtype),
                                       action_magnitude.to(x.device, dtype), settings.block_frames).to(x.dtype)
+    ahead_emb = present = None
+    if ahead is not None and controller is not None and controller.config.lookahead:
+        dtype = next(controller.parameters()).dtype
+        ahead_emb = ahead_action_emb(controller, ahead[0].to(x.device, dtype),
+                                     ahead[1].to(x.device, dtype)).to(x.dtype)  # (B, F, D)
+        present = ahead[2].to(x.device)  # (B, F)
 
     def layer(block_idx, block):
-        def run(x, context, t_mod, freqs, action_emb):
-            block_t_mod = _inject(controller, block_idx, t_mod, x, action_emb, f, n, True, True)
+        def run(x, context, t_mod, freqs, action_emb, ahead_emb):
+            ahead = None if ahead_emb is None else (ahead_emb, present)
+            block_t_mod = _modulation(controller, block_idx, t_mod, x, action_emb, ahead, f, n, True)
             x, _, _ = block_forward(block, x, context, block_t_mod, freqs, mask=mask)
-            return _inject(controller, block_idx, t_mod, x, action_emb, f, n, False, True)
+            return _after_block(controller, block_idx, t_mod, x, action_emb, f, n, True)
         return run
 
     for block_idx, block in enumerate(dit.blocks):
         x = gradient_checkpoint_forward(layer(block_idx, block), use_gradient_checkpointing, False,
-                                        x, context, t_mod, freqs, action_emb)  # (B, L, D)
-    x = dit.head(x, t)  # (B, L, C * 4)
+                                        x, context, t_mod, freqs, action_emb, ahead_emb)  # (B, L, D)
+    x = dit.head(x[:, :f * n], t[:, :f * n])  # (B, F*N, C * 4): a joint copy's output is dropped
     return dit.unpatchify(x, (f, h, w))  # (B, C, F, h, w)
+
+
+def _joint_previous_index(num_frames: int, settings: CausalSettings) -> int:
+    """The frame a joint_previous clip's last block is denoised with: the one right before it."""
+    if settings.window < 1:
+        raise ValueError("joint_previous needs window >= 1: the frame before a block must be in its context")
+    return last_block_start(num_frames, settings.block_frames) - 1
 
 
 # ---- inference: one block against the cache ---------------------------------------------------------------------
 def forward_block(dit, controller, latents: torch.Tensor, timestep: float, context: torch.Tensor, cache: KVCache,
                   action_emb: Optional[torch.Tensor] = None, write: bool = False,
-                  first_frame_is_image: bool = False) -> torch.Tensor:
+                  first_frame_is_image: bool = False, ahead_emb: Optional[torch.Tensor] = None,
+                  previous: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One block (B, C, b, h, w) at ``timestep`` against the cached context; ``context`` is already text-embedded
-    (B, S, D). With ``write`` its keys and values are stored in the cache (the clean pass). Returns the velocity
-    prediction (B, C, b, h, w)."""
+    (B, S, D). With ``write`` its keys and values are stored in the cache (the clean pass; ``ahead_emb`` (B, b, D):
+    each frame's next action, for a controller with ``lookahead``). ``previous`` (B, C, 1, h, w): the clean frame
+    before the block, denoised with it (``joint_previous``; never with ``write``). Returns the velocity prediction
+    (B, C, b, h, w)."""
     B, _, f, _, _ = latents.shape
-    x = dit.patchify(latents)  # (B, D, b, h', w')
+    timesteps = [float(timestep)] * f
+    positions = cache.block_positions(f)
+    if previous is not None:
+        if write:
+            raise ValueError("forward_block: the clean pass that writes the cache runs without the previous frame")
+        latents = torch.cat([latents, previous], dim=2)  # (B, C, b+1, h, w)
+        timesteps.append(0.0)
+        positions += (cache.frames - 1,)  # the window's last frame (or the sink): the frame before the block
+    x = dit.patchify(latents)  # (B, D, b(+1), h', w')
     h, w = x.shape[3:]
     n = h * w
     x = rearrange(x, "b c f h w -> b (f h w) c").contiguous()  # (B, L, D)
-    timesteps = torch.full((1, f), float(timestep), device=x.device, dtype=x.dtype)  # (1, b)
-    t, t_mod = _timestep_modulation(dit, timesteps, n)  # (1, L, D), (1, L, 6, D)
-    positions = cache.block_positions(f)
+    t, t_mod = _timestep_modulation(dit, torch.tensor([timesteps], device=x.device, dtype=x.dtype), n)
     freqs = rope_table(dit, positions, h, w, x.device)  # (L, 1, D_head/2)
     parts = getattr(dit, _COMPILED, None)  # compile_stream's (attention_inputs, block_output), else eager
+    ahead = None
+    if ahead_emb is not None and controller is not None and controller.config.lookahead:
+        ahead = (ahead_emb, torch.ones(ahead_emb.shape[:2], dtype=torch.bool, device=x.device))  # (B, b, D), (B, b)
     for block_idx, block in enumerate(dit.blocks):
-        block_t_mod = _inject(controller, block_idx, t_mod, x, action_emb, f, n, True, first_frame_is_image)
+        block_t_mod = _modulation(controller, block_idx, t_mod, x, action_emb, ahead, f, n, first_frame_is_image)
         past_k, past_v = cache.context(block_idx, lambda k, pos: rope_apply(k, rope_table(dit, pos, h, w, x.device),
                                                                          block.self_attn.num_heads))
         x, k, v = block_forward(block, x, context, block_t_mod, freqs, past_k, past_v, parts=parts)  # (B, L, D)
         if write:
             cache.write(block_idx, k, v)
-        x = _inject(controller, block_idx, t_mod, x, action_emb, f, n, False, first_frame_is_image)
+        x = _after_block(controller, block_idx, t_mod, x, action_emb, f, n, first_frame_is_image)
     if write:
         cache.advance(f)
-    x = dit.head(x, t.expand(B, -1, -1))  # (B, L, C * 4)
+    x = dit.head(x[:, :f * n], t[:, :f * n].expand(B, -1, -1))  # (B, b*N, C * 4): the copy's output dropped
     return dit.unpatchify(x, (f, h, w))  # (B, C, b, h, w)
 
 

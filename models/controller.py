@@ -19,6 +19,16 @@ Injection types (``injection_type``):
     adaln_tmod        a per-frame delta added to the per-token ``t_mod`` of each injected block (zero for frame 0).
     add_residual      ``action_to_residual(action_token)`` added to the frame's tokens after each injected block.
 Every type honours ``inject_layers`` and multiplies its change by the per-layer learnable ``output_scale``.
+
+``lookahead`` (block-causal streams, ``models.causal``; any type): a context frame's tokens are also told the action
+that drives the frame *after* it, as a second t_mod delta (``ahead_to_tmod``, zero init, per-layer ``ahead_scale``).
+In a stream the context frames are the only tokens with a clean picture; without it the action reaches only the
+noisy block's own tokens, and the causal toy worlds learned to ignore it (docs/toyworld.md). The stream writes a
+block's keys and values when the next block's actions arrive, so the cache then carries them.
+
+``joint_previous`` (block-causal streams; any type): each block is denoised together with a clean copy of the
+latent frame before it, the two attending to each other both ways, as a chunked world's first image and its next
+frame do (``models.causal``). The copy gets no action; the block's actions reach a clean picture through it.
 The module holds no per-call state: everything arrives as arguments, so gradient checkpointing can recompute it.
 """
 from __future__ import annotations
@@ -56,6 +66,8 @@ class ActionControllerConfig:
     injection_type: str = "cross_attn_frame"
     action_window: int = 4
     window_head_dim: int = 32
+    lookahead: bool = False  # streams: context frames also see the next frame's action (module docstring)
+    joint_previous: bool = False  # streams: a block is denoised with a clean copy of the frame before it
 
     def __post_init__(self):
         if self.injection_type not in INJECTION_TYPES:
@@ -73,6 +85,9 @@ class ActionControllerConfig:
             bad = [i for i in self.inject_layers if not 0 <= i < self.num_layers]
             if bad:
                 raise ValueError(f"inject_layers: {bad} outside 0..{self.num_layers - 1}")
+        for name in ("lookahead", "joint_previous"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected 0 <= dropout < 1, got {self.dropout}")
 
@@ -134,13 +149,14 @@ class WanActionController(nn.Module):
     def __init__(self, action_dim: int = 8, hidden_size: int = 3072, num_heads: int = 24,
                  num_latent_frames: int = 20, inject_layers: Optional[list] = None, num_layers: int = 30,
                  qk_norm: bool = True, dropout: float = 0.0, initial_scale: float = 0.01,
-                 injection_type: str = "cross_attn_frame", action_window: int = 4, window_head_dim: int = 32):
+                 injection_type: str = "cross_attn_frame", action_window: int = 4, window_head_dim: int = 32,
+                 lookahead: bool = False, joint_previous: bool = False):
         super().__init__()
         self.config = ActionControllerConfig(
             action_dim=action_dim, hidden_size=hidden_size, num_heads=num_heads, num_latent_frames=num_latent_frames,
             num_layers=num_layers, inject_layers=inject_layers, qk_norm=qk_norm, dropout=dropout,
             initial_scale=initial_scale, injection_type=injection_type, action_window=action_window,
-            window_head_dim=window_head_dim)
+            window_head_dim=window_head_dim, lookahead=lookahead, joint_previous=joint_previous)
         cfg = self.config
         self.injection_type = cfg.injection_type
         self.hidden_size, self.num_heads, self.num_layers = hidden_size, num_heads, num_layers
@@ -167,6 +183,10 @@ class WanActionController(nn.Module):
         else:
             self.action_to_residual = nn.Linear(C, C, bias=False)
         self.output_scale = nn.Parameter(torch.ones(num_layers) * initial_scale)  # (num_layers,)
+        if cfg.lookahead:  # zero init: a world gaining it starts exactly where it was
+            self.ahead_to_tmod = nn.Linear(C, C * 6, bias=False)
+            nn.init.zeros_(self.ahead_to_tmod.weight)
+            self.ahead_scale = nn.Parameter(torch.ones(num_layers))  # (num_layers,)
         self.dropout = nn.Dropout(dropout)
 
     @classmethod
@@ -274,12 +294,25 @@ class WanActionController(nn.Module):
         delta = delta.expand(B, *delta.shape[1:])
         return _frame_expand(delta, f) if first_frame_is_image else delta  # (B, f, ...)
 
+    def ahead_change(self, ahead_emb: torch.Tensor, present: torch.Tensor, block_idx: int) -> torch.Tensor:
+        """lookahead: (B, f, C) tokens of each frame's next action, (B, f) whether a frame has one -> the t_mod
+        delta (B, f, 1, 6, C) (zero where absent)."""
+        delta = self.ahead_to_tmod(ahead_emb).unflatten(-1, (6, self.hidden_size))  # (B, f, 6, C)
+        delta = delta * self.ahead_scale[block_idx].to(delta.dtype) * present[..., None, None].to(delta.dtype)
+        return delta.unsqueeze(2)  # (B, f, 1, 6, C)
+
     def forward(self, hidden_states, action_binary, action_magnitude, t: int, h: int, w: int, block_idx: int):
         """The seed's convenience entry point: embed the actions, then apply them after one block."""
         action_emb = self.build_action_emb(action_binary, action_magnitude)
         return self.apply_action(hidden_states, action_emb, t, h, w, block_idx)
 
     # ---- loading -------------------------------------------------------------------------------------------
+    def with_own_lookahead(self, state_dict: dict) -> dict:
+        """``state_dict`` plus this controller's (zero-init) lookahead weights where it lacks them: a controller
+        trained without lookahead then loads and starts exactly as it was."""
+        own = self.state_dict()
+        return {**{k: v for k, v in own.items() if k.startswith("ahead_")}, **state_dict}
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Strict by default. Also accepts the seed's all-branches layout: keys of branches this injection type
         does not build are ignored with one log line; a missing needed key, a shape mismatch or any other

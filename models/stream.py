@@ -13,6 +13,12 @@ writes the block's keys and values into the cache (the window rolls). With ``ove
 block (``step_async``). Nothing is ever re-encoded: the model sees
 its own latents, not decoded frames. Memory per stream is constant: the cache is a fixed ring, the decoder keeps
 the last frames of each causal conv, and with ``keep_latents=False`` no history is kept at all.
+
+A ``joint_previous`` controller's blocks are denoised with a clean copy of the frame before them
+(``models.causal``): one more frame of tokens in each denoising step, none in the clean pass.
+With a ``lookahead`` controller a clean pass also tells the frames their next action (``models.causal``), so it
+waits for the next ``step``'s actions: the sink's pass runs at the first step, a block's at the step after it (one
+more forward before that block's first frame; the decode no longer overlaps the cache write).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from diffsynth.pipelines.wan_video import WanVideoUnit_PromptEmbedder
 from PIL import Image
 
 from .action_format import NUM_ACTIONS, parse_actions, split_actions
-from .causal import block_action_emb, forward_block
+from .causal import ahead_action_emb, block_action_emb, forward_block
 from .frames.lane import DecodeLane
 from .kv_cache import KVCache
 from .media import video_to_frames
@@ -67,8 +73,15 @@ class WorldStream:
         self.cache = KVCache(settings.window, settings.sink, len(self.dit.blocks), self.branches,
                              self.grid[0] * self.grid[1] // 4, self.dit.dim, pipe.device, pipe.torch_dtype)
         pipe.load_models_to_device(["dit", "action_controller"])
-        forward_block(self.dit, self.controller, first.expand(self.branches, -1, -1, -1, -1), 0.0, self.context,
-                      self.cache, write=True, first_frame_is_image=True)  # the sink: the first image, clean
+        self.lookahead = bool(self.controller.config.lookahead)
+        self.joint = bool(self.controller.config.joint_previous)
+        if self.joint and settings.window < 1:
+            raise ValueError("window: this world denoises each block with the frame before it (joint_previous), "
+                             "which must stay in context: window must be >= 1")
+        self._previous = first  # (1, C, 1, h, w) the frame before the next block (joint_previous)
+        self._pending = (first, None, None)  # the sink: the first image, clean (a lookahead one waits for step 1)
+        if not self.lookahead:
+            self._commit()
         self.decoder = pipe.new_stream_decoder(tiled)  # the Wan decoder or the small one (models.frames)
         self._first_frames = video_to_frames(self.decoder.push(first))  # (1, H, W, 3): frame 0 of the flight
         self._latents = [first] if keep_latents else None
@@ -140,13 +153,13 @@ class WorldStream:
     def _block(self, actions) -> tuple[torch.Tensor, bool]:
         """Denoise the next block: its latents (1, C, b, h, w), and whether it is the flight's first."""
         raw = self._check(actions)  # (1, b, 2, 8)
-        self._commit()
+        self._commit(raw)
         steps = torch.cat([self.history, raw], dim=1)  # (1, T, 2, 8): the window type also sees past steps
         self.history = steps[:, max(0, steps.shape[1] - self.history_steps):] if self.history_steps else self.history
         with torch.no_grad():
             action_emb = self._action_emb(*split_actions(steps, self.pipe.action_magnitude_scale))  # (B, T, D)
             x = self._denoise(action_emb)  # (1, C, b, h, w)
-        self._pending = (x, action_emb)
+        self._pending, self._previous = (x, action_emb, raw), x[:, :, -1:]
         if self._latents is not None:
             self._latents.append(x)
         first = self.blocks == 0
@@ -155,7 +168,7 @@ class WorldStream:
 
     def close(self) -> None:
         """Free the cache and the decoder (after the lane's last decode); a closed stream refuses ``step``."""
-        self.closed, self._pending = True, None
+        self.closed, self._pending, self._previous = True, None, None
         if self.lane is not None:
             self.lane.close()
         self.cache = self.decoder = self._latents = self.lane = None
@@ -171,24 +184,39 @@ class WorldStream:
                              f"{NUM_ACTIONS}), got {tuple(raw.shape[1:]) if raw.shape[0] == 1 else tuple(raw.shape)}")
         return raw
 
-    def _action_emb(self, binary, magnitude) -> torch.Tensor:
-        """(B, T, D) action tokens: the commanded ones, and hovering (all off) for the guidance branch."""
+    def _branches(self, binary, magnitude):
+        """(1, T, 8) x 2 -> (B, T, 8) x 2 on the device: the commanded actions, and hovering (all off) for the
+        guidance branch."""
         device, dtype = self.pipe.device, next(self.controller.parameters()).dtype
         binary, magnitude = binary.to(device, dtype), magnitude.to(device, dtype)  # (1, T, 8)
         if self.branches == 2:
             binary = torch.cat([binary, torch.zeros_like(binary)])  # (2, T, 8)
             magnitude = torch.cat([magnitude, torch.zeros_like(magnitude)])
+        return binary, magnitude
+
+    def _action_emb(self, binary, magnitude) -> torch.Tensor:
+        """(B, T, D) action tokens of the branches."""
+        binary, magnitude = self._branches(binary, magnitude)  # (B, T, 8) each
         past = binary.shape[1] - self.settings.block_frames  # history steps before this block's
         emb = block_action_emb(self.controller, binary, magnitude, self.settings.block_frames, -past)  # (B, T, D)
         return emb.to(self.pipe.torch_dtype)
+
+    def _ahead_emb(self, raw: Optional[torch.Tensor], next_raw: torch.Tensor) -> torch.Tensor:
+        """(B, f, D) each pending frame's next action: the rest of its own block's ``raw`` (1, b, 2, 8) (none for
+        the sink), then the next block's first."""
+        steps = next_raw[:, :1] if raw is None else torch.cat([raw[:, 1:], next_raw[:, :1]], dim=1)  # (1, f, 2, 8)
+        binary, magnitude = self._branches(*split_actions(steps, self.pipe.action_magnitude_scale))  # (B, f, 8)
+        return ahead_action_emb(self.controller, binary, magnitude).to(self.pipe.torch_dtype)  # (B, f, D)
 
     def _denoise(self, action_emb) -> torch.Tensor:
         pipe, (h, w), b = self.pipe, self.grid, self.settings.block_frames
         x = pipe.generate_noise((1, self.dit.in_dim, b, h, w), seed=self.seed * 1_000_003 + self.blocks,
                                 rand_device="cpu")  # (1, C, b, h, w)
+        previous = self._previous.expand(self.branches, -1, -1, -1, -1) if self.joint else None  # (B, C, 1, h, w)
         for timestep in self.scheduler.timesteps:
             velocity = forward_block(self.dit, self.controller, x.expand(self.branches, -1, -1, -1, -1),
-                                     float(timestep), self.context, self.cache, action_emb)  # (B, C, b, h, w)
+                                     float(timestep), self.context, self.cache, action_emb,
+                                     previous=previous)  # (B, C, b, h, w)
             x = self.scheduler.step(self._guide(velocity), timestep, x)  # (1, C, b, h, w)
         return x
 
@@ -200,15 +228,17 @@ class WorldStream:
         guided = hover + self.guidance * (commanded - hover)
         return guided if self.rescale == 0.0 else rescale_guided(guided, commanded, self.rescale, False)
 
-    def _commit(self) -> None:
-        """The clean pass of the last block: its keys and values join the cache (the window rolls)."""
-        if self._pending is None:
+    def _commit(self, next_raw: Optional[torch.Tensor] = None) -> None:
+        """The clean pass of the last block (or of the sink): its keys and values join the cache (the window rolls).
+        A lookahead stream waits for ``next_raw`` (1, b, 2, 8), the next block's actions."""
+        if self._pending is None or (self.lookahead and next_raw is None):
             return
-        x, action_emb = self._pending
+        x, action_emb, raw = self._pending
         self._pending = None
         with torch.no_grad():
+            ahead = self._ahead_emb(raw, next_raw) if self.lookahead else None  # (B, f, D)
             forward_block(self.dit, self.controller, x.expand(self.branches, -1, -1, -1, -1), 0.0, self.context,
-                          self.cache, action_emb, write=True)
+                          self.cache, action_emb, write=True, first_frame_is_image=raw is None, ahead_emb=ahead)
 
 
 def describe(stream: Optional[WorldStream]) -> dict:

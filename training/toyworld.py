@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="causal: share of training windows right after the sink (the stream's first blocks)")
     p.add_argument("--action_change", type=float, default=0.5,
                    help="causal: share of training windows whose last block starts where the action changes")
+    p.add_argument("--lookahead", action="store_true",
+                   help="causal: context frames also see the next frame's action (the controller's lookahead)")
+    p.add_argument("--joint_previous", action="store_true",
+                   help="causal: each block is denoised with a clean copy of the frame before it, attending both "
+                        "ways (as a chunked world's first image); the controller's joint_previous")
     p.add_argument("--init_dit", default=None,
                    help="start the DiT and the action controller from this world folder (e.g. the chunked "
                         "worlds/toy: it knows the stream's first block, image + action -> next frame)")
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CAUSAL_ONLY = ("block_frames", "window", "sink", "teacher_forcing", "context_noise", "error_prob", "error_buffer",
-               "first_window", "action_change")
+               "first_window", "action_change", "lookahead", "joint_previous")
 
 
 def fill_generation_defaults(a: argparse.Namespace) -> argparse.Namespace:
@@ -119,6 +124,8 @@ def main(argv=None) -> int:
         given = [name for name in CAUSAL_ONLY if getattr(a, name) != parser.get_default(name)]
         if given:
             parser.error(f"--{given[0]} applies to --generation causal only (this recipe is {a.generation})")
+    if a.joint_previous and a.window < 1:
+        parser.error("--joint_previous needs --window >= 1 (the frame before a block must be in its context)")
     if a.threads:
         torch.set_num_threads(a.threads)
     fill_generation_defaults(a)

@@ -153,3 +153,102 @@ def test_compiled_stream_matches_eager():
     assert np.abs(compiled[1].astype(int) - eager[1].astype(int)).max() <= 1  # uint8 frames: rounding at most
     with torch._dynamo.config.patch(error_on_recompile=True):  # compiled once: a new flight reuses the graphs
         fly(pipe, ACTIONS[:3])
+
+
+def lookahead_pipe():
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "injection_type": "adaln_tmod",
+                                                                "lookahead": True})
+    torch.nn.init.normal_(pipe.action_controller.ahead_to_tmod.weight, std=0.05)  # zero at init: make it matter
+    return pipe
+
+
+@pytest.mark.parametrize("block_frames", [1, 2])
+def test_a_lookahead_stream_predicts_what_the_training_forward_predicts(block_frames):
+    """The cache holds each frame as the clip's forward computes it with its next action (the sink's: the first
+    block's first action), written once those actions are known."""
+    pipe = lookahead_pipe()
+    stream = pipe.open_stream(image(), PROMPT, seed=1, steps=2, window=8, block_frames=block_frames)
+    assert stream.cache.frames == 0  # the sink waits for the first actions
+    done = [torch.cat([constant_actions(1, {"Forward": 0.01}), constant_actions(block_frames - 1, {"Left": 0.02})]),
+            constant_actions(block_frames, {"Yaw Left": 1.0})]
+    for actions in done:
+        stream.step(actions)
+    assert stream.cache.frames == 1 + block_frames  # the last block waits for the next block's actions
+    following = constant_actions(block_frames, {"Pitch Up": 1.0, "Right": 0.02})
+    stream._commit(following[None])
+    noise = pipe.generate_noise((1, 48, block_frames, 4, 4), seed=123)
+    timestep = float(stream.scheduler.timesteps[0])
+    binary, magnitude = split_actions(torch.cat(done + [following])[None])  # (1, T, 8) each
+    none = torch.zeros(1, 1, 8)  # the last frame has no next action
+    frames = binary.shape[1] + 1
+    present = torch.arange(frames)[None] < frames - block_frames  # (1, F): context frames only
+    ahead = (torch.cat([binary, none], 1), torch.cat([magnitude, none], 1), present)
+    with torch.no_grad():
+        streamed = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
+                                 stream._action_emb(*split_actions(following[None])))  # (1, C, b, h, w)
+        latents = torch.cat([stream.latents, noise], dim=2)  # (1, C, F, h, w)
+        timesteps = torch.zeros(1, frames)
+        timesteps[0, -block_frames:] = timestep
+        settings = CausalSettings(block_frames, 8, True)
+        context = prompt_context(pipe)
+        whole = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, context, settings, binary,
+                                magnitude, ahead=ahead)
+        blind = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, context, settings, binary,
+                                magnitude)
+    assert (whole[:, :, -block_frames:] - streamed).abs().max() < 1e-5
+    assert (blind[:, :, -block_frames:] - streamed).abs().max() > 1e-3  # the lookahead reached the block
+
+
+def test_lookahead_never_changes_frames_already_made():
+    """A block's actions now reach the cache entries of the frames before it, never those frames."""
+    pipe = lookahead_pipe()
+    a = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
+    b = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
+    out_a = [a.step(x) for x in ACTIONS[:3]]
+    out_b = [b.step(x) for x in ACTIONS[:2]] + [b.step(constant_actions(1, {"Pitch Down": 1.0}))]
+    assert all(np.array_equal(x, y) for x, y in zip(out_a[:2], out_b[:2]))
+    assert not np.array_equal(out_a[2], out_b[2])
+
+
+@pytest.mark.parametrize("injection_type, block_frames", [("adaln_tmod", 1), ("cross_attn_window", 2)])
+def test_a_joint_previous_stream_predicts_what_the_training_forward_predicts(injection_type, block_frames):
+    """A block denoised with a copy of the frame before it = the clip's forward with that copy (joint_previous)."""
+    overrides = {"initial_scale": 1.0, "injection_type": injection_type, "joint_previous": True}
+    pipe = build_pipeline(preset="tiny", controller_overrides=overrides)
+    stream = pipe.open_stream(image(), PROMPT, seed=1, steps=2, window=8, block_frames=block_frames)
+    done = [constant_actions(block_frames, {"Forward": 0.01}), constant_actions(block_frames, {"Yaw Left": 1.0})]
+    for actions in done:
+        stream.step(actions)
+    following = constant_actions(block_frames, {"Pitch Up": 1.0, "Right": 0.02})
+    noise = pipe.generate_noise((1, 48, block_frames, 4, 4), seed=123)
+    timestep = float(stream.scheduler.timesteps[0])
+    steps = torch.cat([stream.history, following[None]], dim=1)
+    with torch.no_grad():
+        streamed = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
+                                 stream._action_emb(*split_actions(steps)), previous=stream.latents[:, :, -1:])
+        alone = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
+                              stream._action_emb(*split_actions(steps)))
+        latents = torch.cat([stream.latents, noise], dim=2)  # (1, C, F, h, w)
+        timesteps = torch.zeros(1, latents.shape[2])
+        timesteps[0, -block_frames:] = timestep
+        binary, magnitude = split_actions(torch.cat(done + [following])[None])
+        whole = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, prompt_context(pipe),
+                                CausalSettings(block_frames, 8, True), binary, magnitude)
+    assert (whole[:, :, -block_frames:] - streamed).abs().max() < 1e-5
+    assert (alone - streamed).abs().max() > 1e-3  # the copy changed the block
+
+
+def test_joint_previous_needs_a_window_and_keeps_earlier_frames_fixed():
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "joint_previous": True})
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        pipe.open_stream(image(), PROMPT, window=0)
+    a = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
+    b = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
+    out_a = [a.step(x) for x in ACTIONS]
+    out_b = [b.step(x) for x in ACTIONS[:3]] + [b.step(constant_actions(1, {"Pitch Down": 1.0}))]
+    assert all(np.array_equal(x, y) for x, y in zip(out_a[:3], out_b[:3]))
+    assert not np.array_equal(out_a[3], out_b[3])
+    assert a.cache.frames == 3  # the copies never enter the cache: sink + window
+    blind = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
+    blind.joint = False  # the same weights without the copy: the stream really denoises with it
+    assert not np.array_equal(blind.step(ACTIONS[0]), out_a[0])

@@ -6,7 +6,8 @@ opposite (Yaw Left / Yaw Right, Forward / Back, at the suite's magnitudes). The 
 difference over the norm of the prediction. Two attention patterns over the same weights:
 
     bidirectional  the chunked pipeline (``models.model_fn``): frame 0's tokens also attend to frame 1
-    causal         a stream's first block (``models.causal``): frame 0 sees only itself, frame 1 sees both
+    causal         a stream's first block (``models.causal``): frame 0 sees only itself, frame 1 sees both (with
+                   a ``lookahead`` controller, frame 0 is also told the action, as a stream's sink is)
 
 A world that follows the keys in the flow suite has a clearly non-zero effect; a causal training run that lets the
 effect fall is learning to ignore its actions (docs/toyworld.md). An early signal during training, not a score.
@@ -72,7 +73,9 @@ def _velocity(pipe, pattern: str, latents, t: float, context, name: str, magnitu
     if pattern == "bidirectional":
         out = model_fn_wan_action(pipe.dit, pipe.action_controller, latents, torch.tensor([t]), context, binary,
                                   magnitude, fuse_vae_embedding_in_latents=True)
-    else:
+    else:  # the sink knows the action that drives frame 1 (a lookahead controller's; ignored by others)
+        none = torch.zeros_like(binary)  # (1, 1, 8): frame 1 has no next action
+        ahead = (torch.cat([binary, none], 1), torch.cat([magnitude, none], 1), torch.tensor([[True, False]]))
         out = model_fn_causal(pipe.dit, pipe.action_controller, latents, torch.tensor([[0.0, t]]), context,
-                              CausalSettings(block_frames=1, window=1), binary, magnitude)
+                              CausalSettings(block_frames=1, window=1), binary, magnitude, ahead=ahead)
     return out[:, :, 1].float()  # (1, C, h, w)

@@ -57,7 +57,7 @@ from training.smallworld.stages import (
     to_video_tensor,
 )
 from training.trainer.checkpoint import capture_rng_state, restore_rng_state, torch_save_atomic, write_json_atomic
-from training.trainer.forcing import ForcingConfig, sample_window
+from training.trainer.forcing import ForcingConfig, first_blocks, sample_window
 from training.trainer.loop import LoopCallbacks, LoopSettings, LoopState, Trainer
 from training.trainer.loss_probe import true_vs_shuffled
 from training.trainer.schedule import build_scheduler
@@ -118,7 +118,8 @@ def controller_config(a) -> dict:
     return ActionControllerConfig(hidden_size=a.dim, num_heads=a.heads, num_layers=a.layers,
                                   num_latent_frames=max(20, num_actions_for_frames(a.frames)),
                                   window_head_dim=16, initial_scale=a.controller_scale,
-                                  injection_type=a.injection_type).to_dict()
+                                  injection_type=a.injection_type, lookahead=a.lookahead,
+                                  joint_previous=a.joint_previous).to_dict()
 
 
 def causal_settings(a) -> CausalSettings | None:
@@ -185,7 +186,8 @@ class ToyRun:
         parts = (("DiT", self.pipe.dit, lambda: load_world_weights(folder, "dit"), "--dim/--heads/--layers"),
                  ("text encoder", self.pipe.text_encoder, lambda: load_world_weights(folder, "text_encoder"),
                   "the vocabulary of the prompts (render the same scenes: --seed, --clips)"),
-                 ("action controller", self.controller, lambda: load_controller(folder)[0].state_dict(),
+                 ("action controller", self.controller,  # a --lookahead recipe keeps its zero-init lookahead
+                  lambda: self.controller.with_own_lookahead(load_controller(folder)[0].state_dict()),
                   "--dim/--heads/--layers/--injection_type"))
         for name, module, weights, hint in parts:
             try:
@@ -249,10 +251,15 @@ class ToyRun:
         if self.causal is None:
             return latents[idx], context, binary, magnitude
         rng = random.Random(self.a.seed * 1_000_003 + step)  # a pure function of the step: resumable
-        clips = [sample_window(latents[i:i + 1], binary[k:k + 1], magnitude[k:k + 1], self.causal, rng,
-                               self.forcing.first_window, self.forcing.action_change) for k, i in enumerate(idx)]
-        return (torch.cat([c[0] for c in clips]), context, torch.cat([c[1] for c in clips]),
-                torch.cat([c[2] for c in clips]), torch.tensor([c[3] for c in clips]))
+        if rng.random() < self.forcing.first_window:  # the batch trains one of a stream's first blocks
+            clips = [first_blocks(latents[idx], binary, magnitude, self.causal, rng)]
+        else:  # each clip its own window deep in the flight
+            clips = [sample_window(latents[i:i + 1], binary[k:k + 1], magnitude[k:k + 1], self.causal, rng, 0.0,
+                                   self.forcing.action_change) for k, i in enumerate(idx)]
+        return (torch.cat([c.latents for c in clips]), context, torch.cat([c.binary for c in clips]),
+                torch.cat([c.magnitude for c in clips]),
+                torch.tensor([c.adjacent for c in clips for _ in range(len(c.latents))]),
+                torch.cat([c.ahead_binary for c in clips]), torch.cat([c.ahead_magnitude for c in clips]))
 
     # ---- one stage on the shared loop ----
     def run_stage(self, name: str, module, make_batch, total: int, lr: float):

@@ -138,13 +138,16 @@ class CausalDitStage(torch.nn.Module):
         pipe.scheduler.set_timesteps(1000, training=True)
 
     def forward(self, batch, forcing: ForcingConfig | None = None) -> torch.Tensor:
-        latents, context, binary, magnitude, *adjacent = batch  # adjacent (B,): sample_window's, when given
+        # sample_window's adjacent (B,) and next actions (B, F, A) x 2 follow, when given
+        latents, context, binary, magnitude, *window = batch
+        adjacent, ahead_binary, ahead_magnitude = (window + [None] * 3)[:3]
         if not self.pipe.scheduler.training:
             self.pipe.scheduler.set_timesteps(1000, training=True)
         forcing = forcing or self.forcing
         errors = self.errors if forcing.error_prob > 0 else None
         return causal_loss(self.dit, self.controller, self.pipe.scheduler, latents, context, binary, magnitude,
-                           self.settings, forcing, errors, adjacent=adjacent[0] if adjacent else None)
+                           self.settings, forcing, errors, adjacent=adjacent, ahead_binary=ahead_binary,
+                           ahead_magnitude=ahead_magnitude)
 
 
 @torch.no_grad()

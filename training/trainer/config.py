@@ -62,6 +62,12 @@ class TrainConfig:
                                                 INJECTION_TYPES)
     action_initial_scale: Optional[float] = _opt(None, "override the preset's initial output scale (0 = no effect "
                                                  "at start)", "controller", float)
+    action_lookahead: bool = _opt(False, "--causal: the controller also tells each context frame the next frame's "
+                                  "action (models.controller's lookahead; a checkpoint without it starts at zero)",
+                                  "controller")
+    action_joint_previous: bool = _opt(False, "--causal: each block is denoised with a clean copy of the frame "
+                                       "before it, attending both ways (models.controller's joint_previous)",
+                                       "controller")
     action_controller_checkpoint: Optional[str] = _opt(None, "initial controller weights (.safetensors or .pt)",
                                                        "controller", str)
     trainable_models: str = _opt("action_controller", "comma-separated models trained in full: only "
@@ -208,6 +214,11 @@ def _check_controller(c: TrainConfig) -> None:
     if c.preset == "tiny" and name not in (None, "tiny"):
         _require(name.endswith(".json"), "action_controller_config",
                  f"{name!r} does not fit the tiny preset's DiT (use 'tiny' or leave it out)")
+    for name in ("action_lookahead", "action_joint_previous"):
+        _require(c.causal or not getattr(c, name), name, "needs --causal (a setting of block-causal streams; "
+                 "chunked generation has no blocks)")
+    _require(not c.action_joint_previous or c.window >= 1, "window", "--action_joint_previous needs --window >= 1 "
+             "(the frame before a block must be in its context)")
     if c.action_controller_checkpoint:
         _require(os.path.isfile(c.action_controller_checkpoint), "action_controller_checkpoint",
                  f"{c.action_controller_checkpoint!r} does not exist")
@@ -284,7 +295,9 @@ def controller_config(c: TrainConfig) -> ActionControllerConfig:
             with open(name) as handle:
                 source = json.load(handle)
         config = resolve_controller_config(source, injection_type=c.action_injection_type,
-                                           initial_scale=c.action_initial_scale)
+                                           initial_scale=c.action_initial_scale,
+                                           lookahead=True if c.action_lookahead else None,
+                                           joint_previous=True if c.action_joint_previous else None)
     except ValueError as error:
         raise ConfigError(f"--action_controller_config: {error}") from None
     steps = num_actions_for_frames(c.num_frames)

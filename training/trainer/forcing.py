@@ -8,8 +8,12 @@ A training clip is the sink (frame 0) plus a window of ``window + block_frames``
 in the video (``sample_window``): once a stream's window is full, that is exactly what a block sees, so a long video
 also teaches the model a first image far in the past. Two biases of where the window sits:
 
-    first_window   share of windows that start right after the sink: the stream's first blocks (context = the
-                   first image only) are then trained too, not only blocks deep into a flight. A window further
+    first_window   share of windows that start right after the sink: the stream's first blocks are then trained
+                   too, not only blocks deep into a flight. Such a window ends at a random one of the stream's
+                   first blocks (its context: the first image only, then one more block each), so every block
+                   of a stream's start is trained as the last block, exactly as a stream makes it (with only
+                   full windows, the first block never was, and the toy worlds' first blocks lost their action
+                   effect, docs/toyworld.md). A window further
                    in leaves its first frame with no predecessor to see (only the far sink): one step's action,
                    a motion relative to the frame before, cannot be read there, so that frame is kept out of the
                    loss (trained on, it teaches the model to ignore the actions: the second causal toy world
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -84,26 +88,57 @@ class ErrorBuffer:
         return self.items[rng.randrange(len(self.items))]
 
 
+class Window(NamedTuple):
+    """A training clip cut by ``sample_window``; axes as the module legend, F the kept frames."""
+    latents: torch.Tensor  # (B, C, F, h, w)
+    binary: torch.Tensor  # (B, F-1, A) the actions that drive frames 1..F-1
+    magnitude: torch.Tensor  # (B, F-1, A)
+    adjacent: bool  # the window's first frame directly follows the sink in the video
+    ahead_binary: torch.Tensor  # (B, F, A) the action that drives the frame after each kept frame (zeros: none)
+    ahead_magnitude: torch.Tensor  # (B, F, A)
+
+
 def sample_window(latents: torch.Tensor, binary: torch.Tensor, magnitude: torch.Tensor, settings: CausalSettings,
-                  rng: random.Random, first_window: float = 0.0, action_change: float = 0.0):
+                  rng: random.Random, first_window: float = 0.0, action_change: float = 0.0) -> Window:
     """Frame 0 plus ``window + block_frames`` consecutive later frames (all of them when the clip is shorter), with
-    the actions that drive those frames. latents (B, C, F, h, w), actions (B, F-1, A) -> the same, cropped, and
-    whether the window's first frame directly follows the sink in the video (``causal_loss``'s ``adjacent``).
+    the actions that drive those frames. latents (B, C, F, h, w), actions (B, F-1, A) -> a ``Window``: the same,
+    cropped, whether the window's first frame directly follows the sink in the video (``causal_loss``'s
+    ``adjacent``) and each kept frame's next action (a ``lookahead`` controller's, ``causal_loss``'s ``ahead``).
     ``first_window``/``action_change``: the shares of windows placed right after the sink / with the last block
     starting at a change of the commanded action (module docstring); the clips of a batch share one window."""
     frames = latents.shape[2]
     span = settings.window + settings.block_frames
     if frames <= 1 + span:
-        return latents, binary, magnitude, True
+        return Window(latents, binary, magnitude, True, *_next_actions(binary, magnitude, torch.arange(frames)))
     starts = range(1, frames - span + 1)  # the window's possible first frames
     if rng.random() < first_window:
-        start = 1
-    else:
-        changes = [s for s in starts if _action_changes(binary, magnitude, s + settings.window - 1)]
-        start = rng.choice(changes if changes and rng.random() < action_change else starts)
+        return first_blocks(latents, binary, magnitude, settings, rng)
+    changes = [s for s in starts if _action_changes(binary, magnitude, s + settings.window - 1)]
+    start = rng.choice(changes if changes and rng.random() < action_change else starts)
     keep = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + span)])  # (1 + span,)
     steps = keep[1:] - 1  # action t drives frame t + 1
-    return latents[:, :, keep], binary[:, steps], magnitude[:, steps], start == 1
+    return Window(latents[:, :, keep], binary[:, steps], magnitude[:, steps], start == 1,
+                  *_next_actions(binary, magnitude, keep))
+
+
+def first_blocks(latents: torch.Tensor, binary: torch.Tensor, magnitude: torch.Tensor, settings: CausalSettings,
+                 rng: random.Random) -> Window:
+    """The start of the video up to one of a stream's first blocks, picked at random (its context: the sink, then
+    one more block each, up to a full window), as a ``Window``; the clips of a batch share it."""
+    span = settings.window + settings.block_frames
+    kept = 1 + settings.block_frames * rng.randint(1, span // settings.block_frames)  # sink + whole blocks
+    kept = min(kept, latents.shape[2])
+    return Window(latents[:, :, :kept], binary[:, :kept - 1], magnitude[:, :kept - 1], True,
+                  *_next_actions(binary, magnitude, torch.arange(kept)))
+
+
+def _next_actions(binary: torch.Tensor, magnitude: torch.Tensor, frames: torch.Tensor):
+    """(B, f, A) x 2: the action driving the frame after each of ``frames`` (f,) (action t drives frame t + 1);
+    zeros for the video's last frame, which has none."""
+    steps = binary.shape[1]
+    has_next = (frames < steps).to(binary.dtype)[None, :, None]  # (1, f, 1)
+    index = frames.clamp(max=steps - 1)  # (f,)
+    return binary[:, index] * has_next, magnitude[:, index] * has_next
 
 
 def _action_changes(binary: torch.Tensor, magnitude: torch.Tensor, step: int) -> bool:
@@ -116,13 +151,16 @@ def _action_changes(binary: torch.Tensor, magnitude: torch.Tensor, step: int) ->
 def causal_loss(dit, controller, scheduler, latents: torch.Tensor, context: torch.Tensor, binary: torch.Tensor,
                 magnitude: torch.Tensor, settings: CausalSettings, forcing: ForcingConfig,
                 errors: Optional[ErrorBuffer] = None, rng: Optional[random.Random] = None,
-                use_gradient_checkpointing: bool = False, adjacent: Optional[torch.Tensor] = None) -> torch.Tensor:
+                use_gradient_checkpointing: bool = False, adjacent: Optional[torch.Tensor] = None,
+                ahead_binary: Optional[torch.Tensor] = None, ahead_magnitude: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
     """The flow-matching loss of a block-causal clip. ``latents`` (B, C, F, h, w) clean, frame 0 the first image;
     ``context`` (B, S, D_text); ``binary``/``magnitude`` (B, F-1, A) scaled; ``scheduler`` in training mode
     (diffsynth's Wan FlowMatchScheduler: sigma = timestep / 1000). Randomness: torch's RNG for noise and
     timesteps, ``rng`` for the mode and the error buffer. ``adjacent`` (B,) bool: whether frame 1 directly
     follows frame 0 in the video (``sample_window``; default: all do); where not, frame 1 stays out of the loss
-    (module docstring)."""
+    (module docstring). ``ahead_binary``/``ahead_magnitude`` (B, F, A) scaled: each frame's next action, given to
+    the frames before the last block (the stream's context) when the controller has ``lookahead``."""
     rng = rng or random.Random(int(torch.randint(0, 2 ** 31, (1,))))
     B, _, frames, _, _ = latents.shape
     block = block_of_frames(frames, settings.block_frames).to(latents.device)  # (F,)
@@ -147,8 +185,11 @@ def causal_loss(dit, controller, scheduler, latents: torch.Tensor, context: torc
     sigma = (timesteps / 1000).to(latents.dtype)[:, None, :, None, None]  # (B, 1, F, 1, 1)
     noise = torch.randn_like(latents)
     noisy = (1 - sigma) * clean + sigma * noise  # (B, C, F, h, w); frame 0 stays clean (sigma 0)
+    ahead = None
+    if ahead_binary is not None:  # every frame before the last block is context for it and knows its next action
+        ahead = (ahead_binary, ahead_magnitude, (block < blocks)[None].expand(B, -1))  # present (B, F)
     prediction = model_fn_causal(dit, controller, noisy, timesteps, context, settings, binary, magnitude,
-                                 use_gradient_checkpointing)  # (B, C, F, h, w)
+                                 use_gradient_checkpointing, ahead)  # (B, C, F, h, w)
     target = noise - latents  # the velocity towards the true clip
     weights = _weights(scheduler, timesteps)  # (B, F)
     per_frame = (prediction.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # (B, F)

@@ -70,7 +70,7 @@ def build_controller(config: ActionControllerConfig, seed: int, checkpoint: Opti
         else:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         try:
-            controller.load_state_dict(state)
+            controller.load_state_dict(controller.with_own_lookahead(state))  # --action_lookahead: from zero
         except ValueError as error:
             raise ConfigError(f"--action_controller_checkpoint: {error}") from None
     return controller.float()
@@ -147,12 +147,12 @@ class ActionTrainingModule(DiffusionTrainingModule):
 
     def causal_loss(self, shared: dict, posi: dict) -> torch.Tensor:
         """--causal: the block-causal objective (``training.trainer.forcing``) on the sink + a window of the clip."""
-        latents, binary, magnitude, adjacent = sample_window(shared["input_latents"], shared["action_binary"],
-                                                             shared["action_magnitude"], self.causal, random,
-                                                             self.forcing.first_window, self.forcing.action_change)
-        return causal_loss(self.pipe.dit, self.pipe.action_controller, self.pipe.scheduler, latents,
-                           posi["context"], binary, magnitude, self.causal, self.forcing, self.errors,
-                           use_gradient_checkpointing=True, adjacent=torch.tensor([adjacent] * len(latents)))
+        clip = sample_window(shared["input_latents"], shared["action_binary"], shared["action_magnitude"],
+                             self.causal, random, self.forcing.first_window, self.forcing.action_change)
+        return causal_loss(self.pipe.dit, self.pipe.action_controller, self.pipe.scheduler, clip.latents,
+                           posi["context"], clip.binary, clip.magnitude, self.causal, self.forcing, self.errors,
+                           use_gradient_checkpointing=True, adjacent=torch.tensor([clip.adjacent] * len(clip.latents)),
+                           ahead_binary=clip.ahead_binary, ahead_magnitude=clip.ahead_magnitude)
 
     def _autocast(self):
         dtype = self.pipe.torch_dtype

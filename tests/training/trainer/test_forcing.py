@@ -23,7 +23,7 @@ def test_a_window_is_the_sink_plus_consecutive_frames_with_their_actions():
     settings = CausalSettings(block_frames=1, window=2)
     starts = set()
     for seed in range(30):
-        window, b, m, _ = sample_window(latents, binary, magnitude, settings, random.Random(seed))
+        window, b, m, *_ = sample_window(latents, binary, magnitude, settings, random.Random(seed))
         frames = window[0, 0, :, 0, 0].long().tolist()
         assert len(frames) == 4 and frames[0] == 0 and frames[1:] == list(range(frames[1], frames[1] + 3))
         assert torch.allclose(m[0, :, 0], torch.tensor([0.1 * f for f in frames[1:]]))  # action t drives frame t+1
@@ -33,6 +33,18 @@ def test_a_window_is_the_sink_plus_consecutive_frames_with_their_actions():
     assert short[0].shape[2] == 3  # a clip shorter than sink + window + block is taken whole
 
 
+def test_a_window_knows_each_frames_next_action():
+    """For a lookahead controller: the action driving the frame after each kept frame (the sink's: action 0)."""
+    latents, binary, magnitude = clip(9)
+    settings = CausalSettings(block_frames=1, window=2)
+    for seed in range(10):
+        window = sample_window(latents, binary, magnitude, settings, random.Random(seed))
+        frames = window.latents[0, 0, :, 0, 0].long().tolist()
+        expected = [0.1 * (f + 1) if f < 8 else 0.0 for f in frames]  # frame 8 is the video's last: none
+        assert torch.allclose(window.ahead_magnitude[0, :, 0], torch.tensor(expected))
+        assert torch.equal(window.ahead_binary[0, :, 0], torch.tensor([float(f < 8) for f in frames]))
+
+
 def held_clip(frames: int, change_at: int):
     """Forward held, then Right from action step ``change_at`` on: one change of the commanded action."""
     latents = torch.arange(frames, dtype=torch.float32).view(1, 1, frames, 1, 1).expand(1, 48, frames, 4, 4)
@@ -40,18 +52,25 @@ def held_clip(frames: int, change_at: int):
     return (latents.clone(), *split_actions(raw[None]))  # (1, C, F, h, w), (1, F-1, 8) x 2
 
 
-def test_first_windows_start_right_after_the_sink():
-    settings = CausalSettings(block_frames=1, window=2)
-    for seed in range(10):
-        window, _, _, adjacent = sample_window(*clip(9), settings, random.Random(seed), first_window=1.0)
-        assert window[0, 0, :, 0, 0].long().tolist() == [0, 1, 2, 3] and adjacent  # the stream's first blocks
+def test_first_windows_end_at_each_of_the_streams_first_blocks():
+    """The first block (context: the sink only), the second, ... up to a full window: each as a stream makes it."""
+    lengths = set()
+    for block_frames in (1, 2):
+        settings = CausalSettings(block_frames=block_frames, window=2)
+        for seed in range(20):
+            window = sample_window(*clip(9), settings, random.Random(seed), first_window=1.0)
+            frames = window.latents[0, 0, :, 0, 0].long().tolist()
+            assert frames == list(range(len(frames))) and window.adjacent  # from the sink on
+            assert window.binary.shape[1] == len(frames) - 1 and (len(frames) - 1) % block_frames == 0
+            lengths.add((block_frames, len(frames)))
+    assert lengths == {(1, 2), (1, 3), (1, 4), (2, 3), (2, 5)}  # every early block; whole blocks only
 
 
 def test_action_change_windows_end_on_a_block_whose_action_is_new():
     settings = CausalSettings(block_frames=1, window=2)
     starts = set()
     for seed in range(20):
-        window, binary, _, adjacent = sample_window(*held_clip(12, change_at=6), settings, random.Random(seed),
+        window, binary, _, adjacent, *_ = sample_window(*held_clip(12, change_at=6), settings, random.Random(seed),
                                           action_change=1.0)
         starts.add(int(window[0, 0, 1, 0, 0]))
         assert not torch.equal(binary[0, -1], binary[0, -2]) and not adjacent  # the last block's action is new
@@ -101,6 +120,26 @@ def test_teacher_forcing_noises_the_last_block_only_and_fills_the_error_buffer(m
     assert (seen["timesteps"][:, 0] == 0).all() and len(set(seen["timesteps"][0, 1:].tolist())) == 3
 
 
+def test_the_next_actions_reach_the_context_frames_only(monkeypatch):
+    pipe = build_pipeline(preset="tiny")
+    scheduler = FlowMatchScheduler("Wan")
+    scheduler.set_timesteps(1000, training=True)
+    seen = {}
+
+    def spy(dit, controller, noisy, *args, **kwargs):
+        seen["ahead"] = args[-1]
+        return torch.zeros_like(noisy)
+    monkeypatch.setattr(forcing_lib, "model_fn_causal", spy)
+    latents, binary, magnitude = clip(5)
+    window = sample_window(latents, binary, magnitude, CausalSettings(block_frames=2, window=2), random.Random(0))
+    causal_loss(pipe.dit, pipe.action_controller, scheduler, window.latents, torch.zeros(2, 8, 32), window.binary,
+                window.magnitude, CausalSettings(block_frames=2, window=2), ForcingConfig(), None, random.Random(0),
+                ahead_binary=window.ahead_binary, ahead_magnitude=window.ahead_magnitude)
+    ahead_binary, _, present = seen["ahead"]
+    assert ahead_binary is window.ahead_binary
+    assert present.tolist() == [[True, True, True, False, False]] * 2  # the last block (frames 3, 4) is denoised
+
+
 def test_a_first_frame_far_from_the_sink_stays_out_of_the_diffusion_forcing_loss(monkeypatch):
     """Its action (a motion relative to a frame it cannot see) is unreadable: trained on, it teaches ignoring keys."""
     pipe = build_pipeline(preset="tiny")
@@ -133,3 +172,18 @@ def test_the_loss_trains_the_dit_and_the_controller():
     loss.backward()
     assert torch.isfinite(loss) and pipe.dit.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
     assert pipe.action_controller.action_embed[0].weight.grad.abs().sum() > 0
+
+
+def test_the_loss_trains_the_lookahead():
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "lookahead": True})
+    pipe.action_controller.train().requires_grad_(True)
+    scheduler = FlowMatchScheduler("Wan")
+    scheduler.set_timesteps(1000, training=True)
+    window = sample_window(torch.randn(2, 48, 6, 4, 4), *clip(6)[1:], CausalSettings(block_frames=1, window=2),
+                           random.Random(0))
+    loss = causal_loss(pipe.dit, pipe.action_controller, scheduler, window.latents, torch.zeros(2, 8, 32),
+                       window.binary, window.magnitude, CausalSettings(block_frames=1, window=2),
+                       ForcingConfig(teacher_forcing=1.0), None, random.Random(0),
+                       ahead_binary=window.ahead_binary, ahead_magnitude=window.ahead_magnitude)
+    loss.backward()
+    assert pipe.action_controller.ahead_to_tmod.weight.grad.abs().sum() > 0  # zero init, yet it learns
