@@ -117,7 +117,8 @@ class PartTimer:
         stream._denoise = self.timed("denoise", stream._denoise)
         stream.decoder.push = self.timed("decode", stream.decoder.push)
         commit = self.timed("commit", stream._commit)
-        stream._commit = lambda: commit() if stream._pending is not None else None  # a no-op call is not a pass
+        # a no-op call is not a pass (a lookahead stream's commit also takes the next block's actions)
+        stream._commit = lambda *next_raw: commit(*next_raw) if stream._pending is not None else None
 
     def timed(self, name, fn):
         def run(*args, **kwargs):

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from models.options import CausalSettings
 from models.serve_config import SERVE_CONFIG_NAME, ServeConfig, load_serve_config, save_serve_config
 
 
@@ -56,5 +57,6 @@ def test_broken_json_is_named(tmp_path):
 
 def test_the_committed_toy_world_reads_through_it():
     config = load_serve_config("worlds/toy")
-    assert (config.height, config.width, config.chunk_frames, config.autoregressive) == (128, 128, 5, True)
+    assert (config.height, config.width, config.chunk_frames, config.generation) == (128, 128, 5, "causal")
+    assert config.causal_settings() == CausalSettings(block_frames=1, window=3, sink=True)  # one stream per flight
     assert "ignores the prompt" in config.notes and "128x128" in config.notes  # the page's "what to expect"

@@ -41,7 +41,8 @@ def test_cli_generate(tmp_path, capsys, random_world):
 
 def test_cli_generates_any_length_through_a_stream_in_a_causal_world(tmp_path, capsys, random_world):
     out = tmp_path / "long.mp4"
-    assert generate_cli.main(["--prompt", "a drone", "--actions", "forward:22", "--out", str(out)]) == 2
+    assert generate_cli.main(["--prompt", "a drone", "--actions", "forward:22", "--out", str(out),
+                              "--generation", "chunked"]) == 2
     assert "more than 81" in capsys.readouterr().err  # one chunked generation has a limit...
     assert generate_cli.main(["--prompt", "a drone", "--actions", "forward:22", "--out", str(out), "--steps", "1",
                               "--generation", "causal"]) == 0  # ...a stream has none

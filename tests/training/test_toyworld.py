@@ -22,15 +22,22 @@ def _tiny_recipe(out, *extra):
             "--injection_type", "adaln_tmod", "--no_progress", *extra]
 
 
-def test_the_defaults_are_the_committed_worlds_recipe():
-    """`python -m training.toyworld --out DIR` trains what worlds/toy/ was trained with (step counts aside: those
-    follow --minutes when not given; and the VAE learning rate: the committed VAE was fine-tuned at 5e-4 from an
-    earlier world's VAE trained at the default 1e-3, see docs/toyworld.md "How it actually ran"; and --init_vae,
-    the VAE it started from)."""
+# The committed causal world's command (docs/toyworld.md, "The causal world"): the chunked world's DiT and
+# controller (worlds/toy before it, --init_dit) trained as a stream with the frame before each block joined to it.
+CAUSAL_COMMAND = ["--out", "somewhere", "--generation", "causal", "--seed", "0", "--frames", "33", "--speed", "5",
+                  "--clips", "1024", "--holdout", "32", "--vae_frames", "5", "--joint_previous", "--teacher_forcing",
+                  "1.0", "--first_window", "0.75", "--dit_lr", "2e-4", "--serve_guidance", "3",
+                  "--serve_guidance_rescale", "0.7", "--injection_type", "adaln_tmod", "--init_dit", "worlds/toy"]
+
+
+def test_the_committed_world_was_trained_by_the_documented_command():
+    """The recipe in worlds/toy/world_config.json is the documented command's (step counts and threads aside; and
+    --init_vae, the VAE it started from: the chunked world's after 100 decoder steps on 17-frame windows, which the
+    documented command's --decoder_steps 100 makes in the same run)."""
     recipe = json.load(open(os.path.join(TOY, "world_config.json")))["recipe"]
-    defaults = vars(fill_generation_defaults(toyworld_parser().parse_args(["--out", "somewhere"])))
-    sized = {"minutes", "vae_steps", "dit_steps", "decoder_steps", "save_steps", "threads", "vae_lr", "init_vae"}
-    assert {k: defaults[k] for k in recipe if k not in sized} == {k: v for k, v in recipe.items() if k not in sized}
+    command = vars(fill_generation_defaults(toyworld_parser().parse_args(CAUSAL_COMMAND)))
+    sized = {"minutes", "vae_steps", "dit_steps", "decoder_steps", "save_steps", "threads", "init_vae"}
+    assert {k: command[k] for k in recipe if k not in sized} == {k: v for k, v in recipe.items() if k not in sized}
 
 
 CHUNKED_REFUSES = [("--context_noise", "0", "--context_noise applies to --generation causal only"),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.serve_config import load_serve_config
 from models.small_world import load_small_world
 from training.evaluation.flow import FlowSettings, estimate_motion
 from training.evaluation.sources import rendered_first_frames
@@ -120,20 +121,23 @@ def test_a_causal_world_starts_from_a_chunked_worlds_dit_and_controller(tmp_path
 
 
 def test_committed_toy_world_follows_opposite_actions():
-    """The shipped world steers: from the same held-out rendered first frames, optical flow on its chunks reads
-    yaw left vs yaw right and pitch up vs pitch down in opposite directions (magnitudes: what a held key sends)."""
-    hints = json.load(open(os.path.join(TOY, "serve.json")))
+    """The shipped world steers as it is served (a causal world: through a stream): from the same held-out rendered
+    first frames, optical flow on its first block reads yaw left vs yaw right and pitch up vs pitch down in opposite
+    directions (magnitudes: what a held key sends)."""
+    serve = load_serve_config(TOY)
+    assert serve.generation == "causal"  # the demo's default flies one stream per flight
     pipe = load_small_world(TOY)
     magnitudes = suite_magnitudes(pipe.action_stats)
-    h, w, f = hints["height"], hints["width"], hints["chunk_frames"]
+    h, w, f = serve.height, serve.width, serve.chunk_frames
     steps = (f - 1) // 4
 
     def motion(flight, axis):
         values = []
         for _, first, prompt in rendered_first_frames(SCENES, h, w, seed=0):
-            frames = generate_clip(pipe, first, prompt, suite_actions(flight, steps, magnitudes), f, hints["steps"],
-                                   seed=0, cfg_scale=1.0, action_guidance=hints.get("action_guidance", 1.0),
-                                   action_guidance_rescale=hints.get("action_guidance_rescale", 0.0))
+            frames = generate_clip(pipe, first, prompt, suite_actions(flight, steps, magnitudes), f, serve.steps,
+                                   seed=0, cfg_scale=1.0, action_guidance=serve.action_guidance,
+                                   action_guidance_rescale=serve.action_guidance_rescale,
+                                   causal=serve.causal_settings())
             values.append(float(estimate_motion(frames, FlowSettings(stride=1))[axis].mean()))
         return np.mean(values)
 
