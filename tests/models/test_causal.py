@@ -69,29 +69,40 @@ def test_a_later_frame_never_changes_an_earlier_prediction():
     assert not torch.allclose(base[:, :, 3:], changed[:, :, 3:])
 
 
-@pytest.mark.parametrize("injection_type", ["cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual"])
-@pytest.mark.parametrize("block_frames", [1, 2])
-def test_the_stream_predicts_what_the_training_forward_predicts(injection_type, block_frames):
-    """A block denoised against the cache = the same frames through the block-causal mask in one forward."""
-    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "injection_type": injection_type})
+def two_blocks_then_noise(pipe, block_frames: int):
+    """A stream (window 8) after two blocks, the third block's actions and noise: (stream, every step's raw actions
+    (1, T, 2, 8), the third block's action tokens, noise (1, C, b, h, w), the first timestep)."""
     stream = pipe.open_stream(image(), PROMPT, seed=1, steps=2, window=8, block_frames=block_frames)
     done = [constant_actions(block_frames, {"Forward": 0.01}), constant_actions(block_frames, {"Yaw Left": 1.0})]
     for actions in done:
         stream.step(actions)
     following = constant_actions(block_frames, {"Pitch Up": 1.0, "Right": 0.02})
+    action_emb = stream._action_emb(*split_actions(torch.cat([stream.history, following[None]], dim=1)))
     noise = pipe.generate_noise((1, 48, block_frames, 4, 4), seed=123)
-    timestep = float(stream.scheduler.timesteps[0])
-    steps = torch.cat([stream.history, following[None]], dim=1)
+    return stream, torch.cat(done + [following])[None], action_emb, noise, float(stream.scheduler.timesteps[0])
+
+
+def whole_clip(pipe, stream, steps, noise, timestep: float, block_frames: int, **kwargs) -> torch.Tensor:
+    """The same frames through the block-causal training forward: its last block's prediction (1, C, b, h, w)."""
+    latents = torch.cat([stream.latents, noise], dim=2)  # (1, C, F, h, w)
+    timesteps = torch.zeros(1, latents.shape[2])
+    timesteps[0, -block_frames:] = timestep
+    whole = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, prompt_context(pipe),
+                            CausalSettings(block_frames, 8, True), *split_actions(steps), **kwargs)
+    return whole[:, :, -block_frames:]
+
+
+@pytest.mark.parametrize("injection_type", ["cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual"])
+@pytest.mark.parametrize("block_frames", [1, 2])
+def test_the_stream_predicts_what_the_training_forward_predicts(injection_type, block_frames):
+    """A block denoised against the cache = the same frames through the block-causal mask in one forward."""
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "injection_type": injection_type})
+    stream, steps, action_emb, noise, timestep = two_blocks_then_noise(pipe, block_frames)
     with torch.no_grad():
         streamed = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
-                                 stream._action_emb(*split_actions(steps)))  # (1, C, b, h, w)
-        latents = torch.cat([stream.latents, noise], dim=2)  # (1, C, F, h, w)
-        timesteps = torch.zeros(1, latents.shape[2])
-        timesteps[0, -block_frames:] = timestep
-        binary, magnitude = split_actions(torch.cat(done + [following])[None])
-        whole = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, prompt_context(pipe),
-                                CausalSettings(block_frames, 8, True), binary, magnitude)
-    assert (whole[:, :, -block_frames:] - streamed).abs().max() < 1e-5 < streamed.abs().mean()
+                                 action_emb)  # (1, C, b, h, w)
+        whole = whole_clip(pipe, stream, steps, noise, timestep, block_frames)
+    assert (whole - streamed).abs().max() < 1e-5 < streamed.abs().mean()
 
 
 def test_a_rolled_window_still_predicts_what_the_training_forward_predicts():
@@ -215,26 +226,14 @@ def test_a_joint_previous_stream_predicts_what_the_training_forward_predicts(inj
     """A block denoised with a copy of the frame before it = the clip's forward with that copy (joint_previous)."""
     overrides = {"initial_scale": 1.0, "injection_type": injection_type, "joint_previous": True}
     pipe = build_pipeline(preset="tiny", controller_overrides=overrides)
-    stream = pipe.open_stream(image(), PROMPT, seed=1, steps=2, window=8, block_frames=block_frames)
-    done = [constant_actions(block_frames, {"Forward": 0.01}), constant_actions(block_frames, {"Yaw Left": 1.0})]
-    for actions in done:
-        stream.step(actions)
-    following = constant_actions(block_frames, {"Pitch Up": 1.0, "Right": 0.02})
-    noise = pipe.generate_noise((1, 48, block_frames, 4, 4), seed=123)
-    timestep = float(stream.scheduler.timesteps[0])
-    steps = torch.cat([stream.history, following[None]], dim=1)
+    stream, steps, action_emb, noise, timestep = two_blocks_then_noise(pipe, block_frames)
     with torch.no_grad():
         streamed = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
-                                 stream._action_emb(*split_actions(steps)), previous=stream.latents[:, :, -1:])
+                                 action_emb, previous=stream.latents[:, :, -1:])
         alone = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,
-                              stream._action_emb(*split_actions(steps)))
-        latents = torch.cat([stream.latents, noise], dim=2)  # (1, C, F, h, w)
-        timesteps = torch.zeros(1, latents.shape[2])
-        timesteps[0, -block_frames:] = timestep
-        binary, magnitude = split_actions(torch.cat(done + [following])[None])
-        whole = model_fn_causal(pipe.dit, pipe.action_controller, latents, timesteps, prompt_context(pipe),
-                                CausalSettings(block_frames, 8, True), binary, magnitude)
-    assert (whole[:, :, -block_frames:] - streamed).abs().max() < 1e-5
+                              action_emb)
+        whole = whole_clip(pipe, stream, steps, noise, timestep, block_frames)
+    assert (whole - streamed).abs().max() < 1e-5
     assert (alone - streamed).abs().max() > 1e-3  # the copy changed the block
 
 
