@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the DiT and the action controller from this world folder (e.g. the chunked "
                         "worlds/toy: it knows the stream's first block, image + action -> next frame)")
     p.add_argument("--init_vae", default=None,
-                   help="start from this world folder's VAE and skip the VAE stage (e.g. worlds/toy)")
+                   help="start from this world folder's VAE (e.g. worlds/toy) and skip the VAE stage, or, with "
+                        "--vae_steps N, fine-tune it N steps (e.g. on longer --vae_frames windows)")
     p.add_argument("--speed", type=float, default=5.0,
                    help="multiplies the synthetic flights' translation and rotation ranges")
     p.add_argument("--move_speed", type=float, default=None,

@@ -160,7 +160,7 @@ class ToyRun:
         self.config = world_config(a, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         self.pipe, self.controller = build_models(a, self.config)
         self.causal, self.forcing = causal_settings(a), forcing_config(a)
-        if a.init_vae:  # start from a world's trained VAE; the VAE stage is then skipped
+        if a.init_vae:  # start from a world's trained VAE; the VAE stage is skipped unless --vae_steps is given
             try:
                 self.pipe.vae.model.load_state_dict(load_world_weights(a.init_vae, "vae"))
             except RuntimeError as error:
@@ -203,7 +203,8 @@ class ToyRun:
             self.state["plan"].setdefault("decoder_steps", a.decoder_steps)  # checkpoints from before that stage
             self.state["losses"].setdefault("decoder", [])
             return self.state["plan"]
-        plan = {"vae_steps": 0 if a.init_vae else a.vae_steps, "dit_steps": a.dit_steps,
+        vae_steps = (a.vae_steps or 0) if a.init_vae else a.vae_steps  # --init_vae: skipped unless steps are given
+        plan = {"vae_steps": vae_steps, "dit_steps": a.dit_steps,
                 "decoder_steps": a.decoder_steps}
         if plan["vae_steps"] is None or plan["dit_steps"] is None:
             budget = a.minutes * 60.0

@@ -111,7 +111,14 @@ def test_a_causal_world_starts_from_a_chunked_worlds_dit_and_controller(tmp_path
         state = module.state_dict()
         assert all(torch.equal(state[k], chunked[name][k]) for k in chunked[name]), name
     assert not run.controller.ahead_to_tmod.weight.any()  # the new lookahead starts at zero: the same world
-    assert toyworld_main(args) == 0
+    at = args.index("--vae_steps")
+    skip = args[:at] + args[at + 2:]  # --init_vae alone skips the VAE stage
+    assert toyworld.ToyRun(fill_generation_defaults(toyworld_parser().parse_args(skip))).plan(None, None)[
+        "vae_steps"] == 0
+    assert toyworld_main(args) == 0  # --init_vae with --vae_steps 2: that VAE, fine-tuned 2 steps
+    assert json.load(open(os.path.join(causal, "toyworld_report.json")))["plan"]["vae_steps"] == 2
+    assert not torch.equal(_weights(causal)["vae.safetensors"]["encoder.conv1.weight"],
+                           chunked["vae.safetensors"]["encoder.conv1.weight"])
     trained = load_small_world(causal).action_controller
     assert trained.config.lookahead and trained.ahead_to_tmod.weight.abs().sum() > 0  # it trained
     recipe = json.load(open(os.path.join(causal, "world_config.json")))["recipe"]
