@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -45,6 +43,7 @@ from PIL import Image
 from models.action_format import num_actions_for_frames
 from server.generation.flight import Flight, OpenChunk
 from server.generation.generators import Generator, GenRequest
+from server.generation.job import Job
 from server.generation.streams import Pacer, block_play_s
 from server.media.delivery import Delivery
 from server.media.recording import FileStore, write_mp4
@@ -58,22 +57,6 @@ STALL_TOLERANCE_S = 0.02
 
 class EngineFull(Exception):
     """The waiting line (flights) or the job queue is full."""
-
-
-@dataclass
-class Job:
-    request: GenRequest
-    fps: int
-    id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
-    status: str = "queued"  # queued, running, done, failed
-    progress: float = 0.0
-    error: Optional[str] = None
-    frames: int = 0
-    created: float = field(default_factory=time.time)
-    finished: Optional[float] = None
-    done: threading.Event = field(default_factory=threading.Event)
-    parts: Optional[Iterator[np.ndarray]] = None  # Generator.generate_parts, while running
-    made: list = field(default_factory=list)  # the parts made so far, (n, H, W, 3) each
 
 
 class Engine:
