@@ -179,7 +179,7 @@ def _timestep_modulation(dit, timesteps: torch.Tensor, tokens_per_frame: int):
 
 def _look_ahead(controller, block_idx: int, t_mod, ahead, f: int, n: int):
     """t_mod (B|1, L, 6, D) plus the lookahead delta of the frames that know their next action; ``ahead`` =
-    (tokens (B, f, D), present (B, f)) or None."""
+    (tokens (B, f, D), present (B, f) or None: all frames) or None."""
     if ahead is None or not controller.should_inject(block_idx):
         return t_mod
     delta = controller.ahead_change(ahead[0], ahead[1], block_idx)  # (B, f, 1, 6, D)
@@ -310,7 +310,7 @@ def forward_block(dit, controller, latents: torch.Tensor, timestep: float, conte
     parts = getattr(dit, _COMPILED, None)  # compile_stream's (attention_inputs, block_output), else eager
     ahead = None
     if ahead_emb is not None and controller is not None and controller.config.lookahead:
-        ahead = (ahead_emb, torch.ones(ahead_emb.shape[:2], dtype=torch.bool, device=x.device))  # (B, b, D), (B, b)
+        ahead = (ahead_emb, None)  # (B, b, D): every frame of a clean pass has its next action
     for block_idx, block in enumerate(dit.blocks):
         block_t_mod = _modulation(controller, block_idx, t_mod, x, action_emb, ahead, f, n, first_frame_is_image)
         past_k, past_v = cache.context(block_idx, lambda k, pos: rope_apply(k, rope_table(dit, pos, h, w, x.device),

@@ -294,11 +294,13 @@ class WanActionController(nn.Module):
         delta = delta.expand(B, *delta.shape[1:])
         return _frame_expand(delta, f) if first_frame_is_image else delta  # (B, f, ...)
 
-    def ahead_change(self, ahead_emb: torch.Tensor, present: torch.Tensor, block_idx: int) -> torch.Tensor:
-        """lookahead: (B, f, C) tokens of each frame's next action, (B, f) whether a frame has one -> the t_mod
-        delta (B, f, 1, 6, C) (zero where absent)."""
+    def ahead_change(self, ahead_emb: torch.Tensor, present: Optional[torch.Tensor], block_idx: int) -> torch.Tensor:
+        """lookahead: (B, f, C) tokens of each frame's next action, (B, f) whether a frame has one (None: all do)
+        -> the t_mod delta (B, f, 1, 6, C) (zero where absent)."""
         delta = self.ahead_to_tmod(ahead_emb).unflatten(-1, (6, self.hidden_size))  # (B, f, 6, C)
-        delta = delta * self.ahead_scale[block_idx].to(delta.dtype) * present[..., None, None].to(delta.dtype)
+        delta = delta * self.ahead_scale[block_idx].to(delta.dtype)
+        if present is not None:
+            delta = delta * present[..., None, None].to(delta.dtype)
         return delta.unsqueeze(2)  # (B, f, 1, 6, C)
 
     def forward(self, hidden_states, action_binary, action_magnitude, t: int, h: int, w: int, block_idx: int):

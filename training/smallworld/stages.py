@@ -110,7 +110,7 @@ class DitStage(torch.nn.Module):
         pipe.scheduler.set_timesteps(1000, training=True)
 
     def forward(self, batch) -> torch.Tensor:
-        latents, context, binary, magnitude, *adjacent = batch  # adjacent (B,): sample_window's, when given
+        latents, context, binary, magnitude = batch
         if not self.pipe.scheduler.training:
             self.pipe.scheduler.set_timesteps(1000, training=True)
         first = latents[:, :, :1].clone()  # (B, 48, 1, h, w)
