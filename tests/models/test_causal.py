@@ -241,6 +241,9 @@ def test_joint_previous_needs_a_window_and_keeps_earlier_frames_fixed():
     pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "joint_previous": True})
     with pytest.raises(ValueError, match="window must be >= 1"):
         pipe.open_stream(image(), PROMPT, window=0)
+    with pytest.raises(ValueError, match="joint_previous needs window >= 1"):  # the training forward too
+        model_fn_causal(pipe.dit, pipe.action_controller, torch.zeros(1, 48, 2, 4, 4), torch.zeros(1, 2),
+                        prompt_context(pipe), CausalSettings(1, 0, True))
     a = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
     b = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
     out_a = [a.step(x) for x in ACTIONS]
@@ -248,6 +251,9 @@ def test_joint_previous_needs_a_window_and_keeps_earlier_frames_fixed():
     assert all(np.array_equal(x, y) for x, y in zip(out_a[:3], out_b[:3]))
     assert not np.array_equal(out_a[3], out_b[3])
     assert a.cache.frames == 3  # the copies never enter the cache: sink + window
+    with pytest.raises(ValueError, match="the clean pass that writes the cache runs without the previous frame"):
+        forward_block(pipe.dit, pipe.action_controller, a.latents[:, :, -1:], 0.0, a.context, a.cache, write=True,
+                      previous=a.latents[:, :, -1:])
     blind = pipe.open_stream(image(), PROMPT, seed=3, steps=2, window=2)
     blind.joint = False  # the same weights without the copy: the stream really denoises with it
     assert not np.array_equal(blind.step(ACTIONS[0]), out_a[0])

@@ -212,6 +212,8 @@ def test_too_many_steps_is_an_error():
     ({"hidden_size": 65}, "divisible"),
     ({"num_layers": 0}, "num_layers"),
     ({"dropout": 1.0}, "dropout"),
+    ({"lookahead": "yes"}, "lookahead: expected true or false"),
+    ({"joint_previous": 1}, "joint_previous: expected true or false"),
 ])
 def test_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):

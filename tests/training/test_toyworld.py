@@ -58,3 +58,10 @@ def test_a_bad_option_is_refused_by_name(tmp_path, capsys, option, value, messag
         toyworld_main(_tiny_recipe(str(tmp_path), option, value))
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))  # refused before any work
+
+
+def test_joint_previous_needs_a_window(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", "--joint_previous", "--window", "0"))
+    assert exit_.value.code == 2 and "--joint_previous needs --window >= 1" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))  # refused before any work
