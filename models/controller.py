@@ -234,9 +234,10 @@ class WanActionController(nn.Module):
 
     def window_attention(self, hidden_states: torch.Tensor, action_emb: torch.Tensor, f: int, h: int,
                          w: int) -> torch.Tensor:
-        """cross_attn_window: (B, L, C) tokens x (B, T, C) action tokens -> (B, F-1, N, C) unscaled change."""
+        """cross_attn_window: (B, L, C) tokens x (B, T, C) action tokens -> (B, T, N, C) unscaled change of the last
+        T frames (the frames ``_frame_expand`` gives the actions to)."""
         B, T, C = action_emb.shape
-        return self._window_attend(hidden_states.view(B, f, h * w, C)[:, 1:1 + T], action_emb)  # (B, T, N, C)
+        return self._window_attend(hidden_states.view(B, f, h * w, C)[:, f - T:], action_emb)  # (B, T, N, C)
 
     def _window_attend(self, tokens: torch.Tensor, action_emb: torch.Tensor) -> torch.Tensor:
         """(B, Tq, N, C) tokens of the last Tq action steps x (B, S, C) action tokens (S >= Tq; the first S - Tq

@@ -8,6 +8,8 @@
 # line per module; `cd outputs/mutation/<name> && mutmut show NAME` shows a mutant's diff.
 # MUTATION_RERUN=1 scripts/mutation.sh MODULE: after writing tests for survivors, copy tests/ into the module's
 # existing scratch copy and run only its survivors again (new tests are traced first); the score covers all mutants.
+# Only for new tests in the files the table already lists: mutmut forgets its results when its setup changes.
+# MUTATION_SCORE_ONLY=1 scripts/mutation.sh MODULE: score the last results again (after listing equivalent mutants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,15 +22,15 @@ table() {
 cat <<'TABLE'
 models/action_format.py|*|tests/models/test_action_format.py
 models/pipeline.py|models.pipeline.xǁWanActionPipelineǁ__call__* models.pipeline.xǁWanActionPipelineǁresolve_actions* models.pipeline.xǁWanActionPipelineǁset_action_controller*|tests/models/test_pipeline.py
-models/controller.py|*|tests/models/test_controller.py
+models/controller.py|*|tests/models/test_controller.py tests/models/test_controller_config.py
 models/streaming.py|*|tests/models/test_streaming.py
-training/trainer/module.py|*|tests/training/trainer/test_module.py
-training/data/pose_actions.py|*|tests/training/data/test_pose_actions.py tests/training/data/test_sekai.py
+training/trainer/module.py|training.trainer.module.xǁActionTrainingModuleǁaction_inputs* training.trainer.module.xǁActionTrainingModuleǁforward*|tests/training/trainer/test_module.py
+training/data/pose_actions.py|*|tests/training/data/test_pose_actions.py tests/training/data/test_sekai.py tests/training/data/test_pose_numbers.py
 server/inputs.py|*|tests/server/test_inputs.py
 server/protocol.py|*|tests/server/test_protocol.py
-server/media/recording.py|*|tests/server/media/test_recording.py tests/server/media/test_recording_writer.py
+server/media/recording.py|*|tests/server/media/test_recording.py tests/server/media/test_recording_writer.py tests/server/media/test_recording_store.py
 server/generation/streams.py|*|tests/server/generation/test_streams.py
-server/generation/engine.py|server.generation.engine.xǁEngineǁ_pick* server.generation.engine.xǁEngineǁlead_s* server.generation.engine.xǁEngineǁ_open_chunk*|tests/server/generation/test_engine.py
+server/generation/engine.py|server.generation.engine.xǁEngineǁ_pick* server.generation.engine.xǁEngineǁlead_s* server.generation.engine.xǁEngineǁ_open_chunk*|tests/server/generation/test_engine.py tests/server/generation/test_engine_pacing.py
 TABLE
 }
 
@@ -47,7 +49,13 @@ main() {  # one function: bash reads it whole, so editing this file cannot distu
         name=$(echo "$module" | tr '/' '_' | sed 's/\.py$//')
         work="$root/outputs/mutation/$name"
         rerun=()
-        if [ "${MUTATION_RERUN:-0}" = 1 ] && [ -s "$work/survivors.txt" ]; then
+        if [ "${MUTATION_SCORE_ONLY:-0}" = 1 ]; then
+            [ -s "$work/results.txt" ] || { echo "$module: no results to score in $work" >&2; exit 2; }
+        elif [ "${MUTATION_RERUN:-0}" = 1 ] && [ -s "$work/survivors.txt" ]; then
+            # mutmut forgets every earlier result when its setup changes, so a rerun keeps the test selection
+            for t in $tests; do
+                grep -qx "    $t" "$work/setup.cfg" || { echo "$module: $t is new in the table: run it in full" >&2; exit 2; }
+            done
             cp -r tests/. "$work/tests/"
             mapfile -t rerun < <(cut -d: -f1 "$work/survivors.txt")
         else
@@ -72,9 +80,24 @@ main() {  # one function: bash reads it whole, so editing this file cannot distu
         # shellcheck disable=SC2086  # the globs are words of their own
         if [ ${#rerun[@]} -gt 0 ]; then set -- "${rerun[@]}"; elif [ -n "$pattern" ]; then set -f; set -- $pattern; set +f
         else set --; fi
-        (cd "$work" && "$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" "$@" > run.log 2>&1) \
-            || { echo "$module: mutmut failed, see $work/run.log" >&2; tail -20 "$work/run.log" >&2; continue; }
-        (cd "$work" && "$python" -m mutmut results --all true > results.txt 2>&1)
+        if [ "${MUTATION_SCORE_ONLY:-0}" != 1 ]; then
+            (cd "$work" && "$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" "$@" > run.log 2>&1) \
+                || { echo "$module: mutmut failed, see $work/run.log" >&2; tail -20 "$work/run.log" >&2; continue; }
+            [ ${#rerun[@]} -gt 0 ] && cp "$work/results.txt" "$work/results.before.txt"
+            (cd "$work" && "$python" -m mutmut results --all true > results.txt 2>&1)
+            if [ ${#rerun[@]} -gt 0 ]; then  # mutmut reports the mutants it did not rerun as "not checked"
+                "$python" - "$work" <<'PY'
+import sys
+from pathlib import Path
+work = Path(sys.argv[1])
+def read(name):
+    return dict(line.strip().rsplit(": ", 1) for line in (work / name).read_text().splitlines() if ": " in line)
+before, after = read("results.before.txt"), read("results.txt")
+merged = {n: (before.get(n, s) if s == "not checked" else s) for n, s in after.items()}
+(work / "results.txt").write_text("".join(f"    {n}: {s}\n" for n, s in merged.items()))
+PY
+            fi
+        fi
         "$python" - "$work" "$module" "$pattern" "$(( $(date +%s) - start ))" "${equivalent[@]}" <<'PY'
 import fnmatch, sys
 from pathlib import Path

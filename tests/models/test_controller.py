@@ -256,3 +256,85 @@ def test_action_tokens_read_flags_then_magnitudes_in_action_order_one_token_per_
     torch.testing.assert_close(tokens[..., :16], expected)
     assert tokens[0, :, 20].tolist() == [0.0, 10.0, 20.0]  # the temporal embedding of each step
     assert tokens[0, 1, :16].abs().max() == 0  # a hover step carries nothing
+
+
+# ---- the block-causal path (models.causal): frame_change and ahead_change -----------------------------------
+@pytest.mark.parametrize("injection_type", INJECTION_TYPES)
+def test_frame_change_is_the_chunked_change_of_the_same_frames(injection_type):
+    """A stream's block (frames 2..3, no first image, 3 action tokens of which the first is history) gets exactly
+    the change the chunked path gives those frames; with the first image included, frame 0 gets none."""
+    ctrl = make(injection_type).eval()
+    with torch.no_grad():
+        if injection_type == "cross_attn_window":
+            ctrl.rel_pos_bias.normal_()
+    x, binary, magnitude = inputs()
+    emb = ctrl.build_action_emb(binary, magnitude)  # (B, T, C)
+    if injection_type == "adaln_tmod":
+        t_mod = torch.zeros(1, FRAMES * N, 6, C)
+        full = ctrl.add_to_tmod(t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=1).view(B, FRAMES, N, 6, C)
+        full = full[:, :, :1]  # (B, F, 1, 6, C): the same for every token of a frame
+    else:
+        full = (ctrl.apply_action(x, emb, FRAMES, H_GRID, W_GRID, block_idx=1) - x).view(B, FRAMES, N, C)
+        if injection_type != "cross_attn_window":
+            full = full[:, :, :1]  # (B, F, 1, C)
+    block = x.view(B, FRAMES, N, C)[:, 2:].reshape(B, 2 * N, C)  # frames 2..3
+    change = ctrl.frame_change(block, emb, 2, N, block_idx=1, first_frame_is_image=False)
+    assert change.shape == full[:, 2:].shape
+    torch.testing.assert_close(change, full[:, 2:], atol=1e-6, rtol=1e-5)
+    with_image = ctrl.frame_change(x, emb, FRAMES, N, block_idx=1, first_frame_is_image=True)
+    torch.testing.assert_close(with_image, full, atol=1e-6, rtol=1e-5)
+    assert with_image[:, 0].abs().max() == 0 and with_image[:, 1:].abs().max() > 1e-4
+
+
+def test_window_type_gives_fewer_actions_to_the_last_frames():
+    """T action tokens for F > T + 1 frames drive the last T frames (where _frame_expand puts the change)."""
+    ctrl = make("cross_attn_window").eval()
+    x, binary, magnitude = inputs()
+    emb = ctrl.build_action_emb(binary[:, 1:], magnitude[:, 1:])  # (B, 2, C): frames 2 and 3
+    out = ctrl.apply_action(x, emb, FRAMES, H_GRID, W_GRID, block_idx=0).view(B, FRAMES, N, C)
+    expected = ctrl.frame_change(x.view(B, FRAMES, N, C)[:, 2:].reshape(B, 2 * N, C), emb, 2, N, 0, False)
+    assert torch.equal(out[:, :2], x.view(B, FRAMES, N, C)[:, :2])
+    torch.testing.assert_close(out[:, 2:] - x.view(B, FRAMES, N, C)[:, 2:], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_ahead_change_numbers_and_absent_frames():
+    ctrl = make("cross_attn_frame", lookahead=True)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        ctrl.ahead_to_tmod.weight.normal_()
+        ctrl.ahead_scale.copy_(torch.tensor([2.0, 3.0]))
+    ahead = torch.randn(B, 3, C)  # (B, f, C)
+    expected = (ahead @ ctrl.ahead_to_tmod.weight.T).view(B, 3, 6, C) * 3.0  # (B, f, 6, C)
+    change = ctrl.ahead_change(ahead, None, block_idx=1)
+    assert change.shape == (B, 3, 1, 6, C)
+    torch.testing.assert_close(change[:, :, 0], expected)
+    present = torch.tensor([[True, False, True], [False, True, True]])
+    masked = ctrl.ahead_change(ahead, present, block_idx=1)
+    torch.testing.assert_close(masked[:, :, 0], expected * present[..., None, None])
+    assert torch.isfinite(masked).all()
+
+
+def test_per_sample_t_mod_keeps_its_batch():
+    """A t_mod per sample (B, L, 6, C) or (B, 6, C), e.g. a batch at different timesteps, adds each sample's own."""
+    ctrl = make("adaln_tmod")
+    _, binary, magnitude = inputs()
+    emb = ctrl.build_action_emb(binary, magnitude)
+    delta = ctrl.action_tmod(emb) * ctrl.output_scale[0]  # (B, T, 6, C)
+    t_mod = torch.randn(B, FRAMES * N, 6, C)
+    out = ctrl.add_to_tmod(t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=0).view(B, FRAMES, N, 6, C)
+    torch.testing.assert_close(out[:, 2, 3], t_mod.view(B, FRAMES, N, 6, C)[:, 2, 3] + delta[:, 1])
+    global_t_mod = torch.randn(B, 6, C)
+    out = ctrl.add_to_tmod(global_t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=0).view(B, FRAMES, N, 6, C)
+    torch.testing.assert_close(out[:, 3, 5], global_t_mod + delta[:, 2])
+
+
+@pytest.mark.parametrize("injection_type", INJECTION_TYPES)
+def test_changes_keep_the_autocast_dtype(injection_type):
+    """Under bf16 autocast a change stays bf16 (the float32 scales are cast to it), as the DiT's blocks expect."""
+    ctrl = make(injection_type, lookahead=True)
+    x, binary, magnitude = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = ctrl.build_action_emb(binary, magnitude)
+        change = ctrl.frame_change(x, emb, FRAMES, N, block_idx=0, first_frame_is_image=True)
+        ahead = ctrl.ahead_change(emb, None, block_idx=0)
+    assert change.dtype == ahead.dtype == torch.bfloat16

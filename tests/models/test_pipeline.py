@@ -1,5 +1,7 @@
 import os
+import re
 
+import numpy as np
 import pytest
 import torch
 from diffsynth.pipelines.wan_video import WanVideoPipeline
@@ -220,3 +222,55 @@ def test_compiled_pipeline_matches_eager(gen_kwargs):
     pipe.compile_for_inference()
     compiled = pipe.generate_latents(**kwargs)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)  # measured: max |diff| 4.8e-7 (fp32, CPU)
+
+
+# ---- how a call's actions are resolved, without generating (issue 23) ----------------------------------------
+RAW_ACTIONS = np.zeros((2, 2, 8), np.float32)  # (T, 2, 8): Forward 0.01, then Yaw Right 1.5
+RAW_ACTIONS[0, :, 0] = (1, 0.01)
+RAW_ACTIONS[1, :, 5] = (1, 1.5)
+
+
+def test_raw_actions_use_the_pipelines_own_scale(pipe_with):
+    pipe = pipe_with(build_tiny_controller(0), magnitude_scale=[50] * 4 + [2] * 4)
+    binary, magnitude = pipe.resolve_actions(9, actions=RAW_ACTIONS)
+    assert binary.shape == magnitude.shape == (1, 2, 8)
+    assert magnitude[0, 0, 0].item() == pytest.approx(0.5) and magnitude[0, 1, 5].item() == pytest.approx(3.0)
+    pipe.set_action_controller(pipe.action_controller, magnitude_scale=MAGNITUDE_SCALE)
+    assert pipe.resolve_actions(9, actions=RAW_ACTIONS)[1][0, 0, 0].item() == pytest.approx(1.0)
+
+
+def test_a_bad_scale_names_its_argument(pipe_with):
+    with pytest.raises(ValueError, match=r"^action_magnitude_scale: expected 8 positive finite numbers"):
+        pipe_with(build_tiny_controller(0), magnitude_scale=[1] * 7)
+
+
+def test_flags_alone_are_actions_with_zero_magnitude(pipe_with):
+    pipe = pipe_with(build_tiny_controller(0))
+    flags = torch.tensor(RAW_ACTIONS[:, 0])  # (T, 8)
+    binary, magnitude = pipe.resolve_actions(9, action_binary=flags)
+    torch.testing.assert_close(binary[0], flags)
+    assert magnitude.shape == (1, 2, 8) and magnitude.abs().max() == 0
+    assert pipe.resolve_actions(9) == (None, None)
+
+
+def test_both_forms_at_once_are_refused_even_with_flags_only(pipe_with):
+    pipe = pipe_with(build_tiny_controller(0))
+    message = ("pass either actions= (raw (T,2,8)) or action_binary=/action_magnitude= (already scaled), not both")
+    for extra in ({"action_binary": RAW_ACTIONS[:, 0]}, {"action_magnitude": RAW_ACTIONS[:, 1]}):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            pipe.resolve_actions(9, actions=RAW_ACTIONS, **extra)
+
+
+def test_actions_without_a_controller_say_how_to_attach_one(tiny_pipe):
+    message = ("actions were given but the pipeline has no action controller "
+               "(call pipe.set_action_controller(...) or pipe.load_action_artifacts(folder))")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        tiny_pipe.resolve_actions(9, actions=RAW_ACTIONS)
+
+
+def test_exactly_as_many_steps_as_the_controller_has_frames_is_fine(pipe_with):
+    pipe = pipe_with(build_tiny_controller(0, num_latent_frames=2))
+    assert pipe.resolve_actions(9, actions=RAW_ACTIONS)[0].shape == (1, 2, 8)
+    with pytest.raises(ValueError, match=r"num_frames=13 needs 3 steps, more than the controller's "
+                                         r"num_latent_frames \(2\)"):
+        pipe.resolve_actions(13, actions=np.zeros((3, 2, 8), np.float32))

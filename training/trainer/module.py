@@ -93,7 +93,6 @@ class ActionTrainingModule(DiffusionTrainingModule):
                 param.data = param.data.float()
         self.lora_base_model = c.lora_base_model
         self.cache_units, self.train_units = list(pipe.units), []  # no cache: every unit runs per step
-        self.magnitude_scale = tuple(MAGNITUDE_SCALE)
         self.causal, self.forcing = causal_settings(c), forcing_config(c)
         self.errors = ErrorBuffer(self.forcing.error_buffer) if self.causal and self.forcing.error_prob > 0 else None
         self.flags = {"max_timestep_boundary": c.max_timestep_boundary,
@@ -127,7 +126,7 @@ class ActionTrainingModule(DiffusionTrainingModule):
     def action_inputs(self, action: torch.Tensor) -> dict:
         # Kept in float32 (transfer_data_to_device would cast them to the base dtype); model_fn casts them to the
         # controller's dtype. split_actions is the only place the magnitude scale is applied.
-        binary, magnitude = split_actions(action, self.magnitude_scale)  # (1, T, 8) each
+        binary, magnitude = split_actions(action)  # (1, T, 8) each, scaled by MAGNITUDE_SCALE
         return {"action_binary": binary.to(self.pipe.device), "action_magnitude": magnitude.to(self.pipe.device)}
 
     # ---- loss --------------------------------------------------------------------------------------------
