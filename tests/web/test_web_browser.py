@@ -64,7 +64,8 @@ def test_keyboard_flight(page, base_url, tmp_path):
     page.wait_for_selector(f'{hud(YAW_LEFT)} .srv[data-active="1"]', timeout=TIMEOUT_MS)
     page.wait_for_function("window.wanfly.latencies.length >= 2", timeout=TIMEOUT_MS)
     latencies = page.evaluate("window.wanfly.latencies")
-    assert all(0 < ms < 20_000 for ms in latencies)
+    # ~1.1 s measured on 2 idle cores (the random world's 9-frame chunks); 5 s leaves room for a loaded machine
+    assert all(0 < ms < 5_000 for ms in latencies), latencies
     page.wait_for_function("document.getElementById('stat-latency').textContent !== '-'")
     shot = tmp_path / "flight.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -74,6 +75,7 @@ def test_keyboard_flight(page, base_url, tmp_path):
     stats = page.evaluate("({shown: window.wanfly.player.shown, stalls: window.wanfly.player.stalls})")
     (tmp_path / "latency.json").write_text(json.dumps({"key_to_screen_ms": latencies, **stats}))
     print(f"key-to-screen latency (ms): {latencies}; frames shown {stats['shown']}, stalls {stats['stalls']}")
+    assert stats["shown"] > 0 and stats["stalls"] == 0, stats  # the player never ran dry during the flight
 
     page.keyboard.up("KeyW")
     page.keyboard.up("ArrowLeft")
