@@ -248,14 +248,12 @@ def model_fn_causal(dit, controller, latents: torch.Tensor, timesteps: torch.Ten
     context = dit.text_embedding(context)  # (B, S, D)
     freqs = rope_table(dit, positions, h, w, x.device)  # (L, 1, D_head/2)
     mask = token_mask(f, n, settings, x.device, joint)  # (L, L)
-    action_emb = None
+    action_emb = ahead_emb = present = None
+    dtype = None if controller is None else next(controller.parameters()).dtype
     if action_binary is not None and controller is not None:
-        dtype = next(controller.parameters()).dtype
         action_emb = block_action_emb(controller, action_binary.to(x.device, dtype),
                                       action_magnitude.to(x.device, dtype), settings.block_frames).to(x.dtype)
-    ahead_emb = present = None
     if ahead is not None and controller is not None and controller.config.lookahead:
-        dtype = next(controller.parameters()).dtype
         ahead_emb = ahead_action_emb(controller, ahead[0].to(x.device, dtype),
                                      ahead[1].to(x.device, dtype)).to(x.dtype)  # (B, F, D)
         present = ahead[2].to(x.device)  # (B, F)

@@ -13,6 +13,7 @@ from models.controller import (
     WanRMSNorm,
     resolve_controller_config,
 )
+from tests.models.test_controller import make
 
 TINY = ACTION_CONTROLLER_CONFIGS["tiny"]
 # Every argument away from its default, so a dropped or defaulted argument shows.
@@ -119,11 +120,6 @@ def test_as_many_steps_as_latent_frames_is_fine():
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
-def make(injection_type, **kw):
-    torch.manual_seed(0)
-    return WanActionController(**{**TINY, "injection_type": injection_type, **kw})
-
-
 def test_loading_copies_by_default_and_assigns_when_asked():
     source, target = make("add_residual"), make("add_residual", initial_scale=0.0)
     state = {k: v.clone() for k, v in source.state_dict().items()}

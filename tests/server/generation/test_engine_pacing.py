@@ -9,32 +9,16 @@ from PIL import Image
 
 from server.generation.engine import STALL_TOLERANCE_S, Engine
 from server.generation.flight import Flight
-from server.generation.generators import Generator, GenRequest
+from server.generation.generators import GenRequest
 from server.inputs import InputTimeline
 from server.settings import Settings
-
-
-class IdleGenerator(Generator):
-    """Never asked to generate: these tests drive ``_pick``/``_open_chunk`` by hand."""
-
-    def __init__(self, world):
-        self.world = world
-
-    def generate(self, request, progress=None):
-        raise AssertionError("the worker loop is not running")
-
-
-class Clock:
-    def __init__(self, now=100.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+from tests.server.generation.test_engine import FakeClock, RecordingGenerator
 
 
 def engine_for(world, tmp_path, **settings):
-    clock = Clock()
-    return Engine(IdleGenerator(world), Settings(recordings_dir=str(tmp_path), gradio=False, **settings),
+    clock = FakeClock()
+    clock.now = 100.0
+    return Engine(RecordingGenerator(world), Settings(recordings_dir=str(tmp_path), gradio=False, **settings),
                   clock=clock), clock
 
 
