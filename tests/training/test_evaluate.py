@@ -7,7 +7,14 @@ import torch
 
 from models.action_format import ACTION_NAMES
 from models.artifacts import ArtifactConfig, save_action_artifacts
-from models.frames.small_decoder import FOLDER, SmallDecoder, SmallDecoderConfig, save_small_decoder
+from models.frames.small_decoder import (
+    FOLDER,
+    SmallDecoder,
+    SmallDecoderConfig,
+    decode_video,
+    load_small_decoder,
+    save_small_decoder,
+)
 from models.media import read_video
 from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
@@ -115,6 +122,25 @@ def test_through_vae_scores_the_same_flights_after_the_worlds_vae(tmp_path):
     assert back.shape == clip.shape and back.dtype == np.uint8
     error = np.abs(back.astype(float) - clip).mean()
     assert 1 < error < 40  # a lossy but faithful picture (the toy VAE: ~22 dB)
+
+
+def test_through_vae_with_the_small_decoder_decodes_the_same_latents_with_it(tmp_path):
+    """--decoder small: the round trip's frames are the world's small decoder's decode of the VAE encoder's latents
+    (not the VAE decoder's), and the entry says so."""
+    clip = synthetic_flights(1, seed=0, frames=5, height=128, width=128, speed=5)[0]["frames"]
+    vae = load_world_vae("worlds/toy")
+    small = load_small_decoder("worlds/toy/small_decoder")
+    x = torch.from_numpy(clip).float().permute(3, 0, 1, 2)[None] / 127.5 - 1  # (1, 3, F, H, W)
+    with torch.no_grad():
+        expected = decode_video(small, vae.model.encode(x, vae.scale)).clamp(-1, 1)  # (1, 3, F, H, W)
+    expected = ((expected[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    assert np.array_equal(roundtrip(vae, clip, small), expected)
+    assert not np.array_equal(roundtrip(vae, clip), expected)  # the VAE's own decoder draws other pixels
+    out = tmp_path / "small"
+    assert main(["--synthetic", "1", "--num_frames", "5", "--height", "128", "--width", "128", "--speed", "5",
+                 "--flow_stride", "1", "--through_vae", "worlds/toy", "--decoder", "small", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [entry["label"] for entry in report["entries"]] == ["synthetic", "through VAE + small decoder"]
 
 
 def test_generate_tiny_preset_end_to_end(tmp_path):
