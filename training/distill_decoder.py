@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=256, help="training clips (at most this many of --data)")
     p.add_argument("--holdout", type=int, default=16, help="held-out clips for the measure")
     p.add_argument("--speed", type=float, help="synthetic flights' speed (default: the world's recipe, else 1)")
+    p.add_argument("--generated", type=int, default=0,
+                   help="also train on this many flights the world generates itself (a causal world's stream with "
+                        "its serve.json settings: the latents the decoder meets in serving), decoded by the teacher")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=4, help="clips per step")
@@ -85,6 +88,10 @@ def check_args(p: argparse.ArgumentParser, a) -> None:
     for name in ("steps", "batch", "clips", "holdout", "save_steps"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if a.generated < 0:
+        p.error(f"--generated must be >= 0, got {a.generated}")
+    if a.generated and a.model_dir:
+        p.error("--generated: needs --world or --preset (a world whose controller flies the flights)")
     if a.crop < 0:
         p.error(f"--crop must be >= 0 latent cells, got {a.crop}")
     for name in ("lr", "gan_lr"):

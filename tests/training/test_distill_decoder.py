@@ -3,11 +3,17 @@ decoder with its report; an interrupted run resumes exactly; bad options are ref
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from models.frames.small_decoder import CONFIG_FILE, WEIGHTS_FILE, decode_video, load_small_decoder
+from models.loading import build_pipeline
+from models.media import video_to_frames
+from models.serve_config import ServeConfig
+from training.data.synthetic import render_random_flight
+from training.distill import data as distill_data
 from training.distill import run as distill_run
 from training.distill_decoder import main as distill_main
 
@@ -89,6 +95,7 @@ def test_crops_train_on_a_window_of_the_grid_and_its_pixels(tmp_path, monkeypatc
     (["--blocks", "1,1"], "student: widths and blocks need one entry per level"),
     (["--patch", "2"], "student: widths/patch"),
     (["--widths", "8,x"], "--widths: expected comma-separated integers"),
+    (["--generated", "-1"], "--generated must be >= 0"),
 ])
 def test_bad_options_are_refused_by_name(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -102,3 +109,39 @@ def test_a_model_dir_needs_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         distill_main(["--model_dir", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "--data: --model_dir needs clips" in capsys.readouterr().err
+
+
+def test_a_model_dir_cannot_generate(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        distill_main(["--model_dir", str(tmp_path), "--data", str(tmp_path), "--generated", "2", "--out",
+                      str(tmp_path / "out")])
+    assert "--generated: needs --world or --preset" in capsys.readouterr().err
+
+
+def test_generated_flights_are_the_worlds_own_stream_decoded_by_the_teacher(tmp_path):
+    """--generated 2: two more training clips, whose latents are the tiny world's own stream from a synthetic
+    flight's first frame and actions (GENERATED_START on), and whose targets are the teacher's decode of them."""
+    assert distill_main(recipe(tmp_path / "out", tmp_path / "work", "--generated", "2")) == 0
+    data = torch.load(tmp_path / "work" / distill_data.DATA_FILE, weights_only=False)["data"]
+    assert data.latents.shape == (5, 48, 2, 4, 4) and data.teacher.shape == (5, 5, 64, 64, 3)
+    pipe = build_pipeline(preset="tiny")
+    video, _, actions, prompt = render_random_flight(0, distill_data.GENERATED_START + 1, 5, 64, 64, speed=1.0)
+    stream = pipe.open_stream(video[0], prompt, seed=1, height=64, width=64)
+    stream.step(actions)
+    assert torch.equal(data.latents[4:5], stream.latents.float())  # the second generated flight, bit for bit
+    teacher = video_to_frames(pipe.vae.decode(stream.latents, device="cpu"))
+    assert np.array_equal(data.teacher[4], teacher)
+    encoded = distill_data.encode_and_teach(pipe, video[None])[0]
+    assert not torch.equal(encoded, data.latents[4:5])  # generated, not the flight's own frames encoded
+    recipe_json = json.loads((tmp_path / "out" / CONFIG_FILE).read_text())["recipe"]
+    assert recipe_json["generated"] == 2
+
+
+def test_a_chunked_world_cannot_generate():
+    with pytest.raises(ValueError, match="--generated: w's serve.json says generation 'chunked'"):
+        distill_run.stream_settings(ServeConfig(generation="chunked"), "w")
+    serve = ServeConfig(generation="causal", block_frames=2, window=4, steps=3, action_guidance=2.0)
+    assert distill_run.stream_settings(serve, "w") == {
+        "steps": 3, "block_frames": 2, "window": 4, "sink": serve.sink, "action_guidance": 2.0,
+        "action_guidance_rescale": serve.action_guidance_rescale}
+    assert distill_run.stream_settings(None, None) == {}

@@ -8,8 +8,11 @@ of mp4s; the first ``frames`` frames of each, centre-cropped and resized). Held-
 training ones: synthetic flights from index ``HELD_OUT_START`` on (the toy recipe's held-out range), the last
 ``holdout`` videos of ``--data``. Each clip is encoded in one pass and decoded by the teacher in one continuous
 decode (the causal decoder never restarts, as a stream decodes), so the targets are what a flight shows. Targets are
-kept as uint8, as served. ``load_or_make`` caches everything in ``WORK/distill_data.pt`` while the source and the
-teacher's weights are the same.
+kept as uint8, as served. With ``generated`` (``--generated``), flights the world generates itself are added to the
+training clips: a causal world's stream (its DiT and controller, its serve.json settings) from the first frame and
+actions of synthetic flights of a range of their own (``GENERATED_START``), whose latents the teacher decodes in one
+continuous decode: the latents the decoder meets in serving, which the encoder's alone do not cover.
+``load_or_make`` caches everything in ``WORK/distill_data.pt`` while the source and the weights are the same.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from training.data.synthetic import render_random_flight
 from training.trainer.checkpoint import torch_save_atomic
 
 HELD_OUT_START = 10 ** 6
+GENERATED_START = 2 * 10 ** 6  # the generated flights' first frames and actions
 DATA_FILE = "distill_data.pt"
 
 
@@ -88,6 +92,32 @@ def encode_and_teach(pipe, clips: np.ndarray, tiled: bool = False, progress: boo
     return torch.cat(latents), np.stack(teacher)
 
 
+@torch.no_grad()
+def generate_and_teach(pipe, generated: dict, frames: int, height: int, width: int, tiled: bool = False,
+                       progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """``generated["count"]`` flights of ``frames`` frames made by the world's own stream (``generated["stream"]``:
+    ``open_stream``'s settings) -> (their latents (N, C, F, h, w) float32 on the CPU, the teacher's frames uint8)."""
+    from tqdm import tqdm
+    settings = generated["stream"]
+    block = settings.get("block_frames", 1)
+    latents, teacher = [], []
+    for i in tqdm(range(generated["count"]), desc="generate + teacher decode", unit="flight", disable=not progress):
+        video, _, actions, prompt = render_random_flight(generated["seed"], GENERATED_START + i, frames, height,
+                                                         width, speed=generated["speed"])
+        padded = np.concatenate([actions, np.zeros((-len(actions) % block, *actions.shape[1:]), actions.dtype)])
+        stream = pipe.open_stream(video[0], prompt, seed=generated["seed"] + i, height=height, width=width, **settings)
+        try:
+            for t in range(0, len(padded), block):
+                stream.step(padded[t:t + block])
+            z = stream.latents[:, :, :len(actions) + 1]  # (1, C, F, h, w): the flight's, without the filling
+        finally:
+            stream.close()
+        decoded = pipe.vae.decode(z.to(pipe.device, pipe.torch_dtype), device=pipe.device, tiled=tiled)
+        latents.append(z.float().cpu())
+        teacher.append(video_to_frames(decoded))  # (T, H, W, 3)
+    return torch.cat(latents), np.stack(teacher)
+
+
 def weights_digest(module) -> str:
     """SHA-256 of a module's weights (names and float32 bytes)."""
     digest = hashlib.sha256()
@@ -98,7 +128,10 @@ def weights_digest(module) -> str:
 
 def load_or_make(work: str, pipe, source: dict, progress: bool = False) -> DistillData:
     """The data of ``source`` ({"kind": "synthetic" | "data", ...}, see ``make_clips``), cached in ``work``."""
-    key = json.dumps({**source, "vae": weights_digest(pipe.vae.model)}, sort_keys=True)
+    weights = {"vae": weights_digest(pipe.vae.model)}
+    if source.get("generated"):  # the generated latents are the DiT's and the controller's too
+        weights.update(dit=weights_digest(pipe.dit), controller=weights_digest(pipe.action_controller))
+    key = json.dumps({**source, **weights}, sort_keys=True)
     path = os.path.join(work, DATA_FILE)
     if os.path.isfile(path):
         cached = torch.load(path, map_location="cpu", weights_only=False)
@@ -106,6 +139,10 @@ def load_or_make(work: str, pipe, source: dict, progress: bool = False) -> Disti
             return cached["data"]
     train, held = make_clips(source, progress)
     latents, teacher = encode_and_teach(pipe, train, source.get("tiled", False), progress)
+    if source.get("generated"):
+        more_latents, more_teacher = generate_and_teach(pipe, source["generated"], source["frames"], source["height"],
+                                                        source["width"], source.get("tiled", False), progress)
+        latents, teacher = torch.cat([latents, more_latents]), np.concatenate([teacher, more_teacher])
     held_latents, held_teacher = encode_and_teach(pipe, held, source.get("tiled", False), progress)
     data = DistillData(latents, teacher, held_latents, held_teacher, held)
     os.makedirs(work, exist_ok=True)

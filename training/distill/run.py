@@ -67,7 +67,7 @@ def build_teacher(a):
     import torch
     dtype = getattr(torch, a.dtype)
     pipe = build_pipeline(preset=a.preset, world=a.world, model_dir=a.model_dir, device=a.device, torch_dtype=dtype,
-                          controller=False)
+                          controller=bool(a.generated))  # --generated flies the world's own flights
     serve = load_serve_config(a.world) if a.world else None
     size = (serve.height, serve.width) if serve else (64, 64) if a.preset else (480, 832)
     a.height, a.width = a.height or size[0], a.width or size[1]
@@ -82,8 +82,23 @@ def build_teacher(a):
               "height": a.height, "width": a.width, "tiled": a.tiled}
     a.source = {"kind": "data", "data": os.path.abspath(a.data), **common} if a.data else \
         {"kind": "synthetic", "seed": a.seed, "speed": a.speed, **common}
+    if a.generated:
+        a.source["generated"] = {"count": a.generated, "seed": a.seed, "speed": a.speed,
+                                 "stream": stream_settings(serve, a.world)}
     a.work = a.work or os.path.join("outputs", "distill_decoder", re.sub(r"[^A-Za-z0-9_.-]+", "_", a.out.strip("/")))
     return pipe
+
+
+def stream_settings(serve, world) -> dict:
+    """``pipe.open_stream``'s settings for ``--generated`` flights: the world's serve.json ones (the tiny preset has
+    none: the stream's defaults); ValueError for a chunked world, whose flights are not one stream."""
+    if serve is None:
+        return {}
+    if serve.generation != "causal":
+        raise ValueError(f"--generated: {world}'s serve.json says generation {serve.generation!r}; only a causal "
+                         "world's flights are generated (one stream each)")
+    return {"steps": serve.steps, "block_frames": serve.block_frames, "window": serve.window, "sink": serve.sink,
+            "action_guidance": serve.action_guidance, "action_guidance_rescale": serve.action_guidance_rescale}
 
 
 def to_video(frames: np.ndarray, device) -> torch.Tensor:
