@@ -20,6 +20,7 @@ from models.small_world import SmallWorldConfig, save_small_world
 from models.tiny import build_tiny_controller, build_tiny_pipeline
 from training.data.synthetic import make_dataset
 from training.evaluate import main
+from training.evaluation import long_flight
 from training.evaluation import suite as eval_suite
 from training.evaluation.long_flight_scores import drift
 from training.evaluation.sources import load_recordings, read_recording, synthetic_flights
@@ -241,6 +242,33 @@ def test_long_flight_chunked_and_causal_worlds_side_by_side(tmp_path, tiny_world
     assert "| chunky | chunked |" in summary and "| causy | causal |" in summary and "## Out and back" in summary
     for name in ("windows.png", "frames.png"):
         assert (tmp_path / "out" / name).stat().st_size > 1000, name
+
+
+def test_long_flight_decodes_with_the_worlds_decoder_or_the_option(tmp_path, monkeypatch, capsys):
+    """A world whose serve.json says "decoder": "small" flies its long flights through its small decoder, as served;
+    --decoder wan overrides it; a world without one is refused by name."""
+    world = _tiny_world(tmp_path / "w", "causal")
+    serve = json.loads((world / "serve.json").read_text())
+    (world / "serve.json").write_text(json.dumps({**serve, "decoder": "small"}))
+    out = str(tmp_path / "o")
+    flight = ["--long_flight", "--seconds", "2", "--window_seconds", "1", "--world", str(world), "--out", out]
+    assert main(flight) == 2
+    assert "decoder: 'small' needs a small decoder" in capsys.readouterr().err
+    save_small_decoder(str(world / FOLDER), SmallDecoder(SmallDecoderConfig(widths=[8, 8, 8], blocks=[1, 0, 0],
+                                                                            patch=4)))
+    seen = []
+
+    class Flown(Exception):
+        pass
+
+    def fly_scene(pipe, *args):
+        seen.append(pipe.decoder)
+        raise Flown
+    monkeypatch.setattr(long_flight, "fly_scene", fly_scene)
+    for extra, decoder in (([], "small"), (["--decoder", "wan"], "wan")):
+        with pytest.raises(Flown):
+            main([*flight, *extra])
+        assert seen[-1] == decoder
 
 
 def test_long_flight_user_errors_exit_2_with_a_message(tmp_path, tiny_worlds, capsys):

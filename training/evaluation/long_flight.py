@@ -276,6 +276,7 @@ def run_long_flight(args, settings, device: str | None = None) -> tuple[list[dic
         pipe = build_pipeline(world=world.folder, device=device, torch_dtype=dtype)
         if pipe.action_controller is None:
             raise ValueError(f"--world {world.folder}: the world has no controller")
+        pipe.use_decoder(getattr(args, "decoder", None) or world.serve.decoder)  # as served; ValueError: no small one
         magnitudes = suite_magnitudes(pipe.action_stats)
         keep = pictures[world.label] = {}
         scenes = []
