@@ -28,7 +28,7 @@ from training.evaluation.metrics import evaluate_clips
 from training.evaluation.report import entry_labels, write_report
 from training.evaluation.sources import load_csv, load_recordings, synthetic_flights
 from training.evaluation.suite import generate_entries
-from training.evaluation.vae_roundtrip import roundtrip_clips
+from training.evaluation.vae_roundtrip import roundtrip_clips, roundtrip_label
 
 
 def parse_args(argv):
@@ -52,8 +52,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="--synthetic flights / --generate noise and scenes")
     parser.add_argument("--num_frames", type=int, help="frames per clip (4k+1; default 33 synthetic, 17 tiny, 81)")
     parser.add_argument("--speed", type=float, default=1.0, help="--synthetic: scale of the flights' magnitudes")
-    parser.add_argument("--through_vae", metavar="WORLD", help="--synthetic: also score them through WORLD's VAE "
-                        "(decoded by --decoder: its VAE decoder, or small: its small decoder)")
+    parser.add_argument("--through_vae", metavar="WORLD", help="--synthetic: also through WORLD's VAE (+ --decoder)")
     parser.add_argument("--height", type=int, help="default 96 synthetic, 64 tiny, 480")
     parser.add_argument("--width", type=int, help="default 96 synthetic, 64 tiny, 832")
     gen = parser.add_argument_group("--generate")
@@ -78,8 +77,7 @@ def parse_args(argv):
     gen.add_argument("--action_guidance_rescale", type=float,
                      help="0..1: pull each guided step back to the commanded prediction's std "
                           "(default: the world's serve.json, else 0 = off)")
-    gen.add_argument("--decoder", choices=DECODERS,
-                     help="VAE (wan) or distilled (small); default serve.json (--through_vae: wan)")
+    gen.add_argument("--decoder", choices=DECODERS, help="VAE (wan) or distilled (small); default serve.json")
     gen.add_argument("--device", help="default cuda when available")
     gen.add_argument("--torch_dtype", choices=["bfloat16", "float16", "float32"], help="default float32 tiny, bf16")
     gen.add_argument("--fps", type=float, default=24.0, help="fps of the saved generated clips")
@@ -116,11 +114,8 @@ def build_entries(args, settings) -> tuple[list[dict], list[str]]:
                                   f"synthetic dataset flights, seed {args.seed}", progress=True)]
         if args.through_vae:  # what the world's VAE keeps of the motion: its generated suite's ceiling
             decoder = args.decoder or "wan"
-            label, by = ("through VAE", "VAE") if decoder == "wan" else \
-                ("through VAE + small decoder", "VAE encoder and small decoder")
-            entries.append(evaluate_clips(roundtrip_clips(clips, args.through_vae, progress=True, decoder=decoder),
-                                          settings, label, f"the same flights through {args.through_vae}'s {by}",
-                                          progress=True))
+            clips = roundtrip_clips(clips, args.through_vae, progress=True, decoder=decoder)
+            entries.append(evaluate_clips(clips, settings, *roundtrip_label(args.through_vae, decoder), progress=True))
         return entries, []
     return generate_entries(args, settings)
 

@@ -42,3 +42,10 @@ def roundtrip_clips(clips: list[dict], world: str, progress: bool = False, decod
         from tqdm import tqdm
         clips = tqdm(clips, desc="VAE round trip", unit="clip", file=sys.stderr)
     return [dict(clip, frames=roundtrip(vae, clip["frames"], small)) for clip in clips]
+
+
+def roundtrip_label(world: str, decoder: str = "wan") -> tuple[str, str]:
+    """The report entry's (label, description) of a round trip through ``world``'s VAE and ``decoder``."""
+    if decoder == "wan":
+        return "through VAE", f"the same flights through {world}'s VAE"
+    return "through VAE + small decoder", f"the same flights through {world}'s VAE encoder and small decoder"
