@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from models.media import fit_image, iter_frames, video_to_frames
+from models.serve_config import ServeConfig
 from training.data.dataset import read_metadata, video_path
 from training.data.synthetic import render_random_flight
+from training.evaluation.rollout import stream_flight
 from training.trainer.checkpoint import torch_save_atomic
 
 HELD_OUT_START = 10 ** 6
@@ -96,25 +98,19 @@ def encode_and_teach(pipe, clips: np.ndarray, tiled: bool = False, progress: boo
 def generate_and_teach(pipe, generated: dict, frames: int, height: int, width: int, tiled: bool = False,
                        progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
     """``generated["count"]`` flights of ``frames`` frames made by the world's own stream (``generated["stream"]``:
-    ``open_stream``'s settings) -> (their latents (N, C, F, h, w) float32 on the CPU, the teacher's frames uint8)."""
+    serve.json's stream settings) -> (their latents (N, C, F, h, w) float32 on the CPU, the teacher's frames uint8).
+    The teacher pipeline decodes with its VAE decoder, and a stream's frames are its decoder's one continuous decode
+    of the stream's latents: they are the targets as they come."""
     from tqdm import tqdm
-    settings = generated["stream"]
-    block = settings.get("block_frames", 1)
+    serve = ServeConfig(height=height, width=width, generation="causal", **generated["stream"])
     latents, teacher = [], []
     for i in tqdm(range(generated["count"]), desc="generate + teacher decode", unit="flight", disable=not progress):
         video, _, actions, prompt = render_random_flight(generated["seed"], GENERATED_START + i, frames, height,
                                                          width, speed=generated["speed"])
-        padded = np.concatenate([actions, np.zeros((-len(actions) % block, *actions.shape[1:]), actions.dtype)])
-        stream = pipe.open_stream(video[0], prompt, seed=generated["seed"] + i, height=height, width=width, **settings)
-        try:
-            for t in range(0, len(padded), block):
-                stream.step(padded[t:t + block])
-            z = stream.latents[:, :, :len(actions) + 1]  # (1, C, F, h, w): the flight's, without the filling
-        finally:
-            stream.close()
-        decoded = pipe.vae.decode(z.to(pipe.device, pipe.torch_dtype), device=pipe.device, tiled=tiled)
+        flight, z = stream_flight(pipe, serve, video[0], prompt, actions, generated["seed"] + i, keep_latents=True,
+                                  tiled=tiled)  # (T, H, W, 3), (1, C, F, h, w)
         latents.append(z.float().cpu())
-        teacher.append(video_to_frames(decoded))  # (T, H, W, 3)
+        teacher.append(flight)
     return torch.cat(latents), np.stack(teacher)
 
 

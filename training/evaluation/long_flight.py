@@ -34,7 +34,7 @@ from training.data.synthetic import fly, held_out_start, render_flight
 from training.evaluation.flow import estimate_motion, motion_to_actions
 from training.evaluation.long_flight_scores import frame_measures, rounded, summarise_world
 from training.evaluation.report import entry_labels
-from training.evaluation.rollout import chunked_flight, psnr
+from training.evaluation.rollout import chunked_flight, psnr, stream_flight
 from training.evaluation.suite import TORCH_DTYPES, save_recording, suite_magnitudes
 from training.evaluation.vae_roundtrip import roundtrip
 
@@ -130,18 +130,9 @@ def generate_flight(pipe, serve: ServeConfig, first: np.ndarray, prompt: str, ac
     """The world's video ``(4T+1, H, W, 3)`` uint8 of ``actions`` (T, 2, 8) from ``first``, made as it is served
     (a causal world's last block is filled up with hovering when T is not a whole number of blocks; the frames of
     the filling are dropped)."""
-    guidance = dict(action_guidance=serve.action_guidance, action_guidance_rescale=serve.action_guidance_rescale)
     if serve.generation == "causal":
-        b = serve.block_frames
-        padded = np.concatenate([actions, np.zeros((-len(actions) % b, 2, NUM_ACTIONS), actions.dtype)])
-        stream = pipe.open_stream(first, prompt, seed=seed, steps=serve.steps, block_frames=b, window=serve.window,
-                                  sink=serve.sink, height=serve.height, width=serve.width, cfg_scale=serve.cfg_scale,
-                                  keep_latents=False, **guidance)
-        try:
-            frames = np.concatenate([stream.step(padded[t:t + b]) for t in range(0, len(padded), b)])
-        finally:
-            stream.close()
-        return frames[:FRAMES_PER_LATENT * len(actions) + 1]
+        return stream_flight(pipe, serve, first, prompt, actions, seed)[0]
+    guidance = dict(action_guidance=serve.action_guidance, action_guidance_rescale=serve.action_guidance_rescale)
     chunks = list(chunked_flight(pipe, first, prompt, actions, serve.chunk_frames, serve.steps, seed,
                                  serve.cfg_scale, **guidance))  # each (4k+1, H, W, 3), starting at the last frame
     return np.concatenate([chunks[0]] + [chunk[1:] for chunk in chunks[1:]])

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from models.action_format import num_actions_for_frames
+from models.action_format import FRAMES_PER_LATENT, num_actions_for_frames
 from models.options import CausalSettings
 from models.serve_config import ServeConfig
 from training.evaluation.sources import rendered_first_frames
@@ -53,6 +53,26 @@ def chunked_flight(pipe, first: np.ndarray, prompt: str, actions: np.ndarray, ch
                                action_guidance_rescale=action_guidance_rescale)  # (4k+1, H, W, 3)
         image = frames[-1]
         yield frames
+
+
+def stream_flight(pipe, serve: ServeConfig, first: np.ndarray, prompt: str, actions: np.ndarray, seed: int,
+                  keep_latents: bool = False, tiled: bool = False):
+    """A causal world's flight of ``actions`` (T, 2, 8) as one stream with ``serve``'s settings: its frames
+    ``(4T+1, H, W, 3)`` uint8 and, with ``keep_latents``, its latents ``(1, C, T+1, h, w)`` (else None). The last block
+    is filled up with hovering when T is not a whole number of blocks; the filling's frames and latents are dropped."""
+    b = serve.block_frames
+    padded = np.concatenate([actions, np.zeros((-len(actions) % b, *actions.shape[1:]), actions.dtype)])
+    stream = pipe.open_stream(first, prompt, seed=seed, steps=serve.steps, block_frames=b, window=serve.window,
+                              sink=serve.sink, height=serve.height, width=serve.width, cfg_scale=serve.cfg_scale,
+                              action_guidance=serve.action_guidance,
+                              action_guidance_rescale=serve.action_guidance_rescale, tiled=tiled,
+                              keep_latents=keep_latents)
+    try:
+        frames = np.concatenate([stream.step(padded[t:t + b]) for t in range(0, len(padded), b)])
+        latents = stream.latents[:, :, :len(actions) + 1] if keep_latents else None
+    finally:
+        stream.close()
+    return frames[:FRAMES_PER_LATENT * len(actions) + 1], latents
 
 
 def rollout(pipe, first: np.ndarray, prompt: str, actions: np.ndarray, chunk_frames: int, steps: int, seed: int,

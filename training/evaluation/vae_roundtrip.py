@@ -5,14 +5,12 @@ the ceiling of its generated-suite accuracy.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 import torch
 
-from models.frames.small_decoder import FOLDER as SMALL_DECODER_FOLDER
-from models.frames.small_decoder import decode_video, load_small_decoder
+from models.frames.small_decoder import decode_video
 from models.small_world import load_small_world
 
 
@@ -36,8 +34,9 @@ def roundtrip(vae, frames: np.ndarray, small_decoder=None) -> np.ndarray:
 def roundtrip_clips(clips: list[dict], world: str, progress: bool = False, decoder: str = "wan") -> list[dict]:
     """The clips (``{name, frames, actions, prompt}``) with their frames passed through the world's VAE (its
     encoder, then its decoder or, ``decoder="small"``, its small decoder)."""
-    vae = load_world_vae(world)
-    small = load_small_decoder(os.path.join(world, SMALL_DECODER_FOLDER)) if decoder == "small" else None
+    pipe = load_small_world(world, torch_dtype=torch.float32)  # with its small decoder, when it has one
+    pipe.use_decoder(decoder)  # ValueError naming decoder: a world without a small one
+    vae, small = pipe.vae, pipe.small_decoder if decoder == "small" else None
     if progress:
         from tqdm import tqdm
         clips = tqdm(clips, desc="VAE round trip", unit="clip", file=sys.stderr)
