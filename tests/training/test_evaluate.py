@@ -144,6 +144,13 @@ def test_through_vae_with_the_small_decoder_decodes_the_same_latents_with_it(tmp
     assert [entry["label"] for entry in report["entries"]] == ["synthetic", "through VAE + small decoder"]
 
 
+def test_through_vae_with_the_small_decoder_needs_one(tmp_path, capsys):
+    world = _tiny_world(tmp_path / "w", "causal")
+    assert main(["--synthetic", "1", "--num_frames", "5", "--height", "64", "--width", "64", "--through_vae",
+                 str(world), "--decoder", "small", "--out", str(tmp_path / "o")]) == 2
+    assert "decoder: 'small' needs a small decoder" in capsys.readouterr().err
+
+
 def test_generate_tiny_preset_end_to_end(tmp_path):
     out = tmp_path / "gen"
     flights = ["forward", "back", "yaw_left"]
