@@ -25,6 +25,7 @@ import urllib.request
 import numpy as np
 
 from bench.schema import command_line, describe_device, figures_at, write_result
+from server.bindings import INPUT_HZ
 from server.generation.worlds import resolve_device
 from server.media.images import encode_jpeg
 from server.settings import Settings
@@ -99,7 +100,8 @@ def flatness(samples: list, window_s: float = 60.0) -> dict | None:
             "chunk_cpu_ms_ratio": ratio("chunk_cpu_ms_mean"), "rss_ratio": ratio("rss_bytes_median")}
 
 
-async def fly(url: str, seconds: float, token: str | None, result: dict) -> None:
+async def fly(url: str, seconds: float, token: str | None, result: dict, input_hz: float = INPUT_HZ) -> None:
+    """One client holding forward + yaw, reporting its input ``input_hz`` times a second as the browser does."""
     from websockets.asyncio.client import connect
     ws_url = url.replace("http", "ws", 1) + "/ws" + (f"?token={token}" if token else "")
     async with connect(ws_url, compression=None, proxy=None, max_size=2**24) as ws:
@@ -115,7 +117,7 @@ async def fly(url: str, seconds: float, token: str | None, result: dict) -> None
             if now >= next_input:
                 await ws.send(json.dumps({"type": "input", "seq": seq, "t": (now - started) * 1000,
                                           "flags": [1, 0, 0, 0, 1, 0, 0, 0], "mags": [1, 0, 0, 0, 1, 0, 0, 0]}))
-                seq, next_input = seq + 1, next_input + 0.04
+                seq, next_input = seq + 1, next_input + 1 / input_hz
             try:
                 message = await asyncio.wait_for(ws.recv(), max(0.001, next_input - time.monotonic()))
             except asyncio.TimeoutError:

@@ -6,6 +6,7 @@ import pytest
 
 from bench import cluster
 from bench.schema import validate
+from server.bindings import INPUT_HZ
 
 
 def run(replicas: int, frames_per_s: float) -> dict:
@@ -27,15 +28,15 @@ def test_speedup_goal_and_a_valid_result(monkeypatch, tmp_path, capsys):
     rates = {1: 10.0, 2: 18.5}
     seen = []
 
-    def one_run(replicas, sessions, seconds, server_args, log_path=None):
-        seen.append((replicas, sessions, seconds, tuple(server_args), log_path))
+    def one_run(replicas, sessions, seconds, server_args, log_path=None, input_hz=None):
+        seen.append((replicas, sessions, seconds, tuple(server_args), log_path, input_hz))
         return run(replicas, rates[replicas])
     monkeypatch.setattr(cluster, "one_run", one_run)
     out = tmp_path / "cluster.json"
     assert cluster.main(["--seconds", "20", "--rounds", "1", "--out", str(out), "--log", "/tmp/x",
                          "--world", "random"]) == 0
-    assert seen == [(1, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.1"),
-                    (2, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.2")]
+    assert seen == [(1, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.1", INPUT_HZ),
+                    (2, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.2", INPUT_HZ)]
     result = validate(json.loads(out.read_text()))
     figures = {f["name"]: (f["value"], f["unit"]) for f in result["figures"]}
     assert figures["speedup"] == (1.85, "ratio")
@@ -52,7 +53,7 @@ def test_rounds_alternate_the_counts_and_the_median_ratio_decides(monkeypatch, t
     rates = iter([10.0, 18.0, 20.0, 30.0, 12.0, 21.6])  # ratios 1.8, 1.5, 1.8 (a slow spell in round 2)
     seen = []
 
-    def one_run(replicas, sessions, seconds, server_args, log_path=None):
+    def one_run(replicas, sessions, seconds, server_args, log_path=None, input_hz=None):
         seen.append((replicas, log_path))
         return run(replicas, next(rates))
     monkeypatch.setattr(cluster, "one_run", one_run)
@@ -71,8 +72,25 @@ def test_rounds_alternate_the_counts_and_the_median_ratio_decides(monkeypatch, t
     assert result["settings"]["rounds"] == 3
 
 
-def test_rounds_below_one_are_refused(capsys):
+def test_flights_that_shared_a_replica_do_not_meet_the_goal(monkeypatch, tmp_path):
+    """Two replicas whose flights both landed on one of them measured one replica: the run says so."""
+    seen = []
+
+    def one_run(replicas, sessions, seconds, server_args, log_path=None, input_hz=None):
+        seen.append(input_hz)
+        return dict(run(replicas, 10.0 * replicas), replicas_used=1)
+    monkeypatch.setattr(cluster, "one_run", one_run)
+    out = tmp_path / "cluster.json"
+    assert cluster.main(["--rounds", "1", "--input_hz", "5", "--out", str(out)]) == 0
+    details = json.loads(out.read_text())["details"]
+    assert details["speedup"] == 2.0 and details["spread"] is False and details["goal_met"] is False
+    assert seen == [5.0, 5.0] and json.loads(out.read_text())["settings"]["input_hz"] == 5.0
+
+
+@pytest.mark.parametrize("argv, message", [(["--rounds", "0"], "--rounds: at least 1, got 0"),
+                                           (["--input_hz", "0"], "--input_hz: must be > 0, got 0.0")])
+def test_bad_options_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
-        cluster.main(["--rounds", "0"])
+        cluster.main(argv)
     assert stop.value.code == 2
-    assert "--rounds: at least 1, got 0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
