@@ -1,4 +1,5 @@
-"""``python -m bench.cluster [--sessions 2 --seconds 20 --replicas 1,2 --out FILE | server options...]``.
+"""``python -m bench.cluster [--sessions 2 --seconds 20 --replicas 1,2 --rounds 3 --bare_s 40 --out FILE | server
+options...]``.
 
 Throughput of ``python -m server.cluster`` on CPU, in one run: for each replica count in ``--replicas`` (default
 1 then 2) it starts a local Ray with that many CPU replicas (one CPU, one torch thread each) on loopback, flies
@@ -10,6 +11,11 @@ rounds) and the speedup of the last count over the first, the median of the roun
 2 replicas serving 2 flights >= 1.7x one replica serving both). Every replica admits all the sessions
 (``--max_sessions``), so one replica takes both flights round-robin and two replicas take one each (the ``ready``
 messages name the replica: ``details.runs[].replicas_used``).
+
+``--bare_s S`` (default 40; 0 skips) then runs the same chunk generation in plain loops, one process per replica
+and no server, first the first count's then the last count's, for S seconds each: ``bare_speedup`` is what the
+machine itself gives (two cores sharing caches and memory bandwidth do not make two single cores), and ``of_bare``
+the served speedup's share of it (what the serving costs).
 
 A flight is paced to its world's frame rate (a chunk is due when one chunk of playback is left), so frames/s only
 measures compute when one flight alone keeps its replica busy: ``BENCH_DEFAULTS`` make the random world's chunk
@@ -23,7 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -88,6 +96,53 @@ def one_run(replicas: int, sessions: int, seconds: float, server_args, log_path=
             "fps": results[0]["fps"], "size": results[0]["size"]}
 
 
+def chunk_loop(argv) -> dict:
+    """``argv`` = [seconds, server options...]: the world's chunk generation in a plain loop on one torch thread, no
+    server: chunks done and CPU ms per chunk (the work a replica's generation thread does, without any serving)."""
+    import numpy as np
+    from PIL import Image
+
+    from server.generation.generators import GenRequest, PipelineGenerator
+    from server.generation.worlds import load_world
+    from server.settings import Settings
+    seconds, options = float(argv[0]), list(argv[1:])
+    settings = Settings.from_args([*([] if "--world" in options else ["--world", "random"]), "--threads", "1",
+                                   *options])
+    world = load_world(settings)
+    generator = PipelineGenerator(world)
+    request = GenRequest(prompt="a drone flies over green hills", seed=0, cfg_scale=world.cfg_scale,
+                         image=Image.new("RGB", (world.width, world.height), (90, 120, 160)), steps=world.steps,
+                         actions=np.zeros(((world.chunk_frames - 1) // 4, 2, 8), np.float32),
+                         num_frames=world.chunk_frames)
+    list(generator.generate_stream(request))  # warm-up
+    started, cpu_started, chunks = time.monotonic(), time.thread_time(), 0
+    while time.monotonic() - started < seconds:
+        list(generator.generate_stream(request))
+        chunks += 1
+    return {"chunks": chunks, "cpu_ms_per_chunk": round(1000 * (time.thread_time() - cpu_started) / chunks, 2),
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def loops_at_once(count: int, seconds: float, server_args) -> list[dict]:
+    """``count`` ``chunk_loop`` processes started together (one torch thread each)."""
+    command = [sys.executable, "-c", "import json, sys; from bench.cluster import chunk_loop; "
+               "print(json.dumps(chunk_loop(sys.argv[1:])))", str(seconds), *server_args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True) for _ in range(count)]
+    outputs = [p.communicate()[0] for p in processes]
+    if any(p.returncode for p in processes):
+        raise RuntimeError(f"a chunk loop failed (exit codes {[p.returncode for p in processes]})")
+    return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+
+
+def bare_scaling(counts: list[int], seconds: float, server_args, loops=loops_at_once) -> dict:
+    """What the machine itself gives: the first count's and the last count's loops at once, no serving. The ratio
+    of their chunks is the ceiling of the served speedup on this machine (shared caches, memory bandwidth)."""
+    first, last = loops(counts[0], seconds, server_args), loops(counts[-1], seconds, server_args)
+    return {"loops": {str(counts[0]): first, str(counts[-1]): last},
+            "speedup": round(sum(r["chunks"] for r in last) / sum(r["chunks"] for r in first), 3)}
+
+
 def figures(report: dict) -> list[dict]:
     specs = []
     for key in report["by_replicas"]:
@@ -95,7 +150,8 @@ def figures(report: dict) -> list[dict]:
                   (f"by_replicas.{key}.chunk_ms_median", "ms", f"{key}.chunk_ms_median"),
                   (f"by_replicas.{key}.cpu_share", "ratio", f"{key}.cpu_share"),
                   (f"by_replicas.{key}.frames_per_cpu_s", "frames/s", f"{key}.frames_per_cpu_s")]
-    return figures_at(report, specs + [("speedup", "ratio"), ("speedup_min", "ratio"), ("speedup_max", "ratio")])
+    return figures_at(report, specs + [("speedup", "ratio"), ("speedup_min", "ratio"), ("speedup_max", "ratio"),
+                                       ("bare.speedup", "ratio", "bare_speedup"), ("of_bare", "ratio")])
 
 
 def mean_of(runs: list[dict], key: str):
@@ -135,9 +191,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="how many times to run the replica counts in turn")
     parser.add_argument("--input_hz", type=float, default=INPUT_HZ,
                         help="how often each client reports its input (default: the browser's, server.bindings)")
+    parser.add_argument("--bare_s", type=float, default=40.0,
+                        help="also time the chunk loops alone, without serving, this long (0: skip)")
     parser.add_argument("--out", default=None, help="write the result (bench.schema) here")
     parser.add_argument("--log", default=None, help="the clusters' output: LOG.<replicas>[.<round>] (default: none)")
     args, server_args = parser.parse_known_args(argv)
+    if args.bare_s < 0:
+        parser.error(f"--bare_s: 0 (skip) or more, got {args.bare_s}")
     if args.input_hz <= 0:
         parser.error(f"--input_hz: must be > 0, got {args.input_hz}")
     if args.rounds < 1:
@@ -155,12 +215,16 @@ def main(argv=None) -> int:
     report = {"runs": runs, "by_replicas": by_replicas(runs), "speedup_rounds": speedups,
               "speedup": statistics.median(speedups) if speedups else None,
               "speedup_min": min(speedups, default=None), "speedup_max": max(speedups, default=None), "goal": GOAL}
+    if args.bare_s:
+        report["bare"] = bare_scaling(counts, args.bare_s, server_args)
+        report["of_bare"] = round(report["speedup"] / report["bare"]["speedup"], 3) if report["speedup"] else None
     # a run whose flights shared a replica while another had room measured fewer replicas than it says
     report["spread"] = all(r["replicas_used"] == min(r["replicas"], r["sessions"]) for r in runs)
     report["goal_met"] = report["speedup"] is not None and report["speedup"] >= GOAL and report["spread"]
-    print(json.dumps({k: report[k] for k in ("speedup_rounds", "speedup", "spread", "goal", "goal_met")}))
+    headline = ("speedup_rounds", "speedup", "spread", "goal", "goal_met", "of_bare")
+    print(json.dumps({k: report.get(k) for k in headline}))
     settings = {"sessions": args.sessions, "seconds": args.seconds, "input_hz": args.input_hz, "replicas": counts,
-                "rounds": args.rounds,
+                "rounds": args.rounds, "bare_s": args.bare_s,
                 "server_args": server_args, "threads_per_replica": 1}
     device = dict(describe_device("cpu"), threads=1)
     write_result(args.out, "cluster", settings, figures(report), device, details=report,

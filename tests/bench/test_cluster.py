@@ -1,5 +1,6 @@
-"""bench.cluster: per-replica metrics summed, the speedup of the last replica count over the first, its result
-valid in the schema. The runs themselves are stubbed (a real run starts Ray twice: minutes, run by hand)."""
+"""bench.cluster: per-replica metrics summed, the speedup of the last replica count over the first, the machine's
+own scaling without serving, its result valid in the schema. The served runs and the no-serving loops are stubbed
+(a real run starts Ray twice: minutes, run by hand); one chunk loop runs for real."""
 import json
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 from bench import cluster
 from bench.schema import validate
 from server.bindings import INPUT_HZ
+
+REAL_BARE_SCALING = cluster.bare_scaling  # the autouse fixture stubs it in the module
 
 
 def run(replicas: int, frames_per_s: float) -> dict:
@@ -17,6 +20,18 @@ def run(replicas: int, frames_per_s: float) -> dict:
             "frames_per_cpu_s": frames_per_s / (0.9 * replicas), "generation": "chunked", "fps": 64, "size": [64, 64]}
 
 
+@pytest.fixture(autouse=True)
+def bare(monkeypatch):
+    """The no-serving loops, stubbed (real ones: ``test_chunk_loop_times_the_world_without_a_server``)."""
+    calls = []
+
+    def bare_scaling(counts, seconds, server_args):
+        calls.append((tuple(counts), seconds))
+        return {"loops": {}, "speedup": 1.9}
+    monkeypatch.setattr(cluster, "bare_scaling", bare_scaling)
+    return calls
+
+
 def test_summed_adds_a_family_over_the_replicas_only():
     metrics = {'wanfly_chunk_seconds_count{replica="a"}': 3.0, 'wanfly_chunk_seconds_count{replica="b"}': 4.0,
                "wanfly_chunk_seconds_count": 100.0, 'wanfly_chunk_seconds_count_x{replica="a"}': 9.0,
@@ -24,7 +39,7 @@ def test_summed_adds_a_family_over_the_replicas_only():
     assert cluster.summed(metrics, "wanfly_chunk_seconds_count") == 7.0
 
 
-def test_speedup_goal_and_a_valid_result(monkeypatch, tmp_path, capsys):
+def test_speedup_goal_and_a_valid_result(monkeypatch, tmp_path, capsys, bare):
     rates = {1: 10.0, 2: 18.5}
     seen = []
 
@@ -42,10 +57,14 @@ def test_speedup_goal_and_a_valid_result(monkeypatch, tmp_path, capsys):
     assert figures["speedup"] == (1.85, "ratio")
     assert figures["replicas_1.frames_per_s"] == (10.0, "frames/s")
     assert figures["replicas_2.cpu_share"] == (1.8, "ratio")
+    assert figures["bare_speedup"] == (1.9, "ratio") and figures["of_bare"] == (round(1.85 / 1.9, 3), "ratio")
+    assert bare == [((1, 2), 40.0)]
     assert result["details"]["goal_met"] is True and result["settings"]["replicas"] == [1, 2]
     rates[2] = 16.0
-    cluster.main(["--rounds", "1", "--out", str(out)])
-    assert json.loads(out.read_text())["details"]["goal_met"] is False  # 1.6 < 1.7
+    cluster.main(["--rounds", "1", "--out", str(out), "--bare_s", "0"])
+    result = json.loads(out.read_text())
+    assert result["details"]["goal_met"] is False  # 1.6 < 1.7
+    assert "bare" not in result["details"] and len(bare) == 1  # --bare_s 0: no loops
 
 
 def test_rounds_alternate_the_counts_and_the_median_ratio_decides(monkeypatch, tmp_path):
@@ -88,9 +107,27 @@ def test_flights_that_shared_a_replica_do_not_meet_the_goal(monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("argv, message", [(["--rounds", "0"], "--rounds: at least 1, got 0"),
-                                           (["--input_hz", "0"], "--input_hz: must be > 0, got 0.0")])
+                                           (["--input_hz", "0"], "--input_hz: must be > 0, got 0.0"),
+                                           (["--bare_s", "-1"], "--bare_s: 0 (skip) or more, got -1.0")])
 def test_bad_options_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         cluster.main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bare_scaling_is_the_chunks_of_the_last_count_over_the_first():
+    seen = []
+
+    def loops(count, seconds, server_args):
+        seen.append((count, seconds, tuple(server_args)))
+        return [{"chunks": 10 if count == 1 else 9 + i, "cpu_ms_per_chunk": 100.0, "seconds": 5.0}
+                for i in range(count)]
+    result = REAL_BARE_SCALING([1, 2], 5.0, ["--steps", "2"], loops=loops)
+    assert result["speedup"] == 1.9 and len(result["loops"]["2"]) == 2
+    assert seen == [(1, 5.0, ("--steps", "2")), (2, 5.0, ("--steps", "2"))]
+
+
+def test_chunk_loop_times_the_world_without_a_server():
+    result = cluster.chunk_loop(["0.3", "--steps", "1", "--fps", "64"])
+    assert result["chunks"] >= 1 and result["cpu_ms_per_chunk"] > 0 and result["seconds"] >= 0.3
