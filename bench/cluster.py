@@ -36,9 +36,15 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
+from PIL import Image
+
 from bench.schema import command_line, describe_device, figures_at, write_result
 from bench.serving import fly
 from server.bindings import INPUT_HZ
+from server.generation.generators import GenRequest, PipelineGenerator
+from server.generation.worlds import load_world
+from server.settings import Settings
 from server.testing import cluster_process
 
 BENCH_DEFAULTS = ("--steps", "12", "--fps", "64")  # and cluster_process's own: --world random, --threads 1
@@ -99,12 +105,6 @@ def one_run(replicas: int, sessions: int, seconds: float, server_args, log_path=
 def chunk_loop(argv) -> dict:
     """``argv`` = [seconds, server options...]: the world's chunk generation in a plain loop on one torch thread, no
     server: chunks done and CPU ms per chunk (the work a replica's generation thread does, without any serving)."""
-    import numpy as np
-    from PIL import Image
-
-    from server.generation.generators import GenRequest, PipelineGenerator
-    from server.generation.worlds import load_world
-    from server.settings import Settings
     seconds, options = float(argv[0]), list(argv[1:])
     settings = Settings.from_args([*([] if "--world" in options else ["--world", "random"]), "--threads", "1",
                                    *options])

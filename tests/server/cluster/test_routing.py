@@ -1,6 +1,7 @@
 """``server.cluster.routing``: the router's ranking on replicas that answer their queue length like Serve's
 ``RunningReplica`` (no Ray started): flights arriving together spread, loads and recent picks decide the order."""
 import asyncio
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -54,7 +55,6 @@ def firsts(router, replicas, names):
 
 @pytest.mark.parametrize("seed", range(8))  # the tie between idle replicas is broken at random
 def test_flights_arriving_together_go_to_different_idle_replicas(seed):
-    import random
     random.seed(seed)
     router = make_router(Clock())
     replicas = [Replica("a"), Replica("b")]
@@ -64,7 +64,6 @@ def test_flights_arriving_together_go_to_different_idle_replicas(seed):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_a_short_request_that_was_sent_and_ended_does_not_weigh_on_the_next_flights(seed):
-    import random
     random.seed(seed)
     router = make_router(Clock())
     replicas = [Replica("a"), Replica("b")]
