@@ -2,9 +2,8 @@
 
 The app on Ray Serve: one replica per GPU (or ``--cpu_replicas`` on CPU), behind Serve's proxy at ``--host``/``--port``,
 with the same routes and protocol as ``python -m server``. Without ``--address`` it starts a local Ray cluster
-(stopped with this process) whose nodes get ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` (``server.cluster.proxy``),
-this checkout on their ``PYTHONPATH`` and ``LEAN_RAY_ENV`` (Ray's bookkeeping less often). Runs until SIGINT or
-SIGTERM, then shuts Serve and Ray down.
+(stopped with this process) whose nodes get ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` (``server.cluster.proxy``)
+and this checkout on their ``PYTHONPATH``. Runs until SIGINT or SIGTERM, then shuts Serve and Ray down.
 """
 from __future__ import annotations
 
@@ -30,21 +29,10 @@ log = logging.getLogger("wanfly.cluster")
 SHUTDOWN_S = 6.0
 
 
-# Ray's and Serve's own bookkeeping, less often than their defaults (a value already in the environment wins). On a
-# 2-core host this bookkeeping competes with the replicas: with these, 2 CPU replicas served 1.71x the
-# frames/s of one instead of 1.57-1.63x (docs/performance.md). The cost: the controller reconciles (restarts a dead
-# replica, applies a new config) within 0.5 s instead of 0.1 s, Serve's internal metrics are exported every second,
-# and Ray's task timeline (`ray list tasks`, the dashboard's task view) is not recorded.
-LEAN_RAY_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
-                "RAY_task_events_report_interval_ms": "0", "RAY_SERVE_EVENT_LOOP_MONITORING_INTERVAL_S": "60"}
-
-
 def node_environment(env: dict) -> dict:
-    """What a local Ray cluster's processes need: the proxy middleware and this checkout first on the path; and
-    ``LEAN_RAY_ENV`` where the environment does not say otherwise."""
+    """What a local Ray cluster's processes need: the proxy middleware and this checkout first on the path."""
     path = env.get("PYTHONPATH", "")
-    return {**{name: env.get(name, value) for name, value in LEAN_RAY_ENV.items()},
-            PROXY_CALLBACK_ENV: env.get(PROXY_CALLBACK_ENV) or PROXY_CALLBACK,
+    return {PROXY_CALLBACK_ENV: env.get(PROXY_CALLBACK_ENV) or PROXY_CALLBACK,
             "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + path if path else "")}
 
 
