@@ -41,8 +41,9 @@ from PIL import Image
 
 from bench.schema import command_line, describe_device, figures_at, write_result
 from bench.serving import fly
+from models.action_format import NUM_ACTIONS, num_actions_for_frames
 from server.bindings import INPUT_HZ
-from server.generation.generators import GenRequest, PipelineGenerator
+from server.generation.generators import GenRequest, PipelineGenerator, warm_up
 from server.generation.worlds import load_world
 from server.settings import Settings
 from server.testing import cluster_process
@@ -112,9 +113,9 @@ def chunk_loop(argv) -> dict:
     generator = PipelineGenerator(world)
     request = GenRequest(prompt="a drone flies over green hills", seed=0, cfg_scale=world.cfg_scale,
                          image=Image.new("RGB", (world.width, world.height), (90, 120, 160)), steps=world.steps,
-                         actions=np.zeros(((world.chunk_frames - 1) // 4, 2, 8), np.float32),
+                         actions=np.zeros((num_actions_for_frames(world.chunk_frames), 2, NUM_ACTIONS), np.float32),
                          num_frames=world.chunk_frames)
-    list(generator.generate_stream(request))  # warm-up
+    warm_up(generator)
     started, cpu_started, chunks = time.monotonic(), time.thread_time(), 0
     while time.monotonic() - started < seconds:
         list(generator.generate_stream(request))
