@@ -36,14 +36,10 @@ import sys
 import time
 import urllib.request
 
-import numpy as np
-from PIL import Image
-
 from bench.schema import command_line, describe_device, figures_at, write_result
 from bench.serving import fly
-from models.action_format import NUM_ACTIONS, num_actions_for_frames
 from server.bindings import INPUT_HZ
-from server.generation.generators import GenRequest, PipelineGenerator, warm_up
+from server.generation.generators import PipelineGenerator, hover_request, warm_up
 from server.generation.worlds import load_world
 from server.settings import Settings
 from server.testing import cluster_process
@@ -111,10 +107,7 @@ def chunk_loop(argv) -> dict:
                                    *options])
     world = load_world(settings)
     generator = PipelineGenerator(world)
-    request = GenRequest(prompt="a drone flies over green hills", seed=0, cfg_scale=world.cfg_scale,
-                         image=Image.new("RGB", (world.width, world.height), (90, 120, 160)), steps=world.steps,
-                         actions=np.zeros((num_actions_for_frames(world.chunk_frames), 2, NUM_ACTIONS), np.float32),
-                         num_frames=world.chunk_frames)
+    request = hover_request(world, world.steps)
     warm_up(generator)
     started, cpu_started, chunks = time.monotonic(), time.thread_time(), 0
     while time.monotonic() - started < seconds:

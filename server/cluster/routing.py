@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
@@ -57,12 +58,10 @@ class FewestRequestsRouter(FIFOMixin, RequestRouter):
         self._picks = {key: pick for key, pick in self._picks.items() if now - pick[1] < PICK_TTL_S}
         key = self.request_key(pending_request)
         self._picks.pop(key, None)  # a request ranked again (every replica was full) replaces its earlier pick
-        recent: Dict[object, int] = {}
-        for replica_id, _ in self._picks.values():
-            recent[replica_id] = recent.get(replica_id, 0) + 1
+        recent = Counter(replica_id for replica_id, _ in self._picks.values())
         replicas = list(candidates)
         random.shuffle(replicas)  # ties: the sort keeps this random order
-        replicas.sort(key=lambda r: self.load(r.replica_id) + recent.get(r.replica_id, 0))
+        replicas.sort(key=lambda r: self.load(r.replica_id) + recent[r.replica_id])
         self._picks[key] = (replicas[0].replica_id, now)
         return [[replica] for replica in replicas]
 

@@ -7,6 +7,7 @@
     PipelineGenerator  the real one, a ``WanActionPipeline``: chunked worlds make TI2V chunks from a first frame,
                        streaming the VAE decode (``models.streaming``) so a chunk's first frames are ready before the
                        whole chunk; causal worlds make every video, flight or job, through one stream, block by block
+    hover_request      one chunk of the world's prompt from a grey image, all keys off (warm-up, benches)
     warm_up            one chunk (or two blocks) at start, so the first user does not pay for lazy set-up
 
 A causal world's job of T action steps is T / block_frames blocks of one stream (1 + 4T frames, as a chunked
@@ -160,6 +161,14 @@ def check_video_steps(world: World, steps: int, field: str) -> None:
                          f"steps is not a multiple of {b} (videos have 4 * {b} * n + 1 frames)")
 
 
+def hover_request(world: World, steps: int) -> GenRequest:
+    """One chunk of ``world``: its prompt, a grey first image, every key off, ``steps`` denoising steps."""
+    image = Image.new("RGB", (world.width, world.height), (128, 128, 128))
+    actions = np.zeros((num_actions_for_frames(world.chunk_frames), 2, NUM_ACTIONS), np.float32)
+    return GenRequest(prompt=world.prompt, image=image, actions=actions, num_frames=world.chunk_frames, steps=steps,
+                      seed=0, cfg_scale=world.cfg_scale)
+
+
 def warm_up(generator: Generator) -> float:
     """One chunk-sized generation, through the flight path (streaming decode), or two blocks of a stream for a
     causal world, so the first flight does not pay for lazy initialisation (kernels, caches, torch.compile); once
@@ -168,8 +177,8 @@ def warm_up(generator: Generator) -> float:
     if getattr(world, "warm", False):
         return 0.0
     started = time.perf_counter()
-    image = Image.new("RGB", (world.width, world.height), (128, 128, 128))
     if world.causal:
+        image = Image.new("RGB", (world.width, world.height), (128, 128, 128))
         stream = generator.open_stream(world.prompt, image, 0, world.steps)
         try:
             for _ in range(2):  # the first block also decodes the first image; the second is a plain one
@@ -178,10 +187,7 @@ def warm_up(generator: Generator) -> float:
             stream.close()
         world.warm = True
         return time.perf_counter() - started
-    actions = np.zeros((num_actions_for_frames(world.chunk_frames), 2, 8))
-    request = GenRequest(prompt=world.prompt, image=image, actions=actions, num_frames=world.chunk_frames, steps=1,
-                         seed=0, cfg_scale=world.cfg_scale)
-    for _ in generator.generate_stream(request):
+    for _ in generator.generate_stream(hover_request(world, steps=1)):
         pass
     world.warm = True
     return time.perf_counter() - started
