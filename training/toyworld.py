@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_lr", type=float, default=1e-3)
     p.add_argument("--vae_motion_weight", type=float, default=1.0,
                    help="weight of the L1 loss on frame-to-frame differences (VAE and decoder stages)")
+    p.add_argument("--vae_thumbnail_weight", type=float, default=0.0,
+                   help="weight of the MSE pulling the VAE's latents towards each frame's 8x8-pixel means "
+                        "(training.smallworld.stages.thumbnail_latents; 0 = off)")
     p.add_argument("--dit_lr", type=float, default=1e-3)
     p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
@@ -121,6 +124,8 @@ def main(argv=None) -> int:
         parser.error(f"--serve_guidance_rescale must be in [0, 1] (0 = off), got {a.serve_guidance_rescale}")
     if a.vae_motion_weight < 0:
         parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
+    if not a.vae_thumbnail_weight >= 0:  # NaN too
+        parser.error(f"--vae_thumbnail_weight must be >= 0, got {a.vae_thumbnail_weight}")
     if a.generation != "causal":  # a chunked recipe would ignore them: say so rather than train without them
         given = [name for name in CAUSAL_ONLY if getattr(a, name) != parser.get_default(name)]
         if given:

@@ -49,6 +49,8 @@ CHUNKED_REFUSES = [("--context_noise", "0", "--context_noise applies to --genera
 @pytest.mark.parametrize("option, value, message", CHUNKED_REFUSES + [
                                                     ("--cond_noise", "-0.1", "--cond_noise must be >= 0"),
                                                     ("--vae_motion_weight", "-0.1", "--vae_motion_weight must be >= 0"),
+                                                    ("--vae_thumbnail_weight", "-1", "thumbnail_weight must be >= 0"),
+                                                    ("--vae_thumbnail_weight", "nan", "thumbnail_weight must be >= 0"),
                                                     ("--serve_guidance", "0.5", "--serve_guidance must be >= 1"),
                                                     ("--serve_guidance", "nan", "--serve_guidance must be >= 1"),
                                                     ("--serve_guidance_rescale", "1.5", "must be in [0, 1]"),

@@ -310,7 +310,7 @@ class ToyRun:
     # ---- everything ----
     def run(self) -> dict:
         a = self.a
-        vae_stage = VaeStage(self.pipe.vae, a.vae_motion_weight)
+        vae_stage = VaeStage(self.pipe.vae, a.vae_motion_weight, a.vae_thumbnail_weight)
         self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         dit_stage = DitStage(self.pipe, self.controller, a.cond_noise) if self.causal is None else \
             CausalDitStage(self.pipe, self.controller, self.causal, self.forcing)

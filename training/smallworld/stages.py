@@ -4,7 +4,9 @@ driven by the training package's loop (``training.trainer.loop.Trainer``) with i
     VaeStage  the Wan2.2 ``VideoVAE38_`` (reduced width, z_dim 48) trained for reconstruction. The wrapper's fixed
               Wan2.2 latent mean/std normalise the latents, so a small moment penalty keeps the *normalised*
               latents near zero mean / unit std per channel (what the flow-matching stage expects), and the
-              decoder sees slightly noised latents (robust to imperfect denoising).
+              decoder sees slightly noised latents (robust to imperfect denoising). ``thumbnail_weight`` > 0
+              pulls the latents towards ``thumbnail_latents`` (each frame's 8x8-pixel means): a code of the
+              latent's own size that keeps the motion, which a tiny VAE trained on pixels alone does not find.
     DitStage  the TI2V ``WanModel`` + action controller with diffsynth's ``FlowMatchSFTLoss`` through the pipeline's
               ``model_fn`` (fused first frame excluded from the loss, per-token timestep); ``cond_noise`` > 0 adds
               N(0, U(0, cond_noise)^2) to that first frame's latent, so the model does not trust it pixel for pixel.
@@ -24,6 +26,7 @@ from training.trainer.forcing import ErrorBuffer, ForcingConfig, causal_loss
 
 LATENT_NOISE = 0.05  # std of the noise added to normalised latents before decoding (VAE stage)
 MOMENT_WEIGHT = 0.05
+THUMBNAIL_SCALE = 2.0  # pixel means in [-1, 1] have a std of ~0.5: x 2 brings them near the unit std expected
 
 
 def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -61,12 +64,26 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, motion_weight: flo
     return loss
 
 
+def thumbnail_latents(x: torch.Tensor) -> torch.Tensor:
+    """The latent-shaped thumbnail code of a (B, 3, 1+4k, H, W) video in [-1, 1] (H, W multiples of 16):
+    (B, 48, 1+k, H/16, W/16). Latent 0 (frame 0 alone) holds frame 0's 4x4-pixel means, 16 per cell; latent t >= 1
+    holds each of frames 4t-3..4t's 8x8-pixel means, 4 per cell and frame (channels: frame-major, then the 2x2
+    sub-cell, then RGB, as ``pixel_unshuffle`` lays them out), times THUMBNAIL_SCALE."""
+    first = F.pixel_unshuffle(F.avg_pool2d(x[:, :, 0], 4), 4)[:, :, None]  # (B, 48, 1, h, w)
+    rest = x[:, :, 1:]  # (B, 3, 4k, H, W)
+    batch, _, frames, height, width = rest.shape
+    means = F.avg_pool3d(rest, (1, 8, 8)).transpose(1, 2).reshape(batch * frames, 3, height // 8, width // 8)
+    cells = F.pixel_unshuffle(means, 2)  # (B*4k, 12, h, w)
+    cells = cells.reshape(batch, frames // 4, 48, height // 16, width // 16).transpose(1, 2)  # (B, 48, k, h, w)
+    return THUMBNAIL_SCALE * torch.cat([first, cells], dim=2)  # (B, 48, 1+k, h, w)
+
+
 class VaeStage(torch.nn.Module):
-    def __init__(self, vae, motion_weight: float = 0.0):
+    def __init__(self, vae, motion_weight: float = 0.0, thumbnail_weight: float = 0.0):
         super().__init__()
         self.vae = vae  # the WanVideoVAE38 wrapper: .model is trained, .scale normalises
         self.model = vae.model
-        self.motion_weight = motion_weight
+        self.motion_weight, self.thumbnail_weight = motion_weight, thumbnail_weight
         self.model.train().requires_grad_(True)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +94,10 @@ class VaeStage(torch.nn.Module):
         recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)
         moments = z.transpose(0, 1).flatten(1)  # (48, B*f*h*w)
         reg = moments.mean(1).pow(2).mean() + (moments.std(1) - 1.0).pow(2).mean()
-        return reconstruction_loss(recon, x, self.motion_weight) + MOMENT_WEIGHT * reg
+        loss = reconstruction_loss(recon, x, self.motion_weight) + MOMENT_WEIGHT * reg
+        if self.thumbnail_weight > 0:
+            loss = loss + self.thumbnail_weight * F.mse_loss(z, thumbnail_latents(x))  # (B, 48, f, h, w) each
+        return loss
 
 
 class DecoderStage(VaeStage):

@@ -104,7 +104,8 @@ def test_a_causal_world_starts_from_a_chunked_worlds_dit_and_controller(tmp_path
     """--init_dit: the stream's first block is the chunked world's task, so a causal run can start from it."""
     base, causal = str(tmp_path / "base"), str(tmp_path / "causal")
     assert toyworld_main(_tiny_recipe(base, "--generation", "chunked", "--frames", "9")) == 0  # the same scenes
-    args = _tiny_recipe(causal, *GENERATIONS["causal"], "--init_dit", base, "--init_vae", base, "--lookahead")
+    args = _tiny_recipe(causal, *GENERATIONS["causal"], "--init_dit", base, "--init_vae", base, "--lookahead",
+                        "--vae_thumbnail_weight", "1")
     run = toyworld.ToyRun(fill_generation_defaults(toyworld_parser().parse_args(args)))
     chunked = _weights(base)
     for name, module in (("dit.safetensors", run.pipe.dit), ("action_controller.safetensors", run.controller)):
@@ -123,6 +124,7 @@ def test_a_causal_world_starts_from_a_chunked_worlds_dit_and_controller(tmp_path
     assert trained.config.lookahead and trained.ahead_to_tmod.weight.abs().sum() > 0  # it trained
     recipe = json.load(open(os.path.join(causal, "world_config.json")))["recipe"]
     assert recipe["init_dit"] == base and recipe["generation"] == "causal"
+    assert recipe["vae_thumbnail_weight"] == 1  # the fine-tuned VAE's latents were pulled to the thumbnail code
     with pytest.raises(ValueError, match="--init_dit"):
         toyworld_main(_tiny_recipe(str(tmp_path / "wider"), *GENERATIONS["causal"], "--dim", "96", "--init_dit", base))
 

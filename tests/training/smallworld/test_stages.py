@@ -47,3 +47,37 @@ def test_motion_loss_penalises_a_static_reconstruction_and_not_a_moving_one():
     motion = torch.nn.functional.l1_loss(static.diff(dim=2), x.diff(dim=2))
     assert torch.isclose(reconstruction_loss(static, x, 2.0), pixel_only + 2.0 * motion)
     assert torch.isclose(reconstruction_loss(shifted, x, 2.0), reconstruction_loss(shifted, x, 0.0))
+
+
+def test_thumbnail_latents_hold_each_frames_pixel_means_in_place():
+    """--vae_thumbnail_weight's target: latent 0 = frame 0's 4x4-pixel means, latent t = frames 4t-3..4t's 8x8-pixel
+    means, frame-major; a frame's own brightness lands in its own channels and cells, nowhere else."""
+    frames = torch.arange(9, dtype=torch.float32).div(10).view(1, 1, 9, 1, 1)  # frame k is grey k / 10
+    x = frames.expand(1, 3, 9, 32, 48).clone()  # (B, 3, F, H, W)
+    x[0, 0, 5, :8, 8:16] = -1.0  # frame 5: red of the block right of the top-left one
+    z = toyworld_stages.thumbnail_latents(x)
+    assert z.shape == (1, 48, 3, 2, 3)  # (B, C, 1 + 2, H/16, W/16)
+    scale = toyworld_stages.THUMBNAIL_SCALE
+    assert torch.allclose(z[:, :, 0], torch.zeros_like(z[:, :, 0]))  # frame 0 is grey 0
+    for t in (1, 2):
+        for j in range(4):  # frame 4t-3+j: channels 12j .. 12j+11
+            value = scale * (4 * t - 3 + j) / 10
+            cells = z[0, 12 * j:12 * j + 12, t]  # (12, h, w)
+            expected = torch.full_like(cells, value)
+            if (t, j) == (2, 0):  # frame 5: sub-cell (0, 1) of cell (0, 0), red = channel 0 * 4 + 1
+                expected[1, 0, 0] = -scale
+            assert torch.allclose(cells, expected)
+
+
+def test_thumbnail_weight_adds_the_latents_distance_to_the_code():
+    torch.manual_seed(0)
+    _, vae, _, _ = build_world_modules(SmallWorldConfig(vae_dim=8, vae_dec_dim=8))
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    losses = []
+    for weight in (0.0, 2.0):
+        torch.manual_seed(1)  # the same decoder noise
+        losses.append(toyworld_stages.VaeStage(vae, 1.0, weight)(x))
+    with torch.no_grad():
+        z = vae.model.encode(x, vae.scale)
+    expected = 2.0 * torch.nn.functional.mse_loss(z, toyworld_stages.thumbnail_latents(x))
+    assert torch.isclose(losses[1] - losses[0], expected, rtol=1e-4)
