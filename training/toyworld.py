@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_thumbnail_weight", type=float, default=0.0,
                    help="weight of the MSE pulling the VAE's latents towards each frame's 8x8-pixel means "
                         "(training.smallworld.stages.thumbnail_latents; 0 = off)")
+    p.add_argument("--latents", choices=["vae", "thumbnail"], default="vae",
+                   help="the latent space: the VAE encoder's, or the frames' thumbnail code (which it learns)")
     p.add_argument("--dit_lr", type=float, default=1e-3)
     p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
@@ -116,16 +118,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = build_parser()
     a = parser.parse_args(argv)
-    if a.cond_noise < 0:
-        parser.error(f"--cond_noise must be >= 0 (a noise std), got {a.cond_noise}")
     if not a.serve_guidance >= 1:  # NaN too
         parser.error(f"--serve_guidance must be >= 1 (1 = off), got {a.serve_guidance}")
     if not 0 <= a.serve_guidance_rescale <= 1:  # NaN too
         parser.error(f"--serve_guidance_rescale must be in [0, 1] (0 = off), got {a.serve_guidance_rescale}")
-    if a.vae_motion_weight < 0:
-        parser.error(f"--vae_motion_weight must be >= 0, got {a.vae_motion_weight}")
-    if not a.vae_thumbnail_weight >= 0:  # NaN too
-        parser.error(f"--vae_thumbnail_weight must be >= 0, got {a.vae_thumbnail_weight}")
+    for name in ("cond_noise", "vae_motion_weight", "vae_thumbnail_weight"):
+        if not getattr(a, name) >= 0:  # NaN too
+            parser.error(f"--{name} must be >= 0, got {getattr(a, name)}")
+    if a.latents == "thumbnail" and a.vae_thumbnail_weight:
+        parser.error("--vae_thumbnail_weight pulls latents to the code, --latents thumbnail is it: give one of them")
     if a.generation != "causal":  # a chunked recipe would ignore them: say so rather than train without them
         given = [name for name in CAUSAL_ONLY if getattr(a, name) != parser.get_default(name)]
         if given:

@@ -62,6 +62,13 @@ def test_a_bad_option_is_refused_by_name(tmp_path, capsys, option, value, messag
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))  # refused before any work
 
 
+def test_the_thumbnail_latent_space_and_a_pull_towards_it_are_not_given_together(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        toyworld_main(_tiny_recipe(str(tmp_path), "--latents", "thumbnail", "--vae_thumbnail_weight", "1"))
+    assert exit_.value.code == 2 and "give one of them" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))
+
+
 def test_joint_previous_needs_a_window(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", "--joint_previous", "--window", "0"))

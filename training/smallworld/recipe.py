@@ -310,7 +310,8 @@ class ToyRun:
     # ---- everything ----
     def run(self) -> dict:
         a = self.a
-        vae_stage = VaeStage(self.pipe.vae, a.vae_motion_weight, a.vae_thumbnail_weight)
+        code = a.latents == "thumbnail"
+        vae_stage = VaeStage(self.pipe.vae, a.vae_motion_weight, a.vae_thumbnail_weight, code_latents=code)
         self.contexts = encode_prompts(self.pipe, list(self.data["prompts"]) + list(self.data["held_prompts"]))
         dit_stage = DitStage(self.pipe, self.controller, a.cond_noise) if self.causal is None else \
             CausalDitStage(self.pipe, self.controller, self.causal, self.forcing)
@@ -334,7 +335,7 @@ class ToyRun:
             self.save_state()
         if self.state["stage"] == "decoder" and not a.export_only:
             if plan["decoder_steps"]:
-                self.run_stage("decoder", DecoderStage(self.pipe.vae, a.vae_motion_weight),
+                self.run_stage("decoder", DecoderStage(self.pipe.vae, a.vae_motion_weight, code_latents=code),
                                lambda s: self._vae_batch(s, stage=4),
                                plan["decoder_steps"], a.decoder_lr)
                 self.pipe.vae.model.eval().requires_grad_(False)
@@ -354,11 +355,15 @@ class ToyRun:
         return report
 
     def encoded(self, vae_stage) -> tuple[torch.Tensor, torch.Tensor]:
-        """The clips' latents with the trained encoder, kept in DIR/checkpoints (encoding long flights takes
-        minutes): reused while the encoder's weights and the data are the same, else encoded again."""
+        """The clips' latents with the trained encoder (or their thumbnail code, ``--latents thumbnail``), kept in
+        DIR/checkpoints (encoding long flights takes minutes): reused while the encoder's weights (or the choice of
+        the code) and the data are the same, else encoded again."""
         digest = hashlib.sha256(str(self.data["key"]).encode())
-        for name, tensor in sorted(vae_stage.model.encoder.state_dict().items()):
-            digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+        if vae_stage.code_latents:
+            digest.update(b"thumbnail code")
+        else:
+            for name, tensor in sorted(vae_stage.model.encoder.state_dict().items()):
+                digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
         path = os.path.join(self.out, LATENTS_FILE)
         if os.path.isfile(path):
             cached = torch.load(path, map_location="cpu", weights_only=True)

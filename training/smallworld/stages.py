@@ -7,6 +7,8 @@ driven by the training package's loop (``training.trainer.loop.Trainer``) with i
               decoder sees slightly noised latents (robust to imperfect denoising). ``thumbnail_weight`` > 0
               pulls the latents towards ``thumbnail_latents`` (each frame's 8x8-pixel means): a code of the
               latent's own size that keeps the motion, which a tiny VAE trained on pixels alone does not find.
+              With ``code_latents`` the code *is* the latent space: the decoder learns to decode the code and the
+              encoder to produce it (two separate losses), so the DiT can train on the code before the VAE exists.
     DitStage  the TI2V ``WanModel`` + action controller with diffsynth's ``FlowMatchSFTLoss`` through the pipeline's
               ``model_fn`` (fused first frame excluded from the loss, per-token timestep); ``cond_noise`` > 0 adds
               N(0, U(0, cond_noise)^2) to that first frame's latent, so the model does not trust it pixel for pixel.
@@ -79,18 +81,26 @@ def thumbnail_latents(x: torch.Tensor) -> torch.Tensor:
 
 
 class VaeStage(torch.nn.Module):
-    def __init__(self, vae, motion_weight: float = 0.0, thumbnail_weight: float = 0.0):
+    def __init__(self, vae, motion_weight: float = 0.0, thumbnail_weight: float = 0.0, code_latents: bool = False):
         super().__init__()
         self.vae = vae  # the WanVideoVAE38 wrapper: .model is trained, .scale normalises
         self.model = vae.model
-        self.motion_weight, self.thumbnail_weight = motion_weight, thumbnail_weight
+        self.motion_weight, self.thumbnail_weight, self.code_latents = motion_weight, thumbnail_weight, code_latents
         self.model.train().requires_grad_(True)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode(x, self.vae.scale)  # normalised latents (B, 48, f, h, w)
 
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """What the DiT learns and the decoder decodes: the encoder's latents, or the code itself."""
+        return thumbnail_latents(x) if self.code_latents else self.encode(x)  # (B, 48, f, h, w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encode(x)
+        if self.code_latents:  # decoder: code -> frames; encoder: frames -> code (disjoint parameters)
+            code = thumbnail_latents(x)  # (B, 48, f, h, w)
+            recon = self.model.decode(code + LATENT_NOISE * torch.randn_like(code), self.vae.scale)
+            return reconstruction_loss(recon, x, self.motion_weight) + F.mse_loss(z, code)
         recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)
         moments = z.transpose(0, 1).flatten(1)  # (48, B*f*h*w)
         reg = moments.mean(1).pow(2).mean() + (moments.std(1) - 1.0).pow(2).mean()
@@ -104,15 +114,15 @@ class DecoderStage(VaeStage):
     """The VAE decoder alone (``conv2`` + ``decoder``) fine-tuned for reconstruction after the DiT stage: the
     encoder, hence the latent space the DiT learned, stays as it was, so only the picture gets sharper."""
 
-    def __init__(self, vae, motion_weight: float = 0.0):
-        super().__init__(vae, motion_weight)
+    def __init__(self, vae, motion_weight: float = 0.0, code_latents: bool = False):
+        super().__init__(vae, motion_weight, code_latents=code_latents)
         self.model.requires_grad_(False)
         for part in (self.model.conv2, self.model.decoder):
             part.requires_grad_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            z = self.encode(x)  # (B, 48, f, h, w)
+            z = self.latents(x)  # (B, 48, f, h, w)
         recon = self.model.decode(z + LATENT_NOISE * torch.randn_like(z), self.vae.scale)  # (B, 3, F, H, W)
         return reconstruction_loss(recon, x, self.motion_weight)
 
@@ -172,12 +182,12 @@ class CausalDitStage(torch.nn.Module):
 
 @torch.no_grad()
 def encode_clips(stage: VaeStage, frames: np.ndarray, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
-    """Normalised latents (N, 48, f, h, w) of uint8 clips (N, F, H, W, 3) with the trained encoder."""
+    """Normalised latents (N, 48, f, h, w) of uint8 clips (N, F, H, W, 3): the trained encoder's, or the code."""
     from tqdm import tqdm
     stage.model.eval()
     out = []
     for start in tqdm(range(0, len(frames), batch_size), desc="encode", unit="batch", disable=not progress):
-        out.append(stage.encode(to_video_tensor(frames[start:start + batch_size])))
+        out.append(stage.latents(to_video_tensor(frames[start:start + batch_size])))
     return torch.cat(out)
 
 

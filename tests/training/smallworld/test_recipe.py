@@ -129,6 +129,21 @@ def test_a_causal_world_starts_from_a_chunked_worlds_dit_and_controller(tmp_path
         toyworld_main(_tiny_recipe(str(tmp_path / "wider"), *GENERATIONS["causal"], "--dim", "96", "--init_dit", base))
 
 
+def test_a_thumbnail_world_trains_its_dit_on_the_code_and_its_decoder_to_draw_it(tmp_path):
+    """--latents thumbnail: the DiT's latents are the frames' thumbnail code (no encoder involved), and the decoder
+    stage fine-tunes the decoder on the code too."""
+    out = str(tmp_path / "code")
+    assert toyworld_main(_tiny_recipe(out, "--latents", "thumbnail", "--frames", "5")) == 0
+    data = np.load(os.path.join(out, toyworld.DATA_FILE))
+    cached = torch.load(os.path.join(out, toyworld.LATENTS_FILE), weights_only=True)
+    code = toyworld_stages.thumbnail_latents(toyworld_stages.to_video_tensor(data["frames"]))  # (3, 48, 2, 2, 2)
+    assert torch.allclose(cached["latents"], code)
+    recipe = json.load(open(os.path.join(out, "world_config.json")))["recipe"]
+    assert recipe["latents"] == "thumbnail"
+    report = json.load(open(os.path.join(out, "toyworld_report.json")))
+    assert report["plan"]["decoder_steps"] == 2 and np.isfinite(report["vae_psnr_heldout_db"])
+
+
 def test_committed_toy_world_follows_opposite_actions():
     """The shipped world steers as it is served (a causal world: through a stream): from the same held-out rendered
     first frames, optical flow on its first block reads yaw left vs yaw right and pitch up vs pitch down in opposite

@@ -1,4 +1,5 @@
 """training.smallworld.stages: the losses of the toy world's stages."""
+import numpy as np
 import torch
 
 from models.small_world import SmallWorldConfig, build_world_modules
@@ -81,3 +82,40 @@ def test_thumbnail_weight_adds_the_latents_distance_to_the_code():
         z = vae.model.encode(x, vae.scale)
     expected = 2.0 * torch.nn.functional.mse_loss(z, toyworld_stages.thumbnail_latents(x))
     assert torch.isclose(losses[1] - losses[0], expected, rtol=1e-4)
+
+
+def test_code_latents_decode_the_code_and_teach_the_encoder_to_produce_it():
+    """--latents thumbnail: the decoder learns code -> frames, the encoder frames -> code, each from its own loss."""
+    torch.manual_seed(0)
+    _, vae, _, _ = build_world_modules(SmallWorldConfig(vae_dim=8, vae_dec_dim=8))
+    stage = toyworld_stages.VaeStage(vae, 1.0, code_latents=True)
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    loss = stage(x)
+    code = toyworld_stages.thumbnail_latents(x)  # (1, 48, 2, 2, 2)
+    torch.manual_seed(1)  # the same decoder noise
+    with torch.no_grad():
+        recon = vae.model.decode(code + toyworld_stages.LATENT_NOISE * torch.randn_like(code), vae.scale)
+        expected = toyworld_stages.reconstruction_loss(recon, x, 1.0) + torch.nn.functional.mse_loss(
+            vae.model.encode(x, vae.scale), code)
+    assert torch.isclose(loss, expected, rtol=1e-5)
+    loss.backward()
+    assert vae.model.conv1.weight.grad.abs().sum() > 0 and vae.model.conv2.weight.grad.abs().sum() > 0
+    assert torch.equal(stage.latents(x), code)
+    assert torch.equal(toyworld_stages.encode_clips(stage, np.zeros((2, 5, 32, 32, 3), np.uint8), progress=False),
+                       toyworld_stages.thumbnail_latents(-torch.ones(2, 3, 5, 32, 32)))
+
+
+def test_a_code_decoder_stage_decodes_the_code_whatever_the_encoder():
+    torch.manual_seed(0)
+    _, vae, _, _ = build_world_modules(SmallWorldConfig(vae_dim=8, vae_dec_dim=8))
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        losses.append(DecoderStage(vae, code_latents=True)(x))
+        with torch.no_grad():
+            vae.model.conv1.weight.add_(1.0)  # another encoder
+    assert torch.equal(losses[0], losses[1])
+    torch.manual_seed(1)
+    assert not torch.equal(DecoderStage(vae)(x), losses[0])  # the default decodes the encoder's latents
