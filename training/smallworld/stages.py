@@ -112,7 +112,8 @@ class VaeStage(torch.nn.Module):
 
 class DecoderStage(VaeStage):
     """The VAE decoder alone (``conv2`` + ``decoder``) fine-tuned for reconstruction after the DiT stage: the
-    encoder, hence the latent space the DiT learned, stays as it was, so only the picture gets sharper."""
+    latent space the DiT learned (the encoder's, or with ``code_latents`` the code) stays as it was, so only the
+    picture gets sharper."""
 
     def __init__(self, vae, motion_weight: float = 0.0, code_latents: bool = False):
         super().__init__(vae, motion_weight, code_latents=code_latents)
