@@ -5,10 +5,14 @@ Axis legend: B batch (1), C latent channels (48), F latent frames, h/w latent gr
 Wan's VAE38 decoder is causal in time: the stock ``VideoVAE38_.decode`` already runs the decoder one latent frame
 at a time, carrying a feature cache (the last frames of every causal conv) from one call to the next. Here we make
 the same per-frame calls, in the same order and with the same inputs, but keep the cache ourselves and hand out the
-frames after each group of latent frames. The arithmetic is therefore the stock decode's, op for op, and the
-concatenated groups are bit-identical to ``WanVideoVAE.decode`` (tiled or not). Latent frame 0 gives 1 video frame,
-every later one gives 4. The model's own cache (``model._feat_map``) is never touched. ``StreamDecoder`` does the
-same for latents that arrive over time (a causal world's stream): it never restarts.
+frames after each group of latent frames. The arithmetic is the stock decode's, op for op, except the decoder's
+input 1x1x1 conv (``conv2``), which the stock decode runs over all frames at once and we run frame by frame: on some
+CPUs (AVX-512) its kernel sums the 48 channels in another order for another frame count. So the frames are
+bit-identical however the latents are grouped (every host), and equal ``WanVideoVAE.decode`` (tiled or not) bit for
+bit where that kernel does not depend on the frame count and within a few 1e-6 where it does (a few uint8 values
+in 1e5 one grey level off). Latent frame 0 gives 1 video frame, every later one gives 4. The model's own cache
+(``model._feat_map``) is never touched. ``StreamDecoder`` does the same for latents that arrive over time (a causal
+world's stream): it never restarts.
 """
 from __future__ import annotations
 
@@ -49,11 +53,13 @@ class _TileDecoder:
         # as VideoVAE38_.decode; WanVideoVAE38 always holds its scale as the tensors [mean, 1 / std]
         mean, inv_std = [s.to(dtype=z.dtype, device=z.device) for s in self.vae.scale]  # (C,) each
         z = z / inv_std.view(1, model.z_dim, 1, 1, 1) + mean.view(1, model.z_dim, 1, 1, 1)
-        x = model.conv2(z)  # (B, C, n, h, w): a 1x1x1 conv, frame by frame the same as over the whole tile
         outs = []
-        for i in range(x.shape[2]):
+        for i in range(z.shape[2]):
+            # conv2 (1x1x1) frame by frame: a CPU kernel may sum its channels in another order for another frame
+            # count, so a frame's pixels must not depend on how many frames arrive together
+            x = model.conv2(z[:, :, i:i + 1])  # (B, C, 1, h, w)
             kwargs = {"first_chunk": True} if self.next_frame == 0 else {}
-            out, self.cache, _ = model.decoder(x[:, :, i:i + 1], feat_cache=self.cache, feat_idx=[0],
+            out, self.cache, _ = model.decoder(x, feat_cache=self.cache, feat_idx=[0],
                                                **kwargs)  # (B, 12, 1|4, H/2, W/2)
             outs.append(out)
             self.next_frame += 1
