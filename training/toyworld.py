@@ -26,8 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="4k+1 frames per rendered clip (default: 5 for a chunked world; 33 for a causal one, whose "
                         "DiT trains on the sink + window clips taken from them)")
     p.add_argument("--generation", choices=["causal", "chunked"], default="chunked",
-                   help="chunked (the committed world): chunk after chunk; causal: one block-causal stream per "
-                        "flight (models.stream; its first run does not follow the keys yet, docs/toyworld.md)")
+                   help="chunked: chunk after chunk; causal (worlds/toy): one block-causal stream per flight")
     p.add_argument("--block_frames", type=int, default=1, help="causal: latent frames per block")
     p.add_argument("--window", type=int, default=3, help="causal: latent frames of context besides the sink")
     p.add_argument("--no_sink", dest="sink", action="store_false", help="causal: no first-image sink")
@@ -41,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="causal: share of training windows right after the sink (the stream's first blocks)")
     p.add_argument("--action_change", type=float, default=0.5,
                    help="causal: share of training windows whose last block starts where the action changes")
+    p.add_argument("--dit_motion_weight", type=float, default=0.0, help="causal: extra DiT loss weight where the "
+                   "true clip moves from frame to frame (training.trainer.forcing)")
     p.add_argument("--lookahead", action="store_true",
                    help="causal: context frames also see the next frame's action (the controller's lookahead)")
     p.add_argument("--joint_previous", action="store_true",
@@ -79,10 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_motion_weight", type=float, default=1.0,
                    help="weight of the L1 loss on frame-to-frame differences (VAE and decoder stages)")
     p.add_argument("--vae_thumbnail_weight", type=float, default=0.0,
-                   help="weight of the MSE pulling the VAE's latents towards each frame's 8x8-pixel means "
-                        "(training.smallworld.stages.thumbnail_latents; 0 = off)")
-    p.add_argument("--latents", choices=["vae", "thumbnail"], default="vae",
-                   help="the latent space: the VAE encoder's, or the frames' thumbnail code (which it learns)")
+                   help="weight of the MSE pulling the VAE's latents to the frames' 8x8-pixel means (0 = off)")
+    p.add_argument("--latents", choices=["vae", "thumbnail"], default="vae", help="the latent space: the VAE "
+                   "encoder's, or the frames' thumbnail code (which it learns)")
     p.add_argument("--dit_lr", type=float, default=1e-3)
     p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CAUSAL_ONLY = ("block_frames", "window", "sink", "teacher_forcing", "context_noise", "error_prob", "error_buffer",
-               "first_window", "action_change", "lookahead", "joint_previous")
+               "first_window", "action_change", "dit_motion_weight", "lookahead", "joint_previous")
 
 
 def fill_generation_defaults(a: argparse.Namespace) -> argparse.Namespace:
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         parser.error(f"--serve_guidance must be >= 1 (1 = off), got {a.serve_guidance}")
     if not 0 <= a.serve_guidance_rescale <= 1:  # NaN too
         parser.error(f"--serve_guidance_rescale must be in [0, 1] (0 = off), got {a.serve_guidance_rescale}")
-    for name in ("cond_noise", "vae_motion_weight", "vae_thumbnail_weight"):
+    for name in ("cond_noise", "vae_motion_weight", "vae_thumbnail_weight", "dit_motion_weight"):
         if not getattr(a, name) >= 0:  # NaN too
             parser.error(f"--{name} must be >= 0, got {getattr(a, name)}")
     if a.latents == "thumbnail" and a.vae_thumbnail_weight:

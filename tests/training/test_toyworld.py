@@ -43,13 +43,15 @@ def test_the_committed_world_was_trained_by_the_documented_command():
 CHUNKED_REFUSES = [("--context_noise", "0", "--context_noise applies to --generation causal only"),
                    ("--error_prob", "0", "--error_prob applies to --generation causal"),
                    ("--window", "5", "--window applies to --generation causal"),
-                   ("--action_change", "0", "--action_change applies to --generation causal")]
+                   ("--action_change", "0", "--action_change applies to --generation causal"),
+                   ("--dit_motion_weight", "1", "--dit_motion_weight applies to --generation causal")]
 
 
 @pytest.mark.parametrize("option, value, message", CHUNKED_REFUSES + [
                                                     ("--cond_noise", "-0.1", "--cond_noise must be >= 0"),
                                                     ("--vae_motion_weight", "-0.1", "--vae_motion_weight must be >= 0"),
                                                     ("--vae_thumbnail_weight", "-1", "thumbnail_weight must be >= 0"),
+                                                    ("--dit_motion_weight", "nan", "--dit_motion_weight must be >= 0"),
                                                     ("--vae_thumbnail_weight", "nan", "thumbnail_weight must be >= 0"),
                                                     ("--serve_guidance", "0.5", "--serve_guidance must be >= 1"),
                                                     ("--serve_guidance", "nan", "--serve_guidance must be >= 1"),

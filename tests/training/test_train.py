@@ -50,6 +50,7 @@ BAD_FLAGS = [
     (["--causal", "--window", "-1"], "--window"),
     (["--causal", "--teacher_forcing", "1.5"], "--teacher_forcing"),
     (["--causal", "--error_buffer", "0"], "--error_buffer"),
+    (["--causal", "--motion_weight", "-1"], "--motion_weight"),
     (["--action_lookahead"], "--action_lookahead"),  # needs --causal
     (["--action_joint_previous"], "--action_joint_previous"),
     (["--causal", "--window", "0", "--action_joint_previous"], "--window"),

@@ -131,7 +131,8 @@ def causal_settings(a) -> CausalSettings | None:
 
 def forcing_config(a) -> ForcingConfig:
     return ForcingConfig(teacher_forcing=a.teacher_forcing, context_noise=a.context_noise, error_prob=a.error_prob,
-                         error_buffer=a.error_buffer, first_window=a.first_window, action_change=a.action_change)
+                         error_buffer=a.error_buffer, first_window=a.first_window, action_change=a.action_change,
+                         motion_weight=a.dit_motion_weight)
 
 
 def build_models(a, config):

@@ -91,6 +91,8 @@ class TrainConfig:
                                "stream's first blocks)", "causal", float)
     action_change: float = _opt(0.5, "--causal: share of windows whose last block starts where the commanded "
                                 "action changes (so the context alone cannot predict the motion)", "causal", float)
+    motion_weight: float = _opt(0.0, "--causal: extra loss weight where the true clip changes from frame to frame "
+                                "(0 = plain MSE; training.trainer.forcing)", "causal", float)
     # ---- LoRA ---------------------------------------------------------------------------------------------
     lora_base_model: Optional[str] = _opt(None, "'dit' to train a LoRA on the DiT as well", "lora", str, ("dit",))
     lora_target_modules: str = _opt("q,k,v,o,ffn.0,ffn.2", "comma-separated DiT Linear names the LoRA patches",
@@ -321,7 +323,7 @@ def forcing_config(c: TrainConfig) -> ForcingConfig:
     try:
         return ForcingConfig(teacher_forcing=c.teacher_forcing, context_noise=c.context_noise,
                              error_prob=c.error_prob, error_buffer=c.error_buffer, first_window=c.first_window,
-                             action_change=c.action_change)
+                             action_change=c.action_change, motion_weight=c.motion_weight)
     except ValueError as error:
         raise ConfigError(_flag_message(error)) from None
 

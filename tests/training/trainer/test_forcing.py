@@ -88,10 +88,48 @@ def test_error_buffer_keeps_the_newest_residuals():
 
 
 @pytest.mark.parametrize("field, value", [("teacher_forcing", 1.5), ("context_noise", -0.1), ("error_prob", "a"),
-                                          ("error_buffer", 0), ("first_window", 2.0), ("action_change", -1)])
+                                          ("error_buffer", 0), ("first_window", 2.0), ("action_change", -1),
+                                          ("motion_weight", -1.0), ("motion_weight", float("nan")),
+                                          ("motion_weight", float("inf"))])
 def test_forcing_values_are_checked_by_name(field, value):
     with pytest.raises(ValueError, match=field):
         ForcingConfig(**{field: value})
+
+
+def test_motion_weights_favour_positions_that_change_and_keep_the_loss_scale():
+    latents = torch.zeros(1, 48, 3, 2, 2)  # (B, C, F, h, w)
+    latents[:, :, 2, 0, 0] = 1.0  # frame 2 differs from frame 1 at one position of four
+    in_loss = torch.tensor([[False, False, True]])
+    weights = forcing_lib.motion_weights(latents, in_loss, 1.0)  # (B, F, h, w)
+    assert torch.allclose(weights[0, 2], torch.tensor([[2.5, 0.5], [0.5, 0.5]]))  # (1 + 1 x m / 0.25) / 2
+    assert weights[0, 2].mean().item() == pytest.approx(1.0)
+    assert torch.allclose(weights[0, :2], torch.full((2, 2, 2), 0.5))  # no change: the base weight
+
+
+@pytest.mark.parametrize("motion_weight, ratio", [(0.0, 1.0), (1.0, 5.0), (3.0, 13.0)])
+def test_with_a_motion_weight_an_error_where_the_clip_moves_costs_more(monkeypatch, motion_weight, ratio):
+    """One wrong latent position in the noised block: where the true clip moved, it costs 1 + 4 x motion_weight
+    times what it costs where nothing moved (one position of four moved)."""
+    pipe = build_pipeline(preset="tiny")
+    scheduler = FlowMatchScheduler("Wan")
+    scheduler.set_timesteps(1000, training=True)
+    latents = torch.zeros(2, 48, 4, 2, 2)  # (B, C, F, h, w)
+    latents[:, :, 3, 0, 0] = 1.0  # the last frame moved at (0, 0)
+    _, binary, magnitude = clip(4)
+    config = ForcingConfig(teacher_forcing=1.0, context_noise=0.0, error_prob=0.0, motion_weight=motion_weight)
+    losses = []
+    for position in ((0, 0), (1, 1)):
+        def wrong_at(dit, controller, noisy, timesteps, *args, position=position, **kwargs):
+            sigma = (timesteps / 1000)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+            target = (noisy - latents) / sigma.clamp_min(1e-6)  # noise - clean where noised (the last frame)
+            target[:, :, 3, position[0], position[1]] += 1.0
+            return target
+        monkeypatch.setattr(forcing_lib, "model_fn_causal", wrong_at)
+        torch.manual_seed(0)
+        losses.append(causal_loss(pipe.dit, pipe.action_controller, scheduler, latents, torch.zeros(2, 8, 32), binary,
+                                  magnitude, CausalSettings(block_frames=1, window=2), config, None,
+                                  random.Random(0)).item())
+    assert losses[1] > 0 and losses[0] / losses[1] == pytest.approx(ratio, rel=1e-3)
 
 
 def test_teacher_forcing_noises_the_last_block_only_and_fills_the_error_buffer(monkeypatch):
