@@ -26,8 +26,8 @@ Where in a frame the loss looks (``motion_weight``): the flow-matching loss of e
 ``1 + motion_weight x m / mean(m)``, m the position's change from the frame before in the true clip (mean |delta|
 over channels, the mean over the batch's frames in the loss), then divided by ``1 + motion_weight``. Most of a
 frame is predictable from the frame before; the part an action decides (what moved, and by how much) is a small
-share of a plain MSE, and the toy worlds moved 3-6% of the true translation. Measured on the toy world: no gain
-(its VAE's latents hardly keep the translations to weight; docs/toyworld.md), so the default stays 0.
+share of a plain MSE, and the toy worlds moved 3-6% of the true translation. Measured on two toy worlds (its VAE's
+latents and the thumbnail code): no gain in following (docs/toyworld.md), so the default stays 0.
 
 Per clip, one of two modes:
 
