@@ -71,6 +71,13 @@ def test_the_thumbnail_latent_space_and_a_pull_towards_it_are_not_given_together
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))
 
 
+def test_an_infinite_motion_weight_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", "--dit_motion_weight", "inf"))
+    assert exit_.value.code == 2 and "motion_weight must be a finite number" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))
+
+
 def test_joint_previous_needs_a_window(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", "--joint_previous", "--window", "0"))

@@ -22,12 +22,11 @@ also teaches the model a first image far in the past. Two biases of where the wi
                    for several steps, the clean context alone predicts the next frame's motion, and the model
                    learns to continue the motion instead of following the keys (the first causal toy world did)
 
-Where in a frame the loss looks (``motion_weight``): the flow-matching loss of each latent position is weighted by
-``1 + motion_weight x m / mean(m)``, m the position's change from the frame before in the true clip (mean |delta|
-over channels, the mean over the batch's frames in the loss), then divided by ``1 + motion_weight``. Most of a
-frame is predictable from the frame before; the part an action decides (what moved, and by how much) is a small
-share of a plain MSE, and the toy worlds moved 3-6% of the true translation. Measured on two toy worlds (its VAE's
-latents and the thumbnail code): no gain in following (docs/toyworld.md), so the default stays 0.
+Where in a frame the loss looks (``motion_weight``): each latent position's loss is weighted up by how much the
+true clip changed there from the frame before (``motion_weights``). Most of a frame is predictable from the frame
+before; the part an action decides (what moved, and by how much) is a small share of a plain MSE, and the toy
+worlds moved 3-6% of the true translation. Measured on two toy worlds (its VAE's latents and the thumbnail code):
+no gain in following (docs/toyworld.md), so the default stays 0.
 
 Per clip, one of two modes:
 
@@ -221,7 +220,7 @@ def motion_weights(latents: torch.Tensor, in_loss: torch.Tensor, motion_weight: 
     """(B, F, h, w) loss weights of each latent position: ``(1 + motion_weight x m / mean(m)) / (1 + motion_weight)``,
     m (B, F, h, w) the mean |change| over channels from the frame before in ``latents`` (B, C, F, h, w) (frame 0:
     none), mean(m) over the positions of the frames ``in_loss`` (B, F); so the loss keeps its scale."""
-    change = (latents[:, :, 1:] - latents[:, :, :-1]).abs().float().mean(dim=1)  # (B, F-1, h, w)
+    change = latents.diff(dim=2).abs().float().mean(dim=1)  # (B, F-1, h, w)
     change = torch.cat([torch.zeros_like(change[:, :1]), change], 1)  # (B, F, h, w)
     mean = change[in_loss].mean() if in_loss.any() else change.mean()
     return (1 + motion_weight * change / mean.clamp_min(1e-8)) / (1 + motion_weight)
