@@ -187,25 +187,28 @@ def _look_ahead(controller, block_idx: int, t_mod, ahead, f: int, n: int):
     return (per_frame + delta).reshape(delta.shape[0], f * n, 6, -1)  # (B, L, 6, D)
 
 
-def _modulation(controller, block_idx: int, t_mod, x, action_emb, ahead, f: int, n: int, first_is_image: bool):
-    """t_mod (B|1, L, 6, D) of a block: the controller's change and the lookahead on the first ``f`` frames' tokens;
-    tokens after them (a joint_previous copy) keep their own (no action)."""
+def _modulation(controller, block_idx: int, t_mod, x, action_emb, ahead, f: int, grid: tuple[int, int],
+                first_is_image: bool):
+    """t_mod (B|1, L, 6, D) of a block: the controller's change and the lookahead on the first ``f`` frames' tokens
+    (``grid`` = (h, w) tokens each); tokens after them (a joint_previous copy) keep their own (no action)."""
+    n = grid[0] * grid[1]
     own = f * n
-    out = _inject(controller, block_idx, t_mod[:, :own], x[:, :own], action_emb, f, n, True, first_is_image)
+    out = _inject(controller, block_idx, t_mod[:, :own], x[:, :own], action_emb, f, grid, True, first_is_image)
     out = _look_ahead(controller, block_idx, out, ahead, f, n)  # (B|1, f*n, 6, D)
     if t_mod.shape[1] == own:
         return out
     return torch.cat([out, t_mod[:, own:].expand(out.shape[0], -1, -1, -1)], dim=1)  # (B|1, L, 6, D)
 
 
-def _after_block(controller, block_idx: int, t_mod, x, action_emb, f: int, n: int, first_is_image: bool):
+def _after_block(controller, block_idx: int, t_mod, x, action_emb, f: int, grid: tuple[int, int],
+                 first_is_image: bool):
     """The controller's change after a block, on the first ``f`` frames' tokens only (as ``_modulation``)."""
-    own = f * n
-    out = _inject(controller, block_idx, t_mod, x[:, :own], action_emb, f, n, False, first_is_image)  # (B, f*n, D)
+    own = f * grid[0] * grid[1]
+    out = _inject(controller, block_idx, t_mod, x[:, :own], action_emb, f, grid, False, first_is_image)  # (B, f*n, D)
     return out if x.shape[1] == own else torch.cat([out, x[:, own:]], dim=1)  # (B, L, D)
 
 
-def _inject(controller, block_idx: int, t_mod, x, action_emb, f: int, tokens_per_frame: int, before: bool,
+def _inject(controller, block_idx: int, t_mod, x, action_emb, f: int, grid: tuple[int, int], before: bool,
             first_frame_is_image: bool):
     """The controller's change of one block: t_mod before it (adaln_tmod), the hidden states after it (others).
     ``first_frame_is_image``: frame 0 of these tokens is the first image, which actions never touch."""
@@ -214,8 +217,8 @@ def _inject(controller, block_idx: int, t_mod, x, action_emb, f: int, tokens_per
     adaln = controller.injection_type == "adaln_tmod"
     if before != adaln:
         return t_mod if before else x
-    B, n = x.shape[0], tokens_per_frame
-    delta = controller.frame_change(x, action_emb, f, n, block_idx, first_frame_is_image)  # (B, f, n|1, 6?, D)
+    B, n = x.shape[0], grid[0] * grid[1]
+    delta = controller.frame_change(x, action_emb, f, grid, block_idx, first_frame_is_image)  # (B, f, n|1, 6?, D)
     if before:
         per_frame = t_mod.view(t_mod.shape[0], f, n, 6, -1)  # (B|1, f, n, 6, D)
         return (per_frame + delta).reshape(B, f * n, 6, -1)  # (B, L, 6, D)
@@ -261,9 +264,9 @@ def model_fn_causal(dit, controller, latents: torch.Tensor, timesteps: torch.Ten
     def layer(block_idx, block):
         def run(x, context, t_mod, freqs, action_emb, ahead_emb):
             ahead = None if ahead_emb is None else (ahead_emb, present)
-            block_t_mod = _modulation(controller, block_idx, t_mod, x, action_emb, ahead, f, n, True)
+            block_t_mod = _modulation(controller, block_idx, t_mod, x, action_emb, ahead, f, (h, w), True)
             x, _, _ = block_forward(block, x, context, block_t_mod, freqs, mask=mask)
-            return _after_block(controller, block_idx, t_mod, x, action_emb, f, n, True)
+            return _after_block(controller, block_idx, t_mod, x, action_emb, f, (h, w), True)
         return run
 
     for block_idx, block in enumerate(dit.blocks):
@@ -310,13 +313,13 @@ def forward_block(dit, controller, latents: torch.Tensor, timestep: float, conte
     if ahead_emb is not None and controller is not None and controller.config.lookahead:
         ahead = (ahead_emb, None)  # (B, b, D): every frame of a clean pass has its next action
     for block_idx, block in enumerate(dit.blocks):
-        block_t_mod = _modulation(controller, block_idx, t_mod, x, action_emb, ahead, f, n, first_frame_is_image)
+        block_t_mod = _modulation(controller, block_idx, t_mod, x, action_emb, ahead, f, (h, w), first_frame_is_image)
         past_k, past_v = cache.context(block_idx, lambda k, pos: rope_apply(k, rope_table(dit, pos, h, w, x.device),
                                                                          block.self_attn.num_heads))
         x, k, v = block_forward(block, x, context, block_t_mod, freqs, past_k, past_v, parts=parts)  # (B, L, D)
         if write:
             cache.write(block_idx, k, v)
-        x = _after_block(controller, block_idx, t_mod, x, action_emb, f, n, first_frame_is_image)
+        x = _after_block(controller, block_idx, t_mod, x, action_emb, f, (h, w), first_frame_is_image)
     if write:
         cache.advance(f)
     x = dit.head(x[:, :f * n], t[:, :f * n].expand(B, -1, -1))  # (B, b*N, C * 4): the copy's output dropped

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 INJECTION_TYPES = ("cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual")
 # Every key the seed's all-branches controller can hold.
+_ADDITION_PREFIXES = ("ahead_", "action_to_spatial_tmod.")  # options that start at zero (with_own_additions)
 _SEED_PREFIXES = ("q_proj.", "k_proj.", "v_proj.", "o_proj.", "q_norm.", "k_norm.", "action_to_tmod.",
                   "action_to_residual.")
 
@@ -68,6 +69,7 @@ class ActionControllerConfig:
     window_head_dim: int = 32
     lookahead: bool = False  # streams: context frames also see the next frame's action (module docstring)
     joint_previous: bool = False  # streams: a block is denoised with a clean copy of the frame before it
+    spatial_tmod: bool = False  # adaln_tmod: the delta also varies linearly across the image (module docstring)
 
     def __post_init__(self):
         if self.injection_type not in INJECTION_TYPES:
@@ -85,11 +87,13 @@ class ActionControllerConfig:
             bad = [i for i in self.inject_layers if not 0 <= i < self.num_layers]
             if bad:
                 raise ValueError(f"inject_layers: {bad} outside 0..{self.num_layers - 1}")
-        for name in ("lookahead", "joint_previous"):
+        for name in ("lookahead", "joint_previous", "spatial_tmod"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected 0 <= dropout < 1, got {self.dropout}")
+        if self.spatial_tmod and self.injection_type != "adaln_tmod":
+            raise ValueError(f"spatial_tmod: needs injection_type 'adaln_tmod', got {self.injection_type!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +141,13 @@ class WanRMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
+def token_coordinates(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
+    """(h * w, 2) each token's (u, v) centre in [-1, 1], row-major like the DiT's tokens (u across, v down)."""
+    v = (torch.arange(h, device=device, dtype=dtype) + 0.5) * (2.0 / h) - 1.0  # (h,)
+    u = (torch.arange(w, device=device, dtype=dtype) + 0.5) * (2.0 / w) - 1.0  # (w,)
+    return torch.stack([u.expand(h, w), v[:, None].expand(h, w)], dim=-1).reshape(h * w, 2)  # (N, 2)
+
+
 def _frame_expand(per_frame: torch.Tensor, num_frames: int) -> torch.Tensor:
     """(B, T, ...) action-step values -> (B, F, ...) with zeros for latent frame 0 (the first image)."""
     zero = per_frame.new_zeros(per_frame.shape[0], num_frames - per_frame.shape[1], *per_frame.shape[2:])
@@ -150,13 +161,14 @@ class WanActionController(nn.Module):
                  num_latent_frames: int = 20, inject_layers: Optional[list] = None, num_layers: int = 30,
                  qk_norm: bool = True, dropout: float = 0.0, initial_scale: float = 0.01,
                  injection_type: str = "cross_attn_frame", action_window: int = 4, window_head_dim: int = 32,
-                 lookahead: bool = False, joint_previous: bool = False):
+                 lookahead: bool = False, joint_previous: bool = False, spatial_tmod: bool = False):
         super().__init__()
         self.config = ActionControllerConfig(
             action_dim=action_dim, hidden_size=hidden_size, num_heads=num_heads, num_latent_frames=num_latent_frames,
             num_layers=num_layers, inject_layers=inject_layers, qk_norm=qk_norm, dropout=dropout,
             initial_scale=initial_scale, injection_type=injection_type, action_window=action_window,
-            window_head_dim=window_head_dim, lookahead=lookahead, joint_previous=joint_previous)
+            window_head_dim=window_head_dim, lookahead=lookahead, joint_previous=joint_previous,
+            spatial_tmod=spatial_tmod)
         cfg = self.config
         self.injection_type = cfg.injection_type
         self.hidden_size, self.num_heads, self.num_layers = hidden_size, num_heads, num_layers
@@ -180,6 +192,9 @@ class WanActionController(nn.Module):
             self.rel_pos_bias = nn.Parameter(torch.zeros(num_heads, action_window))  # (H, W); [:, 0] = own frame
         elif self.injection_type == "adaln_tmod":
             self.action_to_tmod = nn.Linear(C, C * 6, bias=False)
+            if cfg.spatial_tmod:  # zero init: the delta starts uniform over the image, as without it
+                self.action_to_spatial_tmod = nn.Linear(C, C * 12, bias=False)
+                nn.init.zeros_(self.action_to_spatial_tmod.weight)
         else:
             self.action_to_residual = nn.Linear(C, C, bias=False)
         self.output_scale = nn.Parameter(torch.ones(num_layers) * initial_scale)  # (num_layers,)
@@ -207,9 +222,15 @@ class WanActionController(nn.Module):
         features = torch.cat([action_binary, action_magnitude], dim=-1)  # (B, T, 2A)
         return self.action_embed(features) + self.temporal_pos_embed[:, :steps]  # (B, T, C)
 
-    def action_tmod(self, action_emb: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, 6, C) adaLN modulation deltas (adaln_tmod only)."""
-        return self.action_to_tmod(action_emb).unflatten(-1, (6, self.hidden_size))  # (B, T, 6, C)
+    def action_tmod(self, action_emb: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, T, C) -> (B, T, N|1, 6, C) adaLN modulation deltas (adaln_tmod only): one per frame, or with
+        ``spatial_tmod`` one per token of the h x w grid, ``uniform + u * along_u + v * along_v``."""
+        delta = self.action_to_tmod(action_emb).unflatten(-1, (6, self.hidden_size)).unsqueeze(2)  # (B, T, 1, 6, C)
+        if not self.config.spatial_tmod:
+            return delta
+        slopes = self.action_to_spatial_tmod(action_emb).unflatten(-1, (2, 6, self.hidden_size))  # (B, T, 2, 6, C)
+        grid = token_coordinates(h, w, delta.device, delta.dtype)  # (N, 2)
+        return delta + torch.einsum("nk,btkjc->btnjc", grid, slopes)  # (B, T, N, 6, C)
 
     # ---- injection -----------------------------------------------------------------------------------------
     def _scaled(self, delta: torch.Tensor, block_idx: int) -> torch.Tensor:
@@ -218,10 +239,10 @@ class WanActionController(nn.Module):
     def add_to_tmod(self, t_mod: torch.Tensor, action_emb: torch.Tensor, f: int, h: int, w: int,
                     block_idx: int) -> torch.Tensor:
         """adaln_tmod: t_mod (1, L, 6, C) per token, or (1, 6, C) global -> (B, L, 6, C) with the action delta."""
-        delta = _frame_expand(self._scaled(self.action_tmod(action_emb), block_idx), f)  # (B, F, 6, C)
+        delta = _frame_expand(self._scaled(self.action_tmod(action_emb, h, w), block_idx), f)  # (B, F, N|1, 6, C)
         per_frame_tmod = t_mod.view(t_mod.shape[0], f, h * w, 6, -1) if t_mod.dim() == 4 \
             else t_mod.view(t_mod.shape[0], 1, 1, 6, -1)  # (1, F, N, 6, C) or (1, 1, 1, 6, C)
-        out = per_frame_tmod + delta.unsqueeze(2)  # (B, F, N|1, 6, C)
+        out = per_frame_tmod + delta  # (B, F, N|1, 6, C)
         return out.expand(-1, f, h * w, 6, -1).reshape(out.shape[0], f * h * w, 6, -1)  # (B, L, 6, C)
 
     def frame_delta(self, action_emb: torch.Tensor, block_idx: int) -> torch.Tensor:
@@ -278,15 +299,15 @@ class WanActionController(nn.Module):
             change = _frame_expand(self.frame_delta(action_emb, block_idx), t).unsqueeze(2)  # (B, F, 1, C)
         return (hidden_states.view(B, t, h * w, C) + change).view(B, L, C)
 
-    def frame_change(self, hidden_states: torch.Tensor, action_emb: torch.Tensor, f: int, n: int, block_idx: int,
-                     first_frame_is_image: bool) -> torch.Tensor:
-        """The scaled change of ``f`` frames of ``n`` tokens (block-causal path, ``models.causal``): a t_mod delta
-        (B, f, 1, 6, C) for adaln_tmod, else a hidden-state delta (B, f, 1|n, C). The last action tokens of
-        ``action_emb`` (B, S, C) drive the frames (earlier ones are history for the window type); a first frame that
-        is the first image gets no change."""
-        B, steps = hidden_states.shape[0], f - int(first_frame_is_image)
+    def frame_change(self, hidden_states: torch.Tensor, action_emb: torch.Tensor, f: int, grid: tuple[int, int],
+                     block_idx: int, first_frame_is_image: bool) -> torch.Tensor:
+        """The scaled change of ``f`` frames of ``grid`` = (h, w) tokens (block-causal path, ``models.causal``): a
+        t_mod delta (B, f, 1|N, 6, C) for adaln_tmod, else a hidden-state delta (B, f, 1|N, C). The last action
+        tokens of ``action_emb`` (B, S, C) drive the frames (earlier ones are history for the window type); a first
+        frame that is the first image gets no change."""
+        B, steps, n = hidden_states.shape[0], f - int(first_frame_is_image), grid[0] * grid[1]
         if self.injection_type == "adaln_tmod":
-            delta = self._scaled(self.action_tmod(action_emb[:, -steps:]), block_idx).unsqueeze(2)  # (B, T, 1, 6, C)
+            delta = self._scaled(self.action_tmod(action_emb[:, -steps:], *grid), block_idx)  # (B, T, 1|N, 6, C)
         elif self.injection_type == "cross_attn_window":
             tokens = hidden_states.view(B, f, n, -1)[:, f - steps:]  # (B, T, N, C)
             delta = self._scaled(self._window_attend(tokens, action_emb), block_idx)  # (B, T, N, C)
@@ -310,11 +331,11 @@ class WanActionController(nn.Module):
         return self.apply_action(hidden_states, action_emb, t, h, w, block_idx)
 
     # ---- loading -------------------------------------------------------------------------------------------
-    def with_own_lookahead(self, state_dict: dict) -> dict:
-        """``state_dict`` plus this controller's (zero-init) lookahead weights where it lacks them: a controller
-        trained without lookahead then loads and starts exactly as it was."""
+    def with_own_additions(self, state_dict: dict) -> dict:
+        """``state_dict`` plus this controller's own lookahead and spatial_tmod weights (zero-init) where it lacks
+        them: a controller trained without either then loads and starts exactly as it was."""
         own = self.state_dict()
-        return {**{k: v for k, v in own.items() if k.startswith("ahead_")}, **state_dict}
+        return {**{k: v for k, v in own.items() if k.startswith(_ADDITION_PREFIXES)}, **state_dict}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Strict by default. Also accepts the seed's all-branches layout: keys of branches this injection type

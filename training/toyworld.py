@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="causal: share of training windows whose last block starts where the action changes")
     p.add_argument("--dit_motion_weight", type=float, default=0.0, help="causal: extra DiT loss weight where the "
                    "true clip moves from frame to frame (training.trainer.forcing)")
-    p.add_argument("--lookahead", action="store_true",
-                   help="causal: context frames also see the next frame's action (the controller's lookahead)")
+    p.add_argument("--lookahead", action="store_true", help="causal: context frames also see the next action")
+    p.add_argument("--spatial_tmod", action="store_true", help="adaln_tmod: action deltas vary across the image")
     p.add_argument("--joint_previous", action="store_true",
                    help="causal: each block is denoised with a clean copy of the frame before it, attending both "
                         "ways (as a chunked world's first image); the controller's joint_previous")

@@ -221,11 +221,18 @@ def test_lookahead_never_changes_frames_already_made():
     assert not np.array_equal(out_a[2], out_b[2])
 
 
-@pytest.mark.parametrize("injection_type, block_frames", [("adaln_tmod", 1), ("cross_attn_window", 2)])
-def test_a_joint_previous_stream_predicts_what_the_training_forward_predicts(injection_type, block_frames):
-    """A block denoised with a copy of the frame before it = the clip's forward with that copy (joint_previous)."""
-    overrides = {"initial_scale": 1.0, "injection_type": injection_type, "joint_previous": True}
+@pytest.mark.parametrize("injection_type, block_frames, spatial", [("adaln_tmod", 1, False),
+                                                                   ("cross_attn_window", 2, False),
+                                                                   ("adaln_tmod", 2, True)])
+def test_a_joint_previous_stream_predicts_what_the_training_forward_predicts(injection_type, block_frames, spatial):
+    """A block denoised with a copy of the frame before it = the clip's forward with that copy (joint_previous);
+    with spatial_tmod (its field made non-zero) too."""
+    overrides = {"initial_scale": 1.0, "injection_type": injection_type, "joint_previous": True,
+                 "spatial_tmod": spatial}
     pipe = build_pipeline(preset="tiny", controller_overrides=overrides)
+    if spatial:
+        with torch.no_grad():
+            pipe.action_controller.action_to_spatial_tmod.weight.normal_(std=0.05)
     stream, steps, action_emb, noise, timestep = two_blocks_then_noise(pipe, block_frames)
     with torch.no_grad():
         streamed = forward_block(pipe.dit, pipe.action_controller, noise, timestep, stream.context, stream.cache,

@@ -12,6 +12,7 @@ from models.controller import (
     WanActionController,
     WanRMSNorm,
     resolve_controller_config,
+    token_coordinates,
 )
 
 B, T, H_GRID, W_GRID, C, HEADS = 2, 3, 2, 3, 64, 2
@@ -116,7 +117,7 @@ def test_adaln_delta_is_per_frame_and_zero_for_frame_zero():
     delta = (out - t_mod).view(B, FRAMES, N, 6, C)
     # the same for every token of a frame
     assert torch.allclose(delta[:, 1:], delta[:, 1:, :1].expand_as(delta[:, 1:]), atol=1e-6)
-    expected = ctrl.action_tmod(emb) * ctrl.output_scale[0]  # (B, T, 6, C)
+    expected = ctrl.action_tmod(emb, H_GRID, W_GRID)[:, :, 0] * ctrl.output_scale[0]  # (B, T, 6, C)
     assert torch.allclose(delta[:, 1:, 0], expected, atol=1e-6)
     global_t_mod = torch.randn(1, 6, C)  # text-to-video: one t_mod for all tokens
     out = ctrl.add_to_tmod(global_t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=0)
@@ -278,10 +279,10 @@ def test_frame_change_is_the_chunked_change_of_the_same_frames(injection_type):
         if injection_type != "cross_attn_window":
             full = full[:, :, :1]  # (B, F, 1, C)
     block = x.view(B, FRAMES, N, C)[:, 2:].reshape(B, 2 * N, C)  # frames 2..3
-    change = ctrl.frame_change(block, emb, 2, N, block_idx=1, first_frame_is_image=False)
+    change = ctrl.frame_change(block, emb, 2, (H_GRID, W_GRID), block_idx=1, first_frame_is_image=False)
     assert change.shape == full[:, 2:].shape
     torch.testing.assert_close(change, full[:, 2:], atol=1e-6, rtol=1e-5)
-    with_image = ctrl.frame_change(x, emb, FRAMES, N, block_idx=1, first_frame_is_image=True)
+    with_image = ctrl.frame_change(x, emb, FRAMES, (H_GRID, W_GRID), block_idx=1, first_frame_is_image=True)
     torch.testing.assert_close(with_image, full, atol=1e-6, rtol=1e-5)
     assert with_image[:, 0].abs().max() == 0 and with_image[:, 1:].abs().max() > 1e-4
 
@@ -292,7 +293,8 @@ def test_window_type_gives_fewer_actions_to_the_last_frames():
     x, binary, magnitude = inputs()
     emb = ctrl.build_action_emb(binary[:, 1:], magnitude[:, 1:])  # (B, 2, C): frames 2 and 3
     out = ctrl.apply_action(x, emb, FRAMES, H_GRID, W_GRID, block_idx=0).view(B, FRAMES, N, C)
-    expected = ctrl.frame_change(x.view(B, FRAMES, N, C)[:, 2:].reshape(B, 2 * N, C), emb, 2, N, 0, False)
+    block = x.view(B, FRAMES, N, C)[:, 2:].reshape(B, 2 * N, C)  # frames 2..3
+    expected = ctrl.frame_change(block, emb, 2, (H_GRID, W_GRID), 0, False)
     assert torch.equal(out[:, :2], x.view(B, FRAMES, N, C)[:, :2])
     torch.testing.assert_close(out[:, 2:] - x.view(B, FRAMES, N, C)[:, 2:], expected, atol=1e-6, rtol=1e-5)
 
@@ -319,7 +321,7 @@ def test_per_sample_t_mod_keeps_its_batch():
     ctrl = make("adaln_tmod")
     _, binary, magnitude = inputs()
     emb = ctrl.build_action_emb(binary, magnitude)
-    delta = ctrl.action_tmod(emb) * ctrl.output_scale[0]  # (B, T, 6, C)
+    delta = ctrl.action_tmod(emb, H_GRID, W_GRID)[:, :, 0] * ctrl.output_scale[0]  # (B, T, 6, C)
     t_mod = torch.randn(B, FRAMES * N, 6, C)
     out = ctrl.add_to_tmod(t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=0).view(B, FRAMES, N, 6, C)
     torch.testing.assert_close(out[:, 2, 3], t_mod.view(B, FRAMES, N, 6, C)[:, 2, 3] + delta[:, 1])
@@ -335,6 +337,55 @@ def test_changes_keep_the_autocast_dtype(injection_type):
     x, binary, magnitude = inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         emb = ctrl.build_action_emb(binary, magnitude)
-        change = ctrl.frame_change(x, emb, FRAMES, N, block_idx=0, first_frame_is_image=True)
+        change = ctrl.frame_change(x, emb, FRAMES, (H_GRID, W_GRID), block_idx=0, first_frame_is_image=True)
         ahead = ctrl.ahead_change(emb, None, block_idx=0)
     assert change.dtype == ahead.dtype == torch.bfloat16
+
+
+# ---- spatial_tmod: an action delta that varies across the image ---------------------------------------------------
+def test_token_coordinates_are_token_centres_row_major():
+    grid = token_coordinates(2, 3)  # (N, 2) = (u, v)
+    assert grid[:, 0].tolist() == pytest.approx([-2 / 3, 0, 2 / 3] * 2)
+    assert grid[:, 1].tolist() == pytest.approx([-0.5] * 3 + [0.5] * 3)
+
+
+def test_spatial_tmod_is_the_uniform_delta_plus_a_linear_field():
+    """delta(token) = uniform + u * along_u + v * along_v, each from its own projection of the action token; zero
+    init gives exactly the uniform delta of a controller without it."""
+    plain = make("adaln_tmod").eval()
+    spatial = make("adaln_tmod", spatial_tmod=True).eval()
+    spatial.load_state_dict({**plain.state_dict(), "action_to_spatial_tmod.weight":
+                             spatial.action_to_spatial_tmod.weight.detach().clone()})
+    _, binary, magnitude = inputs()
+    emb = plain.build_action_emb(binary, magnitude)  # (B, T, C)
+    t_mod = torch.randn(1, FRAMES * N, 6, C)
+    with torch.no_grad():
+        uniform = plain.add_to_tmod(t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=1)  # (B, L, 6, C)
+        assert torch.equal(spatial.add_to_tmod(t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=1), uniform)
+        spatial.action_to_spatial_tmod.weight.normal_()
+        out = spatial.add_to_tmod(t_mod, emb, FRAMES, H_GRID, W_GRID, block_idx=1)  # (B, L, 6, C)
+    slopes = (emb @ spatial.action_to_spatial_tmod.weight.T).view(B, T, 2, 6, C) * spatial.output_scale[1]
+    change = (out - uniform).view(B, FRAMES, N, 6, C)
+    assert change[:, 0].abs().max() == 0  # the first image is never changed
+    for token, (u, v) in enumerate(token_coordinates(H_GRID, W_GRID).tolist()):
+        torch.testing.assert_close(change[:, 1:, token], u * slopes[:, :, 0] + v * slopes[:, :, 1])
+    assert (change[:, 1:, 0] - change[:, 1:, W_GRID - 1]).abs().mean() > 1e-2  # left and right differ
+
+
+def test_spatial_tmod_frame_change_is_the_chunked_change():
+    ctrl = make("adaln_tmod", spatial_tmod=True).eval()
+    with torch.no_grad():
+        ctrl.action_to_spatial_tmod.weight.normal_()
+    x, binary, magnitude = inputs()
+    emb = ctrl.build_action_emb(binary, magnitude)  # (B, T, C)
+    with torch.no_grad():
+        full = ctrl.add_to_tmod(torch.zeros(1, FRAMES * N, 6, C), emb, FRAMES, H_GRID, W_GRID, block_idx=1)
+        change = ctrl.frame_change(x, emb, FRAMES, (H_GRID, W_GRID), block_idx=1, first_frame_is_image=True)
+    torch.testing.assert_close(change, full.view(B, FRAMES, N, 6, C), atol=1e-6, rtol=1e-5)
+
+
+def test_spatial_tmod_needs_adaln_tmod():
+    with pytest.raises(ValueError, match="spatial_tmod: needs injection_type 'adaln_tmod'"):
+        ActionControllerConfig(injection_type="cross_attn_frame", spatial_tmod=True)
+    with pytest.raises(ValueError, match="spatial_tmod: expected true or false"):
+        ActionControllerConfig(injection_type="adaln_tmod", spatial_tmod=1)

@@ -19,14 +19,16 @@ TINY = ACTION_CONTROLLER_CONFIGS["tiny"]
 # Every argument away from its default, so a dropped or defaulted argument shows.
 UNUSUAL = dict(action_dim=6, hidden_size=32, num_heads=4, num_latent_frames=7, num_layers=3, inject_layers=[1],
                qk_norm=False, dropout=0.25, initial_scale=0.5, injection_type="cross_attn_window", action_window=3,
-               window_head_dim=4, lookahead=True, joint_previous=True)
+               window_head_dim=4, lookahead=True, joint_previous=True, spatial_tmod=False)
+# spatial_tmod needs adaln_tmod: the same with that type and the field on.
+UNUSUAL_SPATIAL = {**UNUSUAL, "injection_type": "adaln_tmod", "spatial_tmod": True}
 
 
 def test_the_defaults_are_the_5b_frame_controller():
     expected = dict(action_dim=8, hidden_size=3072, num_heads=24, num_latent_frames=20, num_layers=30,
                     inject_layers=None, qk_norm=True, dropout=0.0, initial_scale=0.01,
                     injection_type="cross_attn_frame", action_window=4, window_head_dim=32, lookahead=False,
-                    joint_previous=False)
+                    joint_previous=False, spatial_tmod=False)
     assert ActionControllerConfig().to_dict() == expected
     with torch.device("meta"):
         controller = WanActionController()
@@ -35,6 +37,9 @@ def test_the_defaults_are_the_5b_frame_controller():
 
 
 def test_every_constructor_argument_reaches_the_config_and_the_parameters():
+    spatial = WanActionController(**UNUSUAL_SPATIAL)
+    assert spatial.config.to_dict() == UNUSUAL_SPATIAL
+    assert spatial.action_to_spatial_tmod.weight.shape == (12 * 32, 32)
     controller = WanActionController(**UNUSUAL)
     assert controller.config.to_dict() == UNUSUAL
     assert WanActionController.from_config(UNUSUAL).config == controller.config  # from a dict
@@ -98,6 +103,8 @@ def test_config_dict_round_trip_and_its_errors():
     config = ActionControllerConfig(**UNUSUAL)
     assert config.to_dict() == UNUSUAL
     assert ActionControllerConfig.from_dict(config.to_dict()) == config
+    spatial = ActionControllerConfig(**UNUSUAL_SPATIAL)
+    assert ActionControllerConfig.from_dict(spatial.to_dict()) == spatial
     with pytest.raises(ValueError, match=r"^action controller config: unknown field\(s\) \['hidden'\]"):
         ActionControllerConfig.from_dict({"hidden": 3})
     resolved = resolve_controller_config(dict(TINY), injection_type="adaln_tmod", dropout=None)
@@ -172,15 +179,25 @@ def test_the_ignored_seed_branches_are_named_in_one_log_line(caplog):
         "(action_to_residual, k_norm, q_proj)"]
 
 
+def test_own_spatial_tmod_starts_a_plain_controller_where_it_was():
+    plain = make("adaln_tmod")
+    spatial = make("adaln_tmod", spatial_tmod=True)
+    state = spatial.with_own_additions(plain.state_dict())
+    assert set(state) == set(plain.state_dict()) | {"action_to_spatial_tmod.weight"}
+    spatial.load_state_dict(state)
+    assert spatial.action_to_spatial_tmod.weight.abs().max() == 0
+    torch.testing.assert_close(spatial.action_to_tmod.weight, plain.action_to_tmod.weight)
+
+
 def test_own_lookahead_fills_only_what_the_state_dict_lacks():
     plain = make("cross_attn_frame")
     ahead = make("cross_attn_frame", lookahead=True)
     with torch.no_grad():
         ahead.ahead_scale.fill_(3.0)
-    state = ahead.with_own_lookahead(plain.state_dict())
+    state = ahead.with_own_additions(plain.state_dict())
     assert set(state) == set(plain.state_dict()) | {"ahead_to_tmod.weight", "ahead_scale"}
     assert state["ahead_scale"].tolist() == [3.0, 3.0]  # the controller's own
     given = {**plain.state_dict(), "ahead_scale": torch.tensor([5.0, 6.0])}
-    assert ahead.with_own_lookahead(given)["ahead_scale"].tolist() == [5.0, 6.0]  # the state dict's wins
+    assert ahead.with_own_additions(given)["ahead_scale"].tolist() == [5.0, 6.0]  # the state dict's wins
     ahead.load_state_dict(state)
     torch.testing.assert_close(ahead.v_proj.weight, plain.v_proj.weight)

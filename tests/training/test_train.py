@@ -54,6 +54,8 @@ BAD_FLAGS = [
     (["--action_lookahead"], "--action_lookahead"),  # needs --causal
     (["--action_joint_previous"], "--action_joint_previous"),
     (["--causal", "--window", "0", "--action_joint_previous"], "--window"),
+    (["--action_spatial_tmod", "--action_injection_type", "cross_attn_frame"], "--action_spatial_tmod"),
+    (["--action_spatial_tmod"], "--action_spatial_tmod"),  # the tiny preset's type is cross_attn_frame
 ]
 
 
@@ -172,9 +174,10 @@ def test_causal_run_trains_block_causally_and_records_how_it_generates(flights, 
     monkeypatch.setattr(module_lib, "causal_loss", spy)
     out = tmp_path / "causal"
     assert main(argv(flights, out, "--max_steps", "2", "--causal", "--window", "1", "--error_prob", "0.5",
-                     "--action_lookahead")) == 0
+                     "--action_lookahead", "--action_injection_type", "adaln_tmod", "--action_spatial_tmod")) == 0
     assert seen == [(1, 48, 3, 4, 4)] * 2  # 3 latent frames: the sink + the window of 1 + a block of 1
     config = json.loads((out / "action_train_config.json").read_text())
     assert config["action_controller_config"]["lookahead"] is True
+    assert config["action_controller_config"]["spatial_tmod"] is True
     assert config["generation"] == {"generation": "causal", "block_frames": 1, "window": 1, "sink": True}
     assert config["training"]["config"]["causal"] is True

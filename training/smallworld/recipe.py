@@ -119,7 +119,7 @@ def controller_config(a) -> dict:
                                   num_latent_frames=max(20, num_actions_for_frames(a.frames)),
                                   window_head_dim=16, initial_scale=a.controller_scale,
                                   injection_type=a.injection_type, lookahead=a.lookahead,
-                                  joint_previous=a.joint_previous).to_dict()
+                                  joint_previous=a.joint_previous, spatial_tmod=a.spatial_tmod).to_dict()
 
 
 def causal_settings(a) -> CausalSettings | None:
@@ -188,7 +188,7 @@ class ToyRun:
                  ("text encoder", self.pipe.text_encoder, lambda: load_world_weights(folder, "text_encoder"),
                   "the vocabulary of the prompts (render the same scenes: --seed, --clips)"),
                  ("action controller", self.controller,  # a --lookahead recipe keeps its zero-init lookahead
-                  lambda: self.controller.with_own_lookahead(load_controller(folder)[0].state_dict()),
+                  lambda: self.controller.with_own_additions(load_controller(folder)[0].state_dict()),
                   "--dim/--heads/--layers/--injection_type"))
         for name, module, weights, hint in parts:
             try:

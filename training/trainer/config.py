@@ -68,6 +68,9 @@ class TrainConfig:
     action_joint_previous: bool = _opt(False, "--causal: each block is denoised with a clean copy of the frame "
                                        "before it, attending both ways (models.controller's joint_previous)",
                                        "controller")
+    action_spatial_tmod: bool = _opt(False, "adaln_tmod: the action's modulation delta also varies linearly across "
+                                     "the image (models.controller's spatial_tmod; a checkpoint without it starts "
+                                     "at zero)", "controller")
     action_controller_checkpoint: Optional[str] = _opt(None, "initial controller weights (.safetensors or .pt)",
                                                        "controller", str)
     trainable_models: str = _opt("action_controller", "comma-separated models trained in full: only "
@@ -219,6 +222,11 @@ def _check_controller(c: TrainConfig) -> None:
     for name in ("action_lookahead", "action_joint_previous"):
         _require(c.causal or not getattr(c, name), name, "needs --causal (a setting of block-causal streams; "
                  "chunked generation has no blocks)")
+    default = "tiny" if c.preset == "tiny" else "wan_ti2v_5b"
+    preset = ACTION_CONTROLLER_CONFIGS.get(c.action_controller_config or default, {})
+    kind = c.action_injection_type or preset.get("injection_type")
+    _require(not c.action_spatial_tmod or kind in (None, "adaln_tmod"), "action_spatial_tmod",
+             f"needs --action_injection_type adaln_tmod (the controller's injection type is {kind!r})")
     _require(not c.action_joint_previous or c.window >= 1, "window", "--action_joint_previous needs --window >= 1 "
              "(the frame before a block must be in its context)")
     if c.action_controller_checkpoint:
@@ -299,7 +307,8 @@ def controller_config(c: TrainConfig) -> ActionControllerConfig:
         config = resolve_controller_config(source, injection_type=c.action_injection_type,
                                            initial_scale=c.action_initial_scale,
                                            lookahead=True if c.action_lookahead else None,
-                                           joint_previous=True if c.action_joint_previous else None)
+                                           joint_previous=True if c.action_joint_previous else None,
+                                           spatial_tmod=True if c.action_spatial_tmod else None)
     except ValueError as error:
         raise ConfigError(f"--action_controller_config: {error}") from None
     steps = num_actions_for_frames(c.num_frames)

@@ -70,7 +70,7 @@ def build_controller(config: ActionControllerConfig, seed: int, checkpoint: Opti
         else:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         try:
-            controller.load_state_dict(controller.with_own_lookahead(state))  # --action_lookahead: from zero
+            controller.load_state_dict(controller.with_own_additions(state))  # lookahead, spatial_tmod: from zero
         except ValueError as error:
             raise ConfigError(f"--action_controller_checkpoint: {error}") from None
     return controller.float()
