@@ -222,8 +222,7 @@ def _check_controller(c: TrainConfig) -> None:
     for name in ("action_lookahead", "action_joint_previous"):
         _require(c.causal or not getattr(c, name), name, "needs --causal (a setting of block-causal streams; "
                  "chunked generation has no blocks)")
-    default = "tiny" if c.preset == "tiny" else "wan_ti2v_5b"
-    preset = ACTION_CONTROLLER_CONFIGS.get(c.action_controller_config or default, {})
+    preset = ACTION_CONTROLLER_CONFIGS.get(_controller_name(c), {})  # {} for a JSON file: checked when resolved
     kind = c.action_injection_type or preset.get("injection_type")
     _require(not c.action_spatial_tmod or kind in (None, "adaln_tmod"), "action_spatial_tmod",
              f"needs --action_injection_type adaln_tmod (the controller's injection type is {kind!r})")
@@ -296,10 +295,14 @@ def _check_output(c: TrainConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
+def _controller_name(c: TrainConfig) -> str:
+    """--action_controller_config, or the model preset's own controller preset when it is not given."""
+    return c.action_controller_config or ("tiny" if c.preset == "tiny" else "wan_ti2v_5b")
+
+
 def controller_config(c: TrainConfig) -> ActionControllerConfig:
     """The preset (or JSON file) with --action_injection_type / --action_initial_scale applied."""
-    name = c.action_controller_config or ("tiny" if c.preset == "tiny" else "wan_ti2v_5b")
-    source = name
+    name = source = _controller_name(c)
     try:
         if name.endswith(".json"):
             with open(name) as handle:
