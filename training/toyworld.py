@@ -12,7 +12,7 @@ import logging
 import torch
 
 from models.action_format import num_actions_for_frames
-from training.smallworld.recipe import ToyRun, causal_settings, forcing_config
+from training.smallworld.recipe import ToyRun, causal_settings, controller_config, forcing_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     fill_generation_defaults(a)
     try:
         num_actions_for_frames(a.frames)
-        causal_settings(a), forcing_config(a)  # block/window/forcing values checked by name
+        causal_settings(a), forcing_config(a), controller_config(a)  # checked by name before any work
     except ValueError as error:
         parser.error(str(error))
     report = ToyRun(a).run()

@@ -78,6 +78,13 @@ def test_an_infinite_motion_weight_is_refused_by_name(tmp_path, capsys):
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))
 
 
+def test_spatial_tmod_needs_the_adaln_tmod_injection(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        toyworld_main(_tiny_recipe(str(tmp_path), "--spatial_tmod", "--injection_type", "cross_attn_frame"))
+    assert exit_.value.code == 2 and "spatial_tmod: needs injection_type 'adaln_tmod'" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))  # refused before any work
+
+
 def test_joint_previous_needs_a_window(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", "--joint_previous", "--window", "0"))
