@@ -4,7 +4,8 @@ Axis legend: B batch, C latent/hidden channels, F latent frames, h/w latent grid
 N = h*w tokens per frame, L = F*N tokens, T action steps (= F - 1), D hidden size.
 
 It mirrors the stock function's TI2V (fused first frame, per-token timestep) and text-to-video paths step by step,
-so a zero-scale controller gives bit-identical output; with no controller or no actions it calls the stock function.
+so a zero-scale controller gives bit-identical output; with no actions it calls the stock function (a small world
+whose DiT tokens are not 2x2 latent cells, which the stock function assumes, runs this mirror without actions).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ _UNSUPPORTED_WITH_ACTIONS = (
     "sliding_window_size", "tea_cache", "control_camera_latents_input", "longcat_latents", "music_feature",
 )
 
+
+WAN_PATCH = (1, 2, 2)  # the stock forward's patch size (frames, height, width), which it assumes
 
 # (freqs table shapes, f, h, w, device) -> (L, 1, D_head/2) complex RoPE table. Building it costs a CPU
 # concatenation and (on GPU) a pageable host-to-device copy per DiT call, because ``dit.freqs`` is a plain CPU
@@ -44,11 +47,23 @@ def rope_freqs(dit, f: int, h: int, w: int, device) -> torch.Tensor:
     return table
 
 
+def _action_emb(controller, action_binary, action_magnitude, x) -> torch.Tensor:
+    """(B_a, T, A) raw flags and scaled magnitudes -> (B, T, D) action tokens for the video batch of ``x``."""
+    controller_dtype = next(controller.parameters()).dtype
+    binary = action_binary.to(device=x.device, dtype=controller_dtype)  # (B_a, T, A)
+    magnitude = action_magnitude.to(device=x.device, dtype=controller_dtype)  # (B_a, T, A)
+    if binary.shape[0] != x.shape[0]:
+        if binary.shape[0] != 1:
+            raise ValueError(f"actions: batch {binary.shape[0]} does not match the video batch {x.shape[0]}")
+        binary, magnitude = binary.expand(x.shape[0], -1, -1), magnitude.expand(x.shape[0], -1, -1)
+    return controller.build_action_emb(binary, magnitude).to(x.dtype)  # (B, T, D)
+
+
 def _block_forward(block, controller, block_idx: int, f: int, h: int, w: int):
-    """One DiT block plus its action injection, as a closure over (f, h, w, block index) so gradient
-    checkpointing recomputes both from the same inputs (no mutable state)."""
-    inject = controller.should_inject(block_idx)
-    adaln = controller.injection_type == "adaln_tmod"
+    """One DiT block plus its action injection (none when ``controller`` is None), as a closure over (f, h, w,
+    block index) so gradient checkpointing recomputes both from the same inputs (no mutable state)."""
+    inject = controller is not None and controller.should_inject(block_idx)
+    adaln = controller is not None and controller.injection_type == "adaln_tmod"
 
     def forward(x, context, t_mod, freqs, action_emb):
         if inject and adaln:
@@ -60,10 +75,14 @@ def _block_forward(block, controller, block_idx: int, f: int, h: int, w: int):
     return forward
 
 
-def _check_inputs(dit, latents, action_binary, action_magnitude, kwargs):
+def _check_supported(kwargs, what: str = "actions"):
     used = [name for name in _UNSUPPORTED_WITH_ACTIONS if kwargs.get(name) is not None]
     if used:
-        raise ValueError(f"actions cannot be combined with {used}: the action path implements TI2V/T2V only")
+        raise ValueError(f"{what} cannot be combined with {used}: the action path implements TI2V/T2V only")
+
+
+def _check_inputs(dit, latents, action_binary, action_magnitude, kwargs):
+    _check_supported(kwargs)
     if dit.require_vae_embedding or dit.require_clip_embedding or dit.has_image_input:
         raise ValueError("actions need a Wan2.2-TI2V style DiT (no CLIP/VAE image embedding)")
     steps = latents.shape[2] - 1
@@ -125,20 +144,24 @@ def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None
             fuse_vae_embedding_in_latents=fuse_vae_embedding_in_latents,
             use_gradient_checkpointing=use_gradient_checkpointing,
             use_gradient_checkpointing_offload=use_gradient_checkpointing_offload, **kwargs)
-    if action_binary is None:
+    if action_binary is None and tuple(dit.patch_size) == WAN_PATCH:
         return model_fn_wan_video(
             dit=dit, latents=latents, timestep=timestep, context=context,
             fuse_vae_embedding_in_latents=fuse_vae_embedding_in_latents,
             use_gradient_checkpointing=use_gradient_checkpointing,
             use_gradient_checkpointing_offload=use_gradient_checkpointing_offload, **kwargs)
-    if action_controller is None:
+    if action_binary is None:  # the stock forward's per-token timestep assumes 2x2 patches: this mirror, no actions
+        action_controller = None
+        _check_supported(kwargs, "a DiT with patch size " + str(tuple(dit.patch_size)))
+    elif action_controller is None:
         raise ValueError("actions were given but the pipeline has no action controller "
                          "(call pipe.set_action_controller(...) or pipe.load_action_artifacts(folder))")
-    _check_inputs(dit, latents, action_binary, action_magnitude, kwargs)
+    else:
+        _check_inputs(dit, latents, action_binary, action_magnitude, kwargs)
 
     # Timestep: per token for TI2V (frame 0 is the clean image, timestep 0), global otherwise.
     if dit.seperated_timestep and fuse_vae_embedding_in_latents:
-        tokens_per_frame = latents.shape[3] * latents.shape[4] // 4
+        tokens_per_frame = latents.shape[3] * latents.shape[4] // (dit.patch_size[1] * dit.patch_size[2])
         timestep = torch.concat([
             torch.zeros((1, tokens_per_frame), dtype=latents.dtype, device=latents.device),
             torch.ones((latents.shape[2] - 1, tokens_per_frame), dtype=latents.dtype, device=latents.device) * timestep,
@@ -158,14 +181,8 @@ def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None
     x = rearrange(x, "b c f h w -> b (f h w) c").contiguous()  # (B, L, D)
     freqs = rope_freqs(dit, f, h, w, x.device)  # (L, 1, D_head/2) complex
 
-    controller_dtype = next(action_controller.parameters()).dtype
-    binary = action_binary.to(device=x.device, dtype=controller_dtype)  # (B_a, T, A)
-    magnitude = action_magnitude.to(device=x.device, dtype=controller_dtype)  # (B_a, T, A)
-    if binary.shape[0] != x.shape[0]:
-        if binary.shape[0] != 1:
-            raise ValueError(f"actions: batch {binary.shape[0]} does not match the video batch {x.shape[0]}")
-        binary, magnitude = binary.expand(x.shape[0], -1, -1), magnitude.expand(x.shape[0], -1, -1)
-    action_emb = action_controller.build_action_emb(binary, magnitude).to(x.dtype)  # (B, T, D)
+    action_emb = None if action_controller is None else _action_emb(action_controller, action_binary,
+                                                                     action_magnitude, x)  # (B, T, D)
 
     for block_idx, block in enumerate(dit.blocks):
         x = gradient_checkpoint_forward(

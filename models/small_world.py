@@ -58,12 +58,15 @@ class SmallWorldConfig:
     text_seq_len: int = 32
     vae_dim: int = 16
     vae_dec_dim: int = 16
+    patch: int = 2  # a DiT token is patch x patch latent cells (Wan2.2: 2); 1 gives 4x the tokens of a frame
     vocab: list[str] = field(default_factory=lambda: list(BASE_VOCAB))
 
     def __post_init__(self):
         head_dim = self.dim // max(self.num_heads, 1)
         if self.dim % self.num_heads or (head_dim // 3) % 2:
             raise ValueError(f"dim/num_heads = {head_dim}: Wan's 3D RoPE needs head_dim // 3 even (24, 32, 48, 128)")
+        if type(self.patch) is not int or self.patch not in (1, 2):  # not bool, not float
+            raise ValueError(f"patch: 1 or 2 latent cells per DiT token side, got {self.patch!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,9 +110,9 @@ def build_world_modules(config: SmallWorldConfig):
 
     dit = WanModel(
         dim=config.dim, num_heads=config.num_heads, num_layers=config.num_layers, ffn_dim=config.ffn_dim,
-        in_dim=48, out_dim=48, text_dim=config.text_dim, freq_dim=256, eps=1e-6, patch_size=(1, 2, 2),
-        has_image_input=False, seperated_timestep=True, require_clip_embedding=False,
-        require_vae_embedding=False, fuse_vae_embedding_in_latents=True)
+        in_dim=48, out_dim=48, text_dim=config.text_dim, freq_dim=256, eps=1e-6,
+        patch_size=(1, config.patch, config.patch), has_image_input=False, seperated_timestep=True,
+        require_clip_embedding=False, require_vae_embedding=False, fuse_vae_embedding_in_latents=True)
     with skip_model_initialization():  # the full-width default VAE would cost 705M parameters
         vae = WanVideoVAE38()
     vae.model = VideoVAE38_(z_dim=48, dim=config.vae_dim, dec_dim=config.vae_dec_dim).eval().requires_grad_(False)
@@ -126,7 +129,7 @@ def assemble_pipeline(dit, vae, text_encoder, tokenizer, device="cpu", torch_dty
     pipe.vae = vae.to(device=device, dtype=torch_dtype)
     pipe.text_encoder = text_encoder.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
     pipe.tokenizer = tokenizer
-    pipe.height_division_factor = pipe.width_division_factor = 2 * vae.upsampling_factor  # as from_pretrained
+    pipe.height_division_factor = pipe.width_division_factor = dit.patch_size[1] * vae.upsampling_factor
     return pipe
 
 

@@ -70,8 +70,9 @@ class WorldStream:
         self.context = self._embed_prompt(prompt)  # (B, S, D)
         first = self._encode_image(image, height, width, tiled)  # (1, C, 1, h, w)
         self.grid = first.shape[3:]
-        self.cache = KVCache(settings.window, settings.sink, len(self.dit.blocks), self.branches,
-                             self.grid[0] * self.grid[1] // 4, self.dit.dim, pipe.device, pipe.torch_dtype)
+        tokens_per_frame = self.grid[0] * self.grid[1] // (self.dit.patch_size[1] * self.dit.patch_size[2])
+        self.cache = KVCache(settings.window, settings.sink, len(self.dit.blocks), self.branches, tokens_per_frame,
+                             self.dit.dim, pipe.device, pipe.torch_dtype)
         pipe.load_models_to_device(["dit", "action_controller"])
         self.lookahead = bool(self.controller.config.lookahead)
         self.joint = bool(self.controller.config.joint_previous)

@@ -22,9 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--frames", type=int, default=None,
-                   help="4k+1 frames per rendered clip (default: 5 for a chunked world; 33 for a causal one, whose "
-                        "DiT trains on the sink + window clips taken from them)")
+    p.add_argument("--frames", type=int, default=None, help="4k+1 frames per rendered clip (default: 5 for a "
+                   "chunked world; 33 for a causal one, whose DiT trains on the sink + window clips taken from them)")
     p.add_argument("--generation", choices=["causal", "chunked"], default="chunked",
                    help="chunked: chunk after chunk; causal (worlds/toy): one block-causal stream per flight")
     p.add_argument("--block_frames", type=int, default=1, help="causal: latent frames per block")
@@ -65,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=192, help="DiT width (head_dim // 3 must be even)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--dit_patch", type=int, default=2, choices=[1, 2], help="latent cells per DiT token side")
     p.add_argument("--controller_scale", type=float, default=1.0, help="initial output_scale of the controller")
     p.add_argument("--injection_type", default="adaln_tmod",
                    choices=["cross_attn_frame", "cross_attn_window", "adaln_tmod", "add_residual"],

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from models.small_world import load_small_world
 from training.smallworld import recipe as toyworld
 from training.toyworld import build_parser as toyworld_parser
 from training.toyworld import fill_generation_defaults
@@ -90,3 +91,12 @@ def test_joint_previous_needs_a_window(tmp_path, capsys):
         toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", "--joint_previous", "--window", "0"))
     assert exit_.value.code == 2 and "--joint_previous needs --window >= 1" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))  # refused before any work
+
+
+def test_dit_patch_1_trains_a_world_with_a_token_per_latent_cell(tmp_path, capsys):
+    toyworld_main(_tiny_recipe(str(tmp_path), "--dit_patch", "1", "--decoder_steps", "0"))
+    assert json.load(open(tmp_path / "world_config.json"))["config"]["patch"] == 1
+    assert tuple(load_small_world(str(tmp_path)).dit.patch_size) == (1, 1, 1)
+    with pytest.raises(SystemExit) as exit_:
+        toyworld_main(_tiny_recipe(str(tmp_path / "other"), "--dit_patch", "4"))
+    assert exit_.value.code == 2 and "--dit_patch: invalid choice" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def world_config(a, prompts):
     vocab = sorted(set(BASE_VOCAB) | set(prompt_words(list(prompts) + [DEFAULT_PROMPT])))
     return SmallWorldConfig(dim=a.dim, num_heads=a.heads, num_layers=a.layers, ffn_dim=4 * a.dim, text_dim=32,
                             text_heads=2, text_layers=2, text_ffn_dim=64, text_seq_len=32, vae_dim=a.vae_dim,
-                            vae_dec_dim=a.vae_dim, vocab=vocab)
+                            vae_dec_dim=a.vae_dim, patch=a.dit_patch, vocab=vocab)
 
 
 def controller_config(a) -> dict:
@@ -184,7 +184,8 @@ class ToyRun:
     def init_dit_from(self, folder: str) -> None:
         """The DiT, its text encoder and the action controller of a world folder of the same architecture and
         vocabulary (--init_dit)."""
-        parts = (("DiT", self.pipe.dit, lambda: load_world_weights(folder, "dit"), "--dim/--heads/--layers"),
+        parts = (("DiT", self.pipe.dit, lambda: load_world_weights(folder, "dit"),
+                  "--dim/--heads/--layers/--dit_patch"),
                  ("text encoder", self.pipe.text_encoder, lambda: load_world_weights(folder, "text_encoder"),
                   "the vocabulary of the prompts (render the same scenes: --seed, --clips)"),
                  ("action controller", self.controller,  # a --lookahead recipe keeps its zero-init lookahead
