@@ -24,6 +24,11 @@ _UNSUPPORTED_WITH_ACTIONS = (
 
 WAN_PATCH = (1, 2, 2)  # the stock forward's patch size (frames, height, width), which it assumes
 
+
+def tokens_per_frame(dit, h: int, w: int) -> int:
+    """The DiT tokens of one latent frame of an h x w latent grid (its patches: 2x2 cells in Wan2.2)."""
+    return h * w // (dit.patch_size[1] * dit.patch_size[2])
+
 # (freqs table shapes, f, h, w, device) -> (L, 1, D_head/2) complex RoPE table. Building it costs a CPU
 # concatenation and (on GPU) a pageable host-to-device copy per DiT call, because ``dit.freqs`` is a plain CPU
 # attribute that ``.to(device)`` never moves; its values depend only on those shapes, so it is built once.
@@ -161,10 +166,10 @@ def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None
 
     # Timestep: per token for TI2V (frame 0 is the clean image, timestep 0), global otherwise.
     if dit.seperated_timestep and fuse_vae_embedding_in_latents:
-        tokens_per_frame = latents.shape[3] * latents.shape[4] // (dit.patch_size[1] * dit.patch_size[2])
+        n = tokens_per_frame(dit, latents.shape[3], latents.shape[4])
         timestep = torch.concat([
-            torch.zeros((1, tokens_per_frame), dtype=latents.dtype, device=latents.device),
-            torch.ones((latents.shape[2] - 1, tokens_per_frame), dtype=latents.dtype, device=latents.device) * timestep,
+            torch.zeros((1, n), dtype=latents.dtype, device=latents.device),
+            torch.ones((latents.shape[2] - 1, n), dtype=latents.dtype, device=latents.device) * timestep,
         ]).flatten()  # (L,)
         t = dit.time_embedding(sinusoidal_embedding_1d(dit.freq_dim, timestep).unsqueeze(0))  # (1, L, D)
         t_mod = dit.time_projection(t).unflatten(2, (6, dit.dim))  # (1, L, 6, D)

@@ -36,7 +36,7 @@ from .causal import ahead_action_emb, block_action_emb, forward_block
 from .frames.lane import DecodeLane
 from .kv_cache import KVCache
 from .media import video_to_frames
-from .model_fn import rescale_guided
+from .model_fn import rescale_guided, tokens_per_frame
 from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 
 
@@ -70,9 +70,8 @@ class WorldStream:
         self.context = self._embed_prompt(prompt)  # (B, S, D)
         first = self._encode_image(image, height, width, tiled)  # (1, C, 1, h, w)
         self.grid = first.shape[3:]
-        tokens_per_frame = self.grid[0] * self.grid[1] // (self.dit.patch_size[1] * self.dit.patch_size[2])
-        self.cache = KVCache(settings.window, settings.sink, len(self.dit.blocks), self.branches, tokens_per_frame,
-                             self.dit.dim, pipe.device, pipe.torch_dtype)
+        self.cache = KVCache(settings.window, settings.sink, len(self.dit.blocks), self.branches,
+                             tokens_per_frame(self.dit, *self.grid), self.dit.dim, pipe.device, pipe.torch_dtype)
         pipe.load_models_to_device(["dit", "action_controller"])
         self.lookahead = bool(self.controller.config.lookahead)
         self.joint = bool(self.controller.config.joint_previous)
