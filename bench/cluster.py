@@ -1,5 +1,5 @@
-"""``python -m bench.cluster [--sessions 2 --seconds 20 --replicas 1,2 --rounds 3 --bare_s 40 --out FILE | server
-options...]``.
+"""``python -m bench.cluster [--sessions 2 --seconds 20 --replicas 1,2 --rounds 3 --bare_s 40 --pin_cores 1
+--out FILE | server options...]``.
 
 Throughput of ``python -m server.cluster`` on CPU, in one run: for each replica count in ``--replicas`` (default
 1 then 2) it starts a local Ray with that many CPU replicas (one CPU, one torch thread each) on loopback, flies
@@ -13,6 +13,7 @@ rounds) and the speedup of the last count over the first, the median of the roun
 messages name the replica: ``details.runs[].replicas_used``).
 
 ``--bare_s S`` (default 40; 0 skips) first runs the same chunk generation in plain loops, one process per replica
+(each on the core its replica gets, ``--pin_cores``, default 1 as ``python -m server.cluster`` does for CPU replicas)
 and no server, first the first count's then the last count's, for S seconds each: ``bare_speedup`` is what the
 machine itself gives (two cores sharing caches and memory bandwidth do not make two single cores), and ``of_bare``
 the served speedup's share of it (what the serving costs).
@@ -39,6 +40,7 @@ import urllib.request
 from bench.schema import command_line, describe_device, figures_at, write_result
 from bench.serving import fly
 from server.bindings import INPUT_HZ
+from server.generation.affinity import available_cores, check_cores, format_cores, pin_this_thread, replica_cores
 from server.generation.generators import PipelineGenerator, hover_request, warm_up
 from server.generation.worlds import load_world
 from server.settings import Settings
@@ -105,6 +107,8 @@ def chunk_loop(argv) -> dict:
     seconds, options = float(argv[0]), list(argv[1:])
     settings = Settings.from_args([*([] if "--world" in options else ["--world", "random"]), "--threads", "1",
                                    *options])
+    if settings.cpu_cores:  # as a replica's worker is (--pin_cores)
+        pin_this_thread(check_cores(settings.cpu_cores))
     world = load_world(settings)
     generator = PipelineGenerator(world)
     request = hover_request(world, world.steps)
@@ -114,25 +118,29 @@ def chunk_loop(argv) -> dict:
         list(generator.generate_stream(request))
         chunks += 1
     return {"chunks": chunks, "cpu_ms_per_chunk": round(1000 * (time.thread_time() - cpu_started) / chunks, 2),
-            "seconds": round(time.monotonic() - started, 2)}
+            "seconds": round(time.monotonic() - started, 2), "cores": format_cores(available_cores())}
 
 
-def loops_at_once(count: int, seconds: float, server_args) -> list[dict]:
-    """``count`` ``chunk_loop`` processes started together (one torch thread each)."""
+def loops_at_once(count: int, seconds: float, server_args, pin: bool = True) -> list[dict]:
+    """``count`` ``chunk_loop`` processes started together (one torch thread each; loop i on the core replica i
+    would take when ``pin``)."""
     command = [sys.executable, "-c", "import json, sys; from bench.cluster import chunk_loop; "
                "print(json.dumps(chunk_loop(sys.argv[1:])))", str(seconds), *server_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True) for _ in range(count)]
+    cores = [["--cpu_cores", format_cores(replica_cores(i, 1, available_cores()))] if pin else [] for i in range(count)]
+    processes = [subprocess.Popen(command + cores[i], stdout=subprocess.PIPE, env=env, text=True)
+                 for i in range(count)]
     outputs = [p.communicate()[0] for p in processes]
     if any(p.returncode for p in processes):
         raise RuntimeError(f"a chunk loop failed (exit codes {[p.returncode for p in processes]})")
     return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
 
 
-def bare_scaling(counts: list[int], seconds: float, server_args, loops=loops_at_once) -> dict:
-    """What the machine itself gives: the first count's and the last count's loops at once, no serving. The ratio
-    of their chunks is the ceiling of the served speedup on this machine (shared caches, memory bandwidth)."""
-    first, last = loops(counts[0], seconds, server_args), loops(counts[-1], seconds, server_args)
+def bare_scaling(counts: list[int], seconds: float, server_args, loops=loops_at_once, pin: bool = True) -> dict:
+    """What the machine itself gives: the first count's and the last count's loops at once, no serving, pinned as
+    the replicas are. The ratio of their chunks is the ceiling of the served speedup on this machine (shared caches,
+    memory bandwidth)."""
+    first, last = loops(counts[0], seconds, server_args, pin), loops(counts[-1], seconds, server_args, pin)
     return {"loops": {str(counts[0]): first, str(counts[-1]): last},
             "speedup": round(sum(r["chunks"] for r in last) / sum(r["chunks"] for r in first), 3)}
 
@@ -187,6 +195,9 @@ def main(argv=None) -> int:
                         help="how often each client reports its input (default: the browser's, server.bindings)")
     parser.add_argument("--bare_s", type=float, default=40.0,
                         help="also time the chunk loops alone, without serving, this long (0: skip)")
+    parser.add_argument("--pin_cores", type=int, choices=(0, 1), default=1,
+                        help="each replica's worker, and each bare loop, on its own core (python -m server.cluster's "
+                             "default for CPU replicas); 0: anywhere")
     parser.add_argument("--out", default=None, help="write the result (bench.schema) here")
     parser.add_argument("--log", default=None, help="the clusters' output: LOG.<replicas>[.<round>] (default: none)")
     args, server_args = parser.parse_known_args(argv)
@@ -199,12 +210,13 @@ def main(argv=None) -> int:
     counts = [int(n) for n in args.replicas.split(",")]
     server_args = [*BENCH_DEFAULTS, *server_args]
     # first, on a machine at rest: a Ray cluster still shutting down made one loop's chunks 20% dearer
-    bare = bare_scaling(counts, args.bare_s, server_args) if args.bare_s else None
+    bare = bare_scaling(counts, args.bare_s, server_args, pin=bool(args.pin_cores)) if args.bare_s else None
+    cluster_args = [*server_args, "--pin_cores", str(args.pin_cores)]
     runs = []
     for round_index in range(args.rounds):
         for count in counts:
             log = None if not args.log else f"{args.log}.{count}" + (f".{round_index}" if args.rounds > 1 else "")
-            run = one_run(count, args.sessions, args.seconds, server_args, log_path=log, input_hz=args.input_hz)
+            run = one_run(count, args.sessions, args.seconds, cluster_args, log_path=log, input_hz=args.input_hz)
             runs.append(dict(run, round=round_index))
             print(json.dumps(runs[-1]), flush=True)
     speedups = round_speedups(runs, counts)
@@ -220,8 +232,8 @@ def main(argv=None) -> int:
     headline = ("speedup_rounds", "speedup", "spread", "goal", "goal_met", "of_bare")
     print(json.dumps({k: report.get(k) for k in headline}))
     settings = {"sessions": args.sessions, "seconds": args.seconds, "input_hz": args.input_hz, "replicas": counts,
-                "rounds": args.rounds, "bare_s": args.bare_s,
-                "server_args": server_args, "threads_per_replica": 1}
+                "rounds": args.rounds, "bare_s": args.bare_s, "pin_cores": args.pin_cores,
+                "server_args": cluster_args, "threads_per_replica": 1}
     device = dict(describe_device("cpu"), threads=1)
     write_result(args.out, "cluster", settings, figures(report), device, details=report,
                  command=command_line("bench.cluster", argv))

@@ -20,6 +20,7 @@ import sys
 from dataclasses import replace
 from typing import NoReturn
 
+from server.generation.affinity import check_cores
 from server.generation.world_args import check_world_args, with_world_resolved
 from server.settings import Settings
 
@@ -58,6 +59,7 @@ def main(argv=None) -> None:
     settings = replace(settings, port=sock.getsockname()[1])  # --port 0: the port the system chose
     try:
         check_world_args(settings)
+        check_cores(settings.cpu_cores)
     except (ValueError, FileNotFoundError) as error:
         sock.close()
         sys.exit(f"error: {error}")

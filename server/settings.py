@@ -19,6 +19,7 @@ from typing import Optional
 
 from models.options import check_action_guidance, check_action_guidance_rescale, check_decoder
 from models.serve_config import GENERATIONS
+from server.generation.affinity import parse_cores
 from server.media.images import check_jpeg_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,8 @@ class Settings:
     dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     world_seed: int = 0  # seed of the random world's weights
     threads: int = 0  # torch CPU threads (0 = all cores but one on CPU, torch's default on GPU)
+    cpu_cores: Optional[str] = None  # run the generation worker and its torch threads on these cores ("0-3", "0,2";
+    #   Linux; unset = any core); python -m server.cluster gives each CPU replica its own (--pin_cores)
     # generation (unset = the world's default)
     height: Optional[int] = None  # video height in pixels (a multiple of 32)
     width: Optional[int] = None  # video width in pixels (a multiple of 32)
@@ -131,6 +134,7 @@ class Settings:
         for name in ("max_waiting", "max_jobs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        parse_cores(self.cpu_cores)
         if self.decoder is not None:
             check_decoder(self.decoder)
         check_jpeg_device(self.jpeg_device)

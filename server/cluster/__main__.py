@@ -22,6 +22,7 @@ from server.cluster.options import (
     parse_args,
     replica_count,
 )
+from server.generation.affinity import check_cores
 from server.generation.world_args import check_world_args, with_world_resolved
 from server.settings import REPO_ROOT
 
@@ -41,6 +42,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         check_world_args(settings)
+        if options.address is None:  # a local cluster: its node is this machine
+            check_cores(settings.cpu_cores)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     try:
@@ -67,7 +70,8 @@ def main(argv=None) -> None:
         except ValueError as error:
             sys.exit(f"error: {error}")
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build(settings, replicas, options.on_cpu), name=APP_NAME, route_prefix="/", blocking=False)
+        app = build(settings, replicas, options.on_cpu, options.pins)
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         if with_world_resolved(settings).world == "random" and not settings.model_dir:
             log.warning("serving the tiny RANDOM-weight preset: the video is noise-like")
         log.info("%d %s replicas serving: open http://%s:%d/", replicas, "CPU" if options.on_cpu else "GPU",

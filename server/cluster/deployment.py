@@ -12,15 +12,25 @@ imported inside functions, so this module loads without it (``python -m server.c
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from server.app import create_app
 from server.cluster.board import Board
-from server.cluster.options import APP_NAME, ClusterOptions, deployment_options, replica_count, replica_settings
+from server.cluster.options import (
+    APP_NAME,
+    ClusterOptions,
+    deployment_options,
+    replica_count,
+    replica_settings,
+    switch,
+)
 from server.cluster.routes import BoardClient, ReplicaWrapper, Reporter, cluster_routes
+from server.generation.affinity import available_cores, format_cores, parse_cores, replica_cores
 from server.generation.worlds import load_world
 from server.settings import Settings
 from server.settings import _convert as convert  # the command line's and WANFLY_*'s conversion of a text value
 
+log = logging.getLogger("wanfly.cluster")
 DEPLOYMENT = "Flights"
 BOARD_OPTIONS = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256,
                  "graceful_shutdown_timeout_s": 1.0, "graceful_shutdown_wait_loop_s": 0.5,
@@ -28,12 +38,15 @@ BOARD_OPTIONS = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, "max_o
 
 
 class Flights:
-    """One replica: its world, its app (engine, sessions, jobs), its reporter."""
+    """One replica: its world, its app (engine, sessions, jobs), its reporter. ``pin_cores``: its generation worker
+    runs on the cores of its rank on its node (``pinned``)."""
 
-    def __init__(self, settings: Settings, board, target: int):
+    def __init__(self, settings: Settings, board, target: int, pin_cores: bool = False):
         from ray import serve
         context = serve.get_replica_context()
         self.replica, self.app_name = context.replica_id.unique_id, context.app_name
+        if pin_cores:
+            settings = pinned(settings, getattr(getattr(context, "rank", None), "local_rank", None))
         self.settings, self.target, self.board = settings, target, BoardClient(board)
         self.world = load_world(settings)  # before Serve routes anything here
         self.fastapi = self.reporter = None
@@ -63,15 +76,27 @@ class Flights:
             self.reporter.stop()
 
 
-def build(settings: Settings, replicas: int, on_cpu: bool):
-    """The application: ``replicas`` ``Flights`` replicas (one GPU, or one CPU, each) and one ``Board``."""
+def pinned(settings: Settings, local_rank) -> Settings:
+    """The settings with the cores of the replica at ``local_rank`` on this node (``--threads`` of them, from
+    ``--cpu_cores`` or every core here); unchanged, with a warning, when Serve gives no rank."""
+    if local_rank is None:
+        log.warning("pin_cores: Serve gave this replica no rank on its node; its worker is not pinned")
+        return settings
+    pool = parse_cores(settings.cpu_cores) or available_cores()
+    cores = replica_cores(local_rank, settings.threads or 1, pool)
+    return dataclasses.replace(settings, cpu_cores=format_cores(cores))
+
+
+def build(settings: Settings, replicas: int, on_cpu: bool, pin_cores: bool = None):
+    """The application: ``replicas`` ``Flights`` replicas (one GPU, or one CPU, each) and one ``Board``; each
+    replica's worker on its own cores when ``pin_cores`` (default: on CPU replicas)."""
     from ray import serve
     board = serve.deployment(Board, name="Board", **BOARD_OPTIONS).bind(jobs_kept=settings.jobs_kept,
                                                                          recordings_kept=settings.recordings_kept)
     options = ClusterOptions(cpu_replicas=replicas) if on_cpu else ClusterOptions(replicas=replicas)
     flights = serve.deployment(serve.ingress()(Flights), name=DEPLOYMENT,
                                **deployment_options(settings, options, replicas))
-    return flights.bind(settings, board, replicas)
+    return flights.bind(settings, board, replicas, on_cpu if pin_cores is None else pin_cores)
 
 
 def text_value(field: dataclasses.Field, text: str):
@@ -93,7 +118,7 @@ def app_builder(args: dict):
         counts = {name: int(value) if isinstance(value, str) else value for name, value in counts.items()}
     except ValueError:
         raise ValueError(f"replicas, cpu_replicas: integers, got {counts}") from None
-    options = ClusterOptions(**counts)
+    options = ClusterOptions(**counts, pin_cores=switch("pin_cores", args.pop("pin_cores", None)))
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     unknown = sorted(set(args) - set(fields))
     if unknown:
@@ -101,8 +126,9 @@ def app_builder(args: dict):
     args = {name: text_value(fields[name], value) if isinstance(value, str) else value for name, value in args.items()}
     settings = replica_settings(Settings(**args), options, gradio_given=args.get("gradio") is True)
     if options.on_cpu:
-        return build(settings, options.cpu_replicas, on_cpu=True)
+        return build(settings, options.cpu_replicas, on_cpu=True, pin_cores=options.pins)
     if options.replicas is not None:  # not checked against the GPUs there now: an autoscaler may add them (KubeRay)
-        return build(settings, options.replicas, on_cpu=False)
+        return build(settings, options.replicas, on_cpu=False, pin_cores=options.pins)
     import ray
-    return build(settings, replica_count(options, ray.cluster_resources().get("GPU", 0)), on_cpu=False)
+    return build(settings, replica_count(options, ray.cluster_resources().get("GPU", 0)), on_cpu=False,
+                 pin_cores=options.pins)

@@ -3,7 +3,11 @@
     --replicas N        GPU replicas, one GPU each (default: every GPU Ray sees)
     --cpu_replicas N    CPU replicas instead (tests, benchmarks): one CPU each, one torch thread unless --threads
     --address ADDR      a running Ray cluster (``auto``, ``ray://host:10001``); default: start a local one
-    (each also as ``WANFLY_REPLICAS``, ``WANFLY_CPU_REPLICAS``, ``WANFLY_ADDRESS``; empty means not set)
+    --pin_cores 1|0     each replica's generation worker on its own ``--threads`` cores of its node (taken in
+                        turn from ``--cpu_cores``, else from all; ``server.generation.affinity``); default: 1 for
+                        CPU replicas, 0 for GPU replicas
+    (each also as ``WANFLY_REPLICAS``, ``WANFLY_CPU_REPLICAS``, ``WANFLY_ADDRESS``, ``WANFLY_PIN_CORES``; empty means
+    not set)
 
 Routing: Serve sends each request to a replica below its ``max_ongoing_requests`` (a flight's WebSocket is one
 request for its whole life, so it never moves), the one with the fewest ongoing requests (``server.cluster.routing``).
@@ -34,6 +38,7 @@ class ClusterOptions:
     replicas: Optional[int] = None  # GPU replicas (None: every GPU Ray sees)
     cpu_replicas: Optional[int] = None  # CPU replicas instead
     address: Optional[str] = None  # a running Ray cluster; None: start a local one
+    pin_cores: Optional[bool] = None  # each replica's worker on its own cores; None: on for CPU replicas
 
     def __post_init__(self):
         for name in ("replicas", "cpu_replicas"):
@@ -45,6 +50,10 @@ class ClusterOptions:
     @property
     def on_cpu(self) -> bool:
         return self.cpu_replicas is not None
+
+    @property
+    def pins(self) -> bool:
+        return self.on_cpu if self.pin_cores is None else self.pin_cores
 
 
 def parse_args(argv=None, env=None) -> tuple[Settings, ClusterOptions]:
@@ -59,12 +68,15 @@ def parse_args(argv=None, env=None) -> tuple[Settings, ClusterOptions]:
     group.add_argument("--replicas", type=int, default=None, help="GPU replicas, one GPU each (default: all GPUs)")
     group.add_argument("--cpu_replicas", type=int, default=None, help="CPU replicas instead (tests, benchmarks)")
     group.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
+    group.add_argument("--pin_cores", default=None, metavar="1|0",
+                       help="each replica's generation worker on its own --threads cores (default: 1 for CPU "
+                            "replicas, 0 for GPU replicas)")
     namespace = parser.parse_args(argv)
     env = os.environ if env is None else env
     settings = Settings.from_args(argv, env=env, parser=parser)
     try:
         options = ClusterOptions(**{name: replica_option(namespace, env, name)
-                                    for name in ("replicas", "cpu_replicas", "address")})
+                                    for name in ("replicas", "cpu_replicas", "address", "pin_cores")})
         gradio_given = namespace.gradio is True or env.get(ENV_PREFIX + "GRADIO", "").lower() in ("1", "true", "yes")
         settings = replica_settings(settings, options, gradio_given=gradio_given)
     except ValueError as bad:
@@ -76,6 +88,8 @@ def replica_option(namespace, env, name: str):
     """The option from the command line, else from ``WANFLY_<NAME>`` (empty: not set), like every server option."""
     value = getattr(namespace, name)
     text = env.get(ENV_PREFIX + name.upper(), "")
+    if name == "pin_cores":
+        return switch(name, value if value is not None else text or None)
     if value is not None or not text:
         return value
     if name == "address":
@@ -84,6 +98,17 @@ def replica_option(namespace, env, name: str):
         return int(text)
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}: not an integer: {text!r}") from None
+
+
+def switch(name: str, text) -> Optional[bool]:
+    """``1/0/true/false/yes/no`` (None: not set); ValueError naming the option."""
+    if text is None or isinstance(text, bool):
+        return text
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected 1 or 0, got {text!r}")
 
 
 def replica_settings(settings: Settings, options: ClusterOptions, gradio_given: bool = False) -> Settings:

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from models.action_format import num_actions_for_frames
+from server.generation.affinity import check_cores, pin_this_thread
 from server.generation.flight import Flight, OpenChunk
 from server.generation.generators import Generator, GenRequest
 from server.generation.job import Job
@@ -82,6 +83,7 @@ class Engine:
         self._job: Optional[Job] = None  # the job being made, part by part
         self._job_turn = itertools.cycle((False, True))
         self._stopping = False
+        self.cpu_cores = check_cores(getattr(settings, "cpu_cores", None))  # ValueError before any thread starts
         self._worker = threading.Thread(target=self._run, name="wanfly-generation", daemon=True)
         self._delivery = Delivery(self.world, settings, self.metrics, self.recordings, self._cond)
 
@@ -237,6 +239,9 @@ class Engine:
         return None, wait
 
     def _run(self) -> None:
+        if self.cpu_cores:
+            pin_this_thread(self.cpu_cores)
+            log.info("generation worker pinned to CPU core(s) %s", self.cpu_cores)
         while True:
             with self._cond:
                 while True:

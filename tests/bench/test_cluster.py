@@ -2,12 +2,15 @@
 own scaling without serving, its result valid in the schema. The served runs and the no-serving loops are stubbed
 (a real run starts Ray twice: minutes, run by hand); one chunk loop runs for real."""
 import json
+import os
+import threading
 
 import pytest
 
 from bench import cluster
 from bench.schema import validate
 from server.bindings import INPUT_HZ
+from server.generation.affinity import available_cores
 
 REAL_BARE_SCALING = cluster.bare_scaling  # the autouse fixture stubs it in the module
 
@@ -25,8 +28,8 @@ def bare(monkeypatch):
     """The no-serving loops, stubbed (real ones: ``test_chunk_loop_times_the_world_without_a_server``)."""
     calls = []
 
-    def bare_scaling(counts, seconds, server_args):
-        calls.append((tuple(counts), seconds))
+    def bare_scaling(counts, seconds, server_args, pin=True):
+        calls.append((tuple(counts), seconds, pin))
         return {"loops": {}, "speedup": 1.9}
     monkeypatch.setattr(cluster, "bare_scaling", bare_scaling)
     return calls
@@ -50,15 +53,15 @@ def test_speedup_goal_and_a_valid_result(monkeypatch, tmp_path, capsys, bare):
     out = tmp_path / "cluster.json"
     assert cluster.main(["--seconds", "20", "--rounds", "1", "--out", str(out), "--log", "/tmp/x",
                          "--world", "random"]) == 0
-    assert seen == [(1, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.1", INPUT_HZ),
-                    (2, 2, 20.0, (*cluster.BENCH_DEFAULTS, "--world", "random"), "/tmp/x.2", INPUT_HZ)]
+    pinned = (*cluster.BENCH_DEFAULTS, "--world", "random", "--pin_cores", "1")  # the replicas pin their workers
+    assert seen == [(1, 2, 20.0, pinned, "/tmp/x.1", INPUT_HZ), (2, 2, 20.0, pinned, "/tmp/x.2", INPUT_HZ)]
     result = validate(json.loads(out.read_text()))
     figures = {f["name"]: (f["value"], f["unit"]) for f in result["figures"]}
     assert figures["speedup"] == (1.85, "ratio")
     assert figures["replicas_1.frames_per_s"] == (10.0, "frames/s")
     assert figures["replicas_2.cpu_share"] == (1.8, "ratio")
     assert figures["bare_speedup"] == (1.9, "ratio") and figures["of_bare"] == (round(1.85 / 1.9, 3), "ratio")
-    assert bare == [((1, 2), 40.0)]
+    assert bare == [((1, 2), 40.0, True)]  # the bare loops too
     assert result["details"]["goal_met"] is True and result["settings"]["replicas"] == [1, 2]
     rates[2] = 16.0
     cluster.main(["--rounds", "1", "--out", str(out), "--bare_s", "0"])
@@ -119,15 +122,37 @@ def test_bad_options_are_refused_by_name(argv, message, capsys):
 def test_bare_scaling_is_the_chunks_of_the_last_count_over_the_first():
     seen = []
 
-    def loops(count, seconds, server_args):
-        seen.append((count, seconds, tuple(server_args)))
+    def loops(count, seconds, server_args, pin):
+        seen.append((count, seconds, tuple(server_args), pin))
         return [{"chunks": 10 if count == 1 else 9 + i, "cpu_ms_per_chunk": 100.0, "seconds": 5.0}
                 for i in range(count)]
     result = REAL_BARE_SCALING([1, 2], 5.0, ["--steps", "2"], loops=loops)
     assert result["speedup"] == 1.9 and len(result["loops"]["2"]) == 2
-    assert seen == [(1, 5.0, ("--steps", "2")), (2, 5.0, ("--steps", "2"))]
+    assert seen == [(1, 5.0, ("--steps", "2"), True), (2, 5.0, ("--steps", "2"), True)]
 
 
 def test_chunk_loop_times_the_world_without_a_server():
     result = cluster.chunk_loop(["0.3", "--steps", "1", "--fps", "64"])
     assert result["chunks"] >= 1 and result["cpu_ms_per_chunk"] > 0 and result["seconds"] >= 0.3
+
+
+@pytest.mark.skipif(len(available_cores()) < 2, reason="pinning needs two cores to tell")
+def test_a_bare_loop_runs_on_the_core_its_replica_would_get():
+    results = []  # in a thread of its own: the loop pins the thread that runs it
+    thread = threading.Thread(target=lambda: results.append(cluster.chunk_loop(
+        ["0.1", "--steps", "1", "--fps", "64", "--cpu_cores", str(available_cores()[-1])])))
+    thread.start()
+    thread.join()
+    assert results[0]["cores"] == str(available_cores()[-1])
+    assert os.sched_getaffinity(0) == set(available_cores())
+
+
+def test_pin_cores_0_leaves_replicas_and_loops_unpinned(monkeypatch, tmp_path, bare):
+    seen = []
+
+    def one_run(replicas, sessions, seconds, server_args, log_path=None, input_hz=None):
+        seen.append(tuple(server_args[-2:]))
+        return run(replicas, 10.0 * replicas)
+    monkeypatch.setattr(cluster, "one_run", one_run)
+    assert cluster.main(["--rounds", "1", "--pin_cores", "0", "--out", str(tmp_path / "c.json")]) == 0
+    assert seen == [("--pin_cores", "0")] * 2 and bare[0][2] is False

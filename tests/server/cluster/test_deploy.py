@@ -11,7 +11,7 @@ from server.cluster.options import PROXY_CALLBACK, PROXY_CALLBACK_ENV, REQUEST_H
 from server.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
-REPLICA_OPTIONS = {"replicas", "cpu_replicas", "address"}
+REPLICA_OPTIONS = {"replicas", "cpu_replicas", "address", "pin_cores"}
 
 
 def pinned_ray() -> str:
@@ -45,9 +45,12 @@ def test_app_builder_takes_serve_run_text_args():
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
     app = app_builder({"cpu_replicas": "2", "world": "random", "max_sessions": "1", "max_waiting": "0"})
     flights = app._bound_deployment  # what `serve run` deploys: the Flights deployment bound to its settings
-    settings, _, target = flights.init_args
+    settings, _, target, pin_cores = flights.init_args
     assert (settings.max_sessions, settings.max_waiting, settings.device, settings.gradio) == (1, 0, "cpu", False)
     assert target == 2 and flights._deployment_config.num_replicas == 2
+    assert pin_cores is True  # CPU replicas: each worker on its own core unless told not to
+    app = app_builder({"cpu_replicas": "2", "world": "random", "pin_cores": "0"})
+    assert app._bound_deployment.init_args[3] is False
     assert flights._deployment_config.max_ongoing_requests == 1 + 0 + REQUEST_HEADROOM
     with pytest.raises(ValueError, match="max_sessions: .*invalid literal"):
         app_builder({"cpu_replicas": 1, "max_sessions": "many"})

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from server.generation.affinity import available_cores, parse_cores
 from server.testing import RayUnavailable, cluster_process
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[cluster]')")
@@ -48,6 +49,17 @@ def from_another_replica(url: str, not_from: str, tries: int = 40) -> bytes:
         if replica != not_from:
             return body
     raise AssertionError(f"{tries} requests, all answered by replica {not_from}")
+
+
+def pinned_threads(pid: int) -> set[str]:
+    """The cores of a process's threads that may not run on every core (its generation worker's)."""
+    cores = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as status:
+            allowed = next(line.split()[1] for line in status if line.startswith("Cpus_allowed_list"))
+        if parse_cores(allowed) != available_cores():
+            cores.add(allowed)
+    return cores
 
 
 async def start(base: str):
@@ -120,6 +132,8 @@ def test_flights_spread_over_replicas_and_a_killed_replica_costs_only_its_flight
             assert f'wanfly_sessions_active{{replica="{replica}"}} 1' in metrics
 
         pids = {r["replica"]: r["pid"] for r in get(base + "/readyz")[0]["cluster"]["replicas"]}
+        if len(available_cores()) >= 2:  # each replica's worker on its own core (--pin_cores, on for CPU replicas)
+            assert sorted(pinned_threads(pid) for pid in pids.values()) == [{"0"}, {"1"}]
         os.kill(pids[ready_a["replica"]], signal.SIGKILL)
         told = asyncio.ensure_future(frames_within(a, 10))
         frames_b, _ = await frames_within(b, 10, until=told.done)

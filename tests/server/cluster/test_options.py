@@ -2,6 +2,7 @@
 max_ongoing_requests) from --max_sessions and --max_waiting. No Ray needed."""
 import pytest
 
+from server.cluster.deployment import pinned
 from server.cluster.options import (
     REQUEST_HEADROOM,
     ClusterOptions,
@@ -10,6 +11,7 @@ from server.cluster.options import (
     parse_args,
     replica_count,
 )
+from server.generation.affinity import available_cores
 from server.settings import MAX_SESSIONS_CAP, Settings
 
 
@@ -33,6 +35,21 @@ def test_gpu_replicas_default_to_cuda_and_every_gpu():
         replica_count(ClusterOptions(replicas=4), gpus=2.0)
 
 
+def test_cpu_replicas_pin_their_workers_unless_told_not_to():
+    assert parse_args(["--cpu_replicas", "2"], env={})[1].pins
+    assert not parse_args(["--cpu_replicas", "2", "--pin_cores", "0"], env={})[1].pins
+    assert not parse_args(["--cpu_replicas", "2"], env={"WANFLY_PIN_CORES": "false"})[1].pins
+    assert not parse_args(["--model_dir", "/weights"], env={})[1].pins  # GPU replicas: not unless asked
+    assert parse_args(["--model_dir", "/weights", "--pin_cores", "1"], env={"WANFLY_PIN_CORES": "0"})[1].pins
+
+
+def test_each_replica_takes_the_cores_of_its_rank_on_its_node():
+    settings = Settings(world="random", threads=2, cpu_cores="4-7")
+    assert [pinned(settings, rank).cpu_cores for rank in range(3)] == ["4,5", "6,7", "4,5"]
+    assert pinned(Settings(threads=1), 1).cpu_cores == str(available_cores()[1 % len(available_cores())])
+    assert pinned(settings, None) is settings  # Serve gave no rank: not pinned (a warning says so)
+
+
 def test_replica_options_from_the_environment_like_every_server_option():
     _, options = parse_args([], env={"WANFLY_REPLICAS": "3", "WANFLY_ADDRESS": "auto"})
     assert (options.replicas, options.address) == (3, "auto")
@@ -48,6 +65,8 @@ def test_replica_options_from_the_environment_like_every_server_option():
     (["--cpu_replicas", "2", "--device", "cuda"], {}, "device: CPU replicas run on cpu"),
     (["--cpu_replicas", "2", "--max_upload_bytes", str(16 * 2**20)], {}, "max_upload_bytes: 16777216 makes"),
     (["--cpu_replicas", "two"], {}, "--cpu_replicas: invalid int value"),
+    (["--cpu_replicas", "2", "--pin_cores", "maybe"], {}, "pin_cores: expected 1 or 0, got 'maybe'"),
+    (["--cpu_replicas", "2"], {"WANFLY_PIN_CORES": "2"}, "pin_cores: expected 1 or 0, got '2'"),
     ([], {"WANFLY_REPLICAS": "all"}, "WANFLY_REPLICAS: not an integer: 'all'"),
 ])
 def test_bad_options_exit_naming_the_option(argv, env, names, capsys):
