@@ -40,7 +40,14 @@ import urllib.request
 from bench.schema import command_line, describe_device, figures_at, write_result
 from bench.serving import fly
 from server.bindings import INPUT_HZ
-from server.generation.affinity import available_cores, check_cores, format_cores, pin_this_thread, replica_cores
+from server.generation.affinity import (
+    available_cores,
+    can_pin,
+    check_cores,
+    format_cores,
+    pin_this_thread,
+    replica_cores,
+)
 from server.generation.generators import PipelineGenerator, hover_request, warm_up
 from server.generation.worlds import load_world
 from server.settings import Settings
@@ -127,6 +134,7 @@ def loops_at_once(count: int, seconds: float, server_args, pin: bool = True) -> 
     command = [sys.executable, "-c", "import json, sys; from bench.cluster import chunk_loop; "
                "print(json.dumps(chunk_loop(sys.argv[1:])))", str(seconds), *server_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pin = pin and can_pin()  # as the replicas: not pinned where threads cannot be (not Linux)
     cores = [["--cpu_cores", format_cores(replica_cores(i, 1, available_cores()))] if pin else [] for i in range(count)]
     processes = [subprocess.Popen(command + cores[i], stdout=subprocess.PIPE, env=env, text=True)
                  for i in range(count)]

@@ -25,7 +25,7 @@ from server.cluster.options import (
     switch,
 )
 from server.cluster.routes import BoardClient, ReplicaWrapper, Reporter, cluster_routes
-from server.generation.affinity import available_cores, format_cores, parse_cores, replica_cores
+from server.generation.affinity import available_cores, can_pin, format_cores, parse_cores, replica_cores
 from server.generation.worlds import load_world
 from server.settings import Settings
 from server.settings import _convert as convert  # the command line's and WANFLY_*'s conversion of a text value
@@ -78,9 +78,11 @@ class Flights:
 
 def pinned(settings: Settings, local_rank) -> Settings:
     """The settings with the cores of the replica at ``local_rank`` on this node (``--threads`` of them, from
-    ``--cpu_cores`` or every core here); unchanged, with a warning, when Serve gives no rank."""
-    if local_rank is None:
-        log.warning("pin_cores: Serve gave this replica no rank on its node; its worker is not pinned")
+    ``--cpu_cores`` or every core here); unchanged, with a warning, when Serve gives no rank or this platform cannot
+    pin threads (not Linux)."""
+    if local_rank is None or not can_pin():
+        why = "Serve gave this replica no rank on its node" if local_rank is None else "threads cannot be pinned here"
+        log.warning("pin_cores: %s; this replica's worker is not pinned", why)
         return settings
     pool = parse_cores(settings.cpu_cores) or available_cores()
     cores = replica_cores(local_rank, settings.threads or 1, pool)

@@ -36,6 +36,10 @@ def format_cores(cores: Sequence[int]) -> str:
     return ",".join(str(core) for core in cores)
 
 
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity")
+
+
 def available_cores() -> list[int]:
     """The cores this process may run on (all of them where the platform cannot say)."""
     if hasattr(os, "sched_getaffinity"):
@@ -48,7 +52,7 @@ def check_cores(text: Optional[str]) -> list[int]:
     cores = parse_cores(text)
     if not cores:
         return cores
-    if not hasattr(os, "sched_setaffinity"):
+    if not can_pin():
         raise ValueError("cpu_cores: pinning threads to cores needs Linux; leave it unset here")
     missing = sorted(set(cores) - set(available_cores()))
     if missing:

@@ -50,6 +50,12 @@ def test_each_replica_takes_the_cores_of_its_rank_on_its_node():
     assert pinned(settings, None) is settings  # Serve gave no rank: not pinned (a warning says so)
 
 
+def test_a_platform_that_cannot_pin_runs_its_replicas_unpinned(monkeypatch):
+    monkeypatch.setattr("server.cluster.deployment.can_pin", lambda: False)  # macOS: no sched_setaffinity
+    settings = Settings(world="random", threads=1)
+    assert pinned(settings, 0) is settings
+
+
 def test_replica_options_from_the_environment_like_every_server_option():
     _, options = parse_args([], env={"WANFLY_REPLICAS": "3", "WANFLY_ADDRESS": "auto"})
     assert (options.replicas, options.address) == (3, "auto")
