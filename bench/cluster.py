@@ -51,7 +51,7 @@ from server.generation.affinity import (
 from server.generation.generators import PipelineGenerator, hover_request, warm_up
 from server.generation.worlds import load_world
 from server.settings import Settings
-from server.testing import cluster_process
+from server.testing import cluster_process, stop_servers_on_sigterm
 
 BENCH_DEFAULTS = ("--steps", "12", "--fps", "64")  # and cluster_process's own: --world random, --threads 1
 GOAL = 1.7
@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="write the result (bench.schema) here")
     parser.add_argument("--log", default=None, help="the clusters' output: LOG.<replicas>[.<round>] (default: none)")
     args, server_args = parser.parse_known_args(argv)
+    stop_servers_on_sigterm()  # a server it starts stops with it
     if args.bare_s < 0:
         parser.error(f"--bare_s: 0 (skip) or more, got {args.bare_s}")
     if args.input_hz <= 0:

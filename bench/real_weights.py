@@ -38,7 +38,7 @@ from bench.schema import command_line, describe_device, figure, write_result
 from bench.serving import readyz
 from bench.serving import run as fly
 from models.artifacts import CONFIG_NAME, CONTROLLER_NAME, LORA_NAME
-from server.testing import server_process
+from server.testing import server_process, stop_servers_on_sigterm
 
 MARKER = ".wanfly-real-weights"  # a work folder this bench made (and may clear)
 TRAIN_SIZE = {"frames": 17, "height": 480, "width": 832, "clips": 2}
@@ -371,6 +371,7 @@ def main(argv=None) -> int:
                         help="before the first load, drop the page cache (root): read the folder from disk, cold")
     parser.add_argument("--dry_run", action="store_true", help="print the steps' commands, run nothing")
     args = parser.parse_args(argv)
+    stop_servers_on_sigterm()  # a server it starts stops with it
     try:
         return run_chain(args, argv)
     except ValueError as error:

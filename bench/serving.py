@@ -29,7 +29,7 @@ from server.bindings import INPUT_HZ
 from server.generation.worlds import resolve_device
 from server.media.images import encode_jpeg
 from server.settings import Settings
-from server.testing import server_process
+from server.testing import server_process, stop_servers_on_sigterm
 
 SERVER_DEFAULTS = ("--gradio", "0")  # and server_process's own: --threads 1, --world random unless given
 
@@ -228,6 +228,7 @@ def main(argv=None) -> int:
                         help="read /metrics every S seconds: block time and RSS over the flight (flatness)")
     parser.add_argument("--out", default=None, help="write the result (bench.schema) here")
     args, server_args = parser.parse_known_args(argv)
+    stop_servers_on_sigterm()  # a server it starts stops with it
     report = {}
     if args.jpeg_sizes:
         report["jpeg_only"] = jpeg_sizes()

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from server.testing import server_process
+from server.testing import server_process, stop_servers_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -136,6 +136,7 @@ def main(argv=None) -> int:
                              "gets the other)")
     parser.add_argument("--presses", type=int, default=0, help="key presses at random moments after the sequence")
     args, server_args = parser.parse_known_args(argv)
+    stop_servers_on_sigterm()  # a server it starts stops with it
     from playwright.sync_api import sync_playwright
 
     out = Path(args.out)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,18 @@ from server.cluster.options import RAY_UNAVAILABLE
 
 class RayUnavailable(RuntimeError):
     """``python -m server.cluster`` could not start Ray on this machine (tests skip)."""
+
+
+def stop_servers_on_sigterm() -> None:
+    """From a command's ``main``: SIGTERM (``timeout``, ``kill``) ends this process through its ``finally`` blocks, so
+    the servers it runs with ``server_process`` / ``cluster_process`` stop with it. Python's default would end it at
+    once and leave them running: an orphaned cluster kept taking CPU from the benchmark runs after it."""
+    if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def free_port() -> int:
