@@ -189,14 +189,19 @@ def _field_type(f: dataclasses.Field):
     return args[0] if args and typing.get_origin(hint) is typing.Union else hint
 
 
+def switch_value(text: str) -> Optional[bool]:
+    """A switch's text read as the command line reads it: 1/true/yes/on, 0/false/no/off (any case); else None."""
+    return {"1": True, "true": True, "yes": True, "on": True,
+            "0": False, "false": False, "no": False, "off": False}.get(str(text).lower())
+
+
 def _convert(f: dataclasses.Field, text: str):
     kind = _field_type(f)
     if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{f.name}: expected a boolean, got {text!r}")
+        value = switch_value(text)
+        if value is None:
+            raise ValueError(f"{f.name}: expected a boolean, got {text!r}")
+        return value
     if typing.get_origin(kind) is list:
         return [part.strip() for part in text.split(",") if part.strip()]
     return kind(text)

@@ -95,10 +95,11 @@ def build(settings: Settings, replicas: int, on_cpu: bool, pin_cores: bool = Non
     from ray import serve
     board = serve.deployment(Board, name="Board", **BOARD_OPTIONS).bind(jobs_kept=settings.jobs_kept,
                                                                          recordings_kept=settings.recordings_kept)
-    options = ClusterOptions(cpu_replicas=replicas) if on_cpu else ClusterOptions(replicas=replicas)
+    count = {"cpu_replicas": replicas} if on_cpu else {"replicas": replicas}
+    options = ClusterOptions(**count, pin_cores=pin_cores)
     flights = serve.deployment(serve.ingress()(Flights), name=DEPLOYMENT,
                                **deployment_options(settings, options, replicas))
-    return flights.bind(settings, board, replicas, on_cpu if pin_cores is None else pin_cores)
+    return flights.bind(settings, board, replicas, options.pins)
 
 
 def text_value(field: dataclasses.Field, text: str):

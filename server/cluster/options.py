@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from server.settings import DEFAULT_MAX_SESSIONS, ENV_PREFIX, MAX_SESSIONS_CAP, Settings, build_parser
+from server.settings import DEFAULT_MAX_SESSIONS, ENV_PREFIX, MAX_SESSIONS_CAP, Settings, build_parser, switch_value
 
 APP_NAME = "wanfly"
 REQUEST_HEADROOM = 8  # besides flights: /api/config, /readyz, jobs, metrics, and a flight being told "busy"
@@ -104,11 +104,10 @@ def switch(name: str, text) -> Optional[bool]:
     """``1/0/true/false/yes/no`` (None: not set); ValueError naming the option."""
     if text is None or isinstance(text, bool):
         return text
-    if str(text).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(text).lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}: expected 1 or 0, got {text!r}")
+    value = switch_value(text)
+    if value is None:
+        raise ValueError(f"{name}: expected 1 or 0, got {text!r}")
+    return value
 
 
 def replica_settings(settings: Settings, options: ClusterOptions, gradio_given: bool = False) -> Settings:

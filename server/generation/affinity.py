@@ -54,10 +54,10 @@ def check_cores(text: Optional[str]) -> list[int]:
         return cores
     if not can_pin():
         raise ValueError("cpu_cores: pinning threads to cores needs Linux; leave it unset here")
-    missing = sorted(set(cores) - set(available_cores()))
+    available = available_cores()
+    missing = sorted(set(cores) - set(available))
     if missing:
-        raise ValueError(f"cpu_cores: core(s) {missing} are not available here (available: "
-                         f"{format_cores(available_cores())})")
+        raise ValueError(f"cpu_cores: core(s) {missing} are not available here (available: {format_cores(available)})")
     return cores
 
 
