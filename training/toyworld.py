@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher_forcing", type=float, default=0.5,
                    help="causal: share of clips trained as clean context + one noised block (else diffusion forcing)")
     p.add_argument("--context_noise", type=float, default=0.1, help="causal: max noise level of context frames")
-    p.add_argument("--error_prob", type=float, default=0.5,
-                   help="causal: chance a context frame carries a stored prediction residual (0 = no error buffer)")
+    p.add_argument("--error_prob", type=float, default=0.5, help="causal: chance a context frame carries a stored "
+                   "prediction residual (0 = no error buffer)")
     p.add_argument("--error_buffer", type=int, default=256, help="causal: prediction residuals kept")
     p.add_argument("--first_window", type=float, default=0.25,
                    help="causal: share of training windows right after the sink (the stream's first blocks)")
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="causal: share of training windows whose last block starts where the action changes")
     p.add_argument("--dit_motion_weight", type=float, default=0.0, help="causal: extra DiT loss weight where the "
                    "true clip moves from frame to frame (training.trainer.forcing)")
+    p.add_argument("--rollout", type=float, default=0.0, help="causal: share of batches whose context blocks are the "
+                   "DiT's own generation with the --serve_* sampler (training.trainer.own_context)")
     p.add_argument("--lookahead", action="store_true", help="causal: context frames also see the next action")
     p.add_argument("--spatial_tmod", action="store_true", help="adaln_tmod: action deltas vary across the image")
     p.add_argument("--joint_previous", action="store_true",
@@ -74,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_batch", type=int, default=2)
     p.add_argument("--vae_frames", type=int, default=5, help="frames per VAE training window (1+4k)")
     p.add_argument("--batch", type=int, default=16, help="DiT batch")
-    p.add_argument("--cond_noise", type=float, default=0.0,
-                   help="max std of the noise added to the first frame's latent in DiT training (0 = clean)")
+    p.add_argument("--cond_noise", type=float, default=0.0, help="max std of the noise on the first frame's latent")
     p.add_argument("--vae_lr", type=float, default=1e-3)
     p.add_argument("--vae_motion_weight", type=float, default=1.0,
                    help="weight of the L1 loss on frame-to-frame differences (VAE and decoder stages)")
@@ -86,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dit_lr", type=float, default=1e-3)
     p.add_argument("--decoder_steps", type=int, default=300, help="decoder-only fine-tuning steps after the DiT")
     p.add_argument("--decoder_lr", type=float, default=5e-4)
-    p.add_argument("--decoder_frames", type=int, default=17,
-                   help="frames per decoder-stage window (1+4k; a shorter clip is taken whole)")
+    p.add_argument("--decoder_frames", type=int, default=17, help="frames per decoder-stage window (1+4k)")
     p.add_argument("--save_steps", type=int, default=100)
     p.add_argument("--serve_steps", type=int, default=4, help="denoising steps the server uses (serve.json)")
     p.add_argument("--serve_fps", type=int, default=8, help="playback fps the server uses (serve.json)")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CAUSAL_ONLY = ("block_frames", "window", "sink", "teacher_forcing", "context_noise", "error_prob", "error_buffer",
-               "first_window", "action_change", "dit_motion_weight", "lookahead", "joint_previous")
+               "first_window", "action_change", "dit_motion_weight", "rollout", "lookahead", "joint_previous")
 
 
 def fill_generation_defaults(a: argparse.Namespace) -> argparse.Namespace:

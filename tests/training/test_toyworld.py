@@ -45,7 +45,8 @@ CHUNKED_REFUSES = [("--context_noise", "0", "--context_noise applies to --genera
                    ("--error_prob", "0", "--error_prob applies to --generation causal"),
                    ("--window", "5", "--window applies to --generation causal"),
                    ("--action_change", "0", "--action_change applies to --generation causal"),
-                   ("--dit_motion_weight", "1", "--dit_motion_weight applies to --generation causal")]
+                   ("--dit_motion_weight", "1", "--dit_motion_weight applies to --generation causal"),
+                   ("--rollout", "0.5", "--rollout applies to --generation causal")]
 
 
 @pytest.mark.parametrize("option, value, message", CHUNKED_REFUSES + [
@@ -72,10 +73,12 @@ def test_the_thumbnail_latent_space_and_a_pull_towards_it_are_not_given_together
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))
 
 
-def test_an_infinite_motion_weight_is_refused_by_name(tmp_path, capsys):
+@pytest.mark.parametrize("option, value, message", [("--dit_motion_weight", "inf", "motion_weight must be a finite"),
+                                                    ("--rollout", "2", "rollout must be a number in [0, 1]")])
+def test_a_bad_causal_option_is_refused_by_name(tmp_path, capsys, option, value, message):
     with pytest.raises(SystemExit) as exit_:
-        toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", "--dit_motion_weight", "inf"))
-    assert exit_.value.code == 2 and "motion_weight must be a finite number" in capsys.readouterr().err
+        toyworld_main(_tiny_recipe(str(tmp_path), "--generation", "causal", option, value))
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not os.path.exists(os.path.join(tmp_path, toyworld.DATA_FILE))
 
 

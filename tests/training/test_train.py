@@ -51,6 +51,9 @@ BAD_FLAGS = [
     (["--causal", "--teacher_forcing", "1.5"], "--teacher_forcing"),
     (["--causal", "--error_buffer", "0"], "--error_buffer"),
     (["--causal", "--motion_weight", "-1"], "--motion_weight"),
+    (["--causal", "--rollout", "1.5"], "--rollout"),
+    (["--causal", "--rollout_steps", "0"], "--rollout_steps"),
+    (["--causal", "--rollout_guidance", "0.5"], "--rollout_guidance"),
     (["--action_lookahead"], "--action_lookahead"),  # needs --causal
     (["--action_joint_previous"], "--action_joint_previous"),
     (["--causal", "--window", "0", "--action_joint_previous"], "--window"),

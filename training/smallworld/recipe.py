@@ -130,9 +130,11 @@ def causal_settings(a) -> CausalSettings | None:
 
 
 def forcing_config(a) -> ForcingConfig:
+    sampler = {"rollout_steps": a.serve_steps, "rollout_guidance": a.serve_guidance,
+               "rollout_rescale": a.serve_guidance_rescale} if a.rollout else {}  # a rollout samples as served
     return ForcingConfig(teacher_forcing=a.teacher_forcing, context_noise=a.context_noise, error_prob=a.error_prob,
                          error_buffer=a.error_buffer, first_window=a.first_window, action_change=a.action_change,
-                         motion_weight=a.dit_motion_weight)
+                         motion_weight=a.dit_motion_weight, rollout=a.rollout, **sampler)
 
 
 def build_models(a, config):

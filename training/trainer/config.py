@@ -96,6 +96,14 @@ class TrainConfig:
                                 "action changes (so the context alone cannot predict the motion)", "causal", float)
     motion_weight: float = _opt(0.0, "--causal: extra loss weight where the true clip changes from frame to frame "
                                 "(0 = plain MSE; training.trainer.forcing)", "causal", float)
+    rollout: float = _opt(0.0, "--causal: share of batches whose context blocks are the model's own generation "
+                          "from the true frames before them (training.trainer.own_context; 0 = never)", "causal", float)
+    rollout_steps: int = _opt(4, "--causal --rollout: denoising steps of the rollout (as the world serves)", "causal",
+                              int)
+    rollout_guidance: float = _opt(1.0, "--causal --rollout: action guidance of the rollout (1 = off)", "causal",
+                                   float)
+    rollout_rescale: float = _opt(0.0, "--causal --rollout: guidance rescale of the rollout (0 = off)", "causal",
+                                  float)
     # ---- LoRA ---------------------------------------------------------------------------------------------
     lora_base_model: Optional[str] = _opt(None, "'dit' to train a LoRA on the DiT as well", "lora", str, ("dit",))
     lora_target_modules: str = _opt("q,k,v,o,ffn.0,ffn.2", "comma-separated DiT Linear names the LoRA patches",
@@ -335,7 +343,9 @@ def forcing_config(c: TrainConfig) -> ForcingConfig:
     try:
         return ForcingConfig(teacher_forcing=c.teacher_forcing, context_noise=c.context_noise,
                              error_prob=c.error_prob, error_buffer=c.error_buffer, first_window=c.first_window,
-                             action_change=c.action_change, motion_weight=c.motion_weight)
+                             action_change=c.action_change, motion_weight=c.motion_weight, rollout=c.rollout,
+                             rollout_steps=c.rollout_steps, rollout_guidance=c.rollout_guidance,
+                             rollout_rescale=c.rollout_rescale)
     except ValueError as error:
         raise ConfigError(_flag_message(error)) from None
 

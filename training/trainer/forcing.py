@@ -41,6 +41,11 @@ Defences against the model's own errors (a stream conditions on what it generate
                     stored and, with probability ``error_prob`` per context frame, added to clean context frames
                     (as Stable Video Infinity / Matrix-Game 3.0): the context then carries the model's own kind of
                     error, without a rollout
+    own context     with probability ``rollout`` per batch, the context blocks of teacher-forced clips are the
+                    model's own generation from the true frames before them (``training.trainer.own_context``:
+                    a rollout with the stream's sampler, ``rollout_steps``/``rollout_guidance``/``rollout_rescale``),
+                    so the last block learns to carry on from the model's real errors (the toy world with rollout
+                    0.5: steps 2.9x dearer; docs/toyworld.md "Trained on its own rollouts")
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ import torch
 
 from models.causal import block_of_frames, model_fn_causal
 from models.options import CausalSettings
+from training.trainer.own_context import Sampler, generated_blocks, own_context
 
 
 @dataclass
@@ -63,9 +69,13 @@ class ForcingConfig:
     first_window: float = 0.25  # share of windows starting right after the sink (the stream's first blocks)
     action_change: float = 0.5  # share of windows whose last block starts at a change of the commanded action
     motion_weight: float = 0.0  # extra loss weight where the true clip changes from frame to frame; 0 = plain MSE
+    rollout: float = 0.0  # share of batches whose teacher-forced context is the model's own generation; 0 = never
+    rollout_steps: int = 4  # the rollout's sampler: as the world serves (its serve.json steps, guidance, rescale)
+    rollout_guidance: float = 1.0
+    rollout_rescale: float = 0.0
 
     def __post_init__(self):
-        for name in ("teacher_forcing", "context_noise", "error_prob", "first_window", "action_change"):
+        for name in ("teacher_forcing", "context_noise", "error_prob", "first_window", "action_change", "rollout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -74,6 +84,10 @@ class ForcingConfig:
         weight = self.motion_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
             raise ValueError(f"motion_weight must be a finite number >= 0, got {weight!r}")
+        self.sampler()  # the rollout's steps, guidance and rescale, checked by name
+
+    def sampler(self) -> Sampler:
+        return Sampler(steps=self.rollout_steps, guidance=self.rollout_guidance, rescale=self.rollout_rescale)
 
 
 class ErrorBuffer:
@@ -187,10 +201,18 @@ def causal_loss(dit, controller, scheduler, latents: torch.Tensor, context: torc
         in_loss[:, 1] &= adjacent.to(latents.device) | teacher
 
     clean = latents.clone()
+    own = torch.zeros(frames, dtype=torch.bool, device=latents.device)  # (F,) context frames the model generated
+    whole = adjacent is None or bool(adjacent.all())
+    if forcing.rollout > 0 and teacher.any() and rng.random() < forcing.rollout:
+        for b in generated_blocks(frames, settings.block_frames, whole):
+            own |= block == b
+        generated = own_context(dit, controller, latents, context, binary, magnitude, settings, forcing.sampler(),
+                                whole, ahead_binary, ahead_magnitude)  # (B, C, F, h, w)
+        clean = torch.where(teacher[:, None, None, None, None], generated, clean)
     if errors is not None and len(errors) and forcing.error_prob > 0:
         for b in range(B):  # context frames of teacher-forced clips carry a recent residual of the model
             for f in range(1, frames):
-                if teacher[b] and not in_loss[b, f] and rng.random() < forcing.error_prob:
+                if teacher[b] and not in_loss[b, f] and not own[f] and rng.random() < forcing.error_prob:
                     clean[b, :, f] += errors.sample(rng).to(clean.device, clean.dtype)
     sigma = (timesteps / 1000).to(latents.dtype)[:, None, :, None, None]  # (B, 1, F, 1, 1)
     noise = torch.randn_like(latents)

@@ -225,3 +225,44 @@ def test_the_loss_trains_the_lookahead():
                        ahead_binary=window.ahead_binary, ahead_magnitude=window.ahead_magnitude)
     loss.backward()
     assert pipe.action_controller.ahead_to_tmod.weight.grad.abs().sum() > 0  # zero init, yet it learns
+
+
+def own_context_loss(latents, rollout: float, error_prob: float = 0.0, errors=None) -> float:
+    """The teacher-forced loss of a tiny world's clip (sink, 3 context frames, the last block), seeds fixed."""
+    pipe = build_pipeline(preset="tiny", controller_overrides={"initial_scale": 1.0, "injection_type": "adaln_tmod"})
+    scheduler = FlowMatchScheduler("Wan")
+    scheduler.set_timesteps(1000, training=True)
+    _, binary, magnitude = clip(5)
+    config = ForcingConfig(teacher_forcing=1.0, context_noise=0.0, error_prob=error_prob, rollout=rollout,
+                           rollout_steps=2)
+    torch.manual_seed(0)
+    return causal_loss(pipe.dit, pipe.action_controller, scheduler, latents, torch.zeros(2, 8, 32), binary, magnitude,
+                       CausalSettings(block_frames=1, window=3), config, errors, random.Random(0)).item()
+
+
+def test_with_rollouts_the_context_is_the_models_own_and_the_true_context_is_never_read():
+    latents = torch.randn(2, 48, 5, 4, 4)
+    changed = latents.clone()
+    changed[:, :, 1:4] += 3.0  # the true context frames
+    assert own_context_loss(latents, 1.0) == own_context_loss(changed, 1.0)
+    assert own_context_loss(latents, 0.0) != own_context_loss(changed, 0.0)  # teacher forcing reads them
+    assert own_context_loss(latents, 1.0) != own_context_loss(latents, 0.0)
+
+
+def test_the_error_buffer_leaves_generated_context_alone():
+    """Generated frames already carry the model's own errors: no stored residual is added to them."""
+    latents = torch.randn(2, 48, 5, 4, 4)
+    errors = ErrorBuffer(4)
+    errors.add(torch.full((1, 48, 4, 4), 10.0))
+    with_buffer = own_context_loss(latents, 1.0, error_prob=1.0, errors=errors)
+    assert with_buffer == own_context_loss(latents, 1.0)
+    errors = ErrorBuffer(4)
+    errors.add(torch.full((1, 48, 4, 4), 10.0))
+    assert own_context_loss(latents, 0.0, error_prob=1.0, errors=errors) != own_context_loss(latents, 0.0)
+
+
+@pytest.mark.parametrize("field, value", [("rollout", 1.5), ("rollout", -0.1), ("rollout_steps", 0),
+                                          ("rollout_guidance", 0.5), ("rollout_rescale", 2.0)])
+def test_rollout_values_are_checked_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        ForcingConfig(**{field: value})

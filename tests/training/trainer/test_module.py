@@ -85,8 +85,8 @@ def test_a_cached_sample_trains_like_its_raw_sample_and_an_action_argument_wins(
 
 def test_a_causal_module_trains_on_a_window_with_its_actions(tmp_path):
     module, _, controller = build_module(tmp_path, "--causal", "--window", "1", "--error_prob", "0",
-                                         "--motion_weight", "2")
-    assert module.forcing.motion_weight == 2.0
+                                         "--motion_weight", "2", "--rollout_guidance", "3")
+    assert module.forcing.motion_weight == 2.0 and module.forcing.sampler().guidance == 3.0
     features = []  # what the action embedding reads: [8 flags, 8 scaled magnitudes] per token
     controller.action_embed.register_forward_pre_hook(lambda _, args: features.append(args[0].detach()))
     torch.manual_seed(0)
