@@ -13,6 +13,7 @@ from models.tiny import build_tiny_pipeline
 from training.data.synthetic import make_dataset
 from training.train import main
 from training.trainer import checkpoint as ckpt
+from training.trainer import forcing as forcing_lib
 from training.trainer import module as module_lib
 from training.trainer.config import TrainConfig, build_parser
 from training.trainer.lora_merge import merge_lora_state
@@ -184,3 +185,21 @@ def test_causal_run_trains_block_causally_and_records_how_it_generates(flights, 
     assert config["action_controller_config"]["spatial_tmod"] is True
     assert config["generation"] == {"generation": "causal", "block_frames": 1, "window": 1, "sink": True}
     assert config["training"]["config"]["causal"] is True
+
+
+def test_a_causal_run_with_rollouts_trains_on_context_the_model_generated(flights, tmp_path, monkeypatch):
+    """--rollout 1: every step's context block is rolled out (here through a lookahead controller, with guidance),
+    and the run records the rollout settings."""
+    samplers = []
+    real = forcing_lib.own_context
+
+    def spy(*args, **kwargs):
+        samplers.append(args[7])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(forcing_lib, "own_context", spy)
+    out = tmp_path / "rollout"
+    assert main(argv(flights, out, "--max_steps", "2", "--causal", "--window", "1", "--teacher_forcing", "1",
+                     "--rollout", "1", "--rollout_steps", "2", "--rollout_guidance", "2", "--action_lookahead",
+                     "--action_injection_type", "adaln_tmod")) == 0
+    assert [(s.steps, s.guidance) for s in samplers] == [(2, 2.0)] * 2
+    assert json.loads((out / "action_train_config.json").read_text())["training"]["config"]["rollout"] == 1.0
