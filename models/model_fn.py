@@ -115,6 +115,14 @@ def rescale_guided(guided: torch.Tensor, commanded: torch.Tensor, rescale: float
     return rescale * guided * (std_commanded / std_guided) + (1 - rescale) * guided  # (B, C, F, H, W)
 
 
+def guide(commanded: torch.Tensor, hover: torch.Tensor, guidance: float, rescale: float,
+          skip_first_frame: bool = False) -> torch.Tensor:
+    """(B, C, F, H, W) ``hover + guidance * (commanded - hover)``, then ``rescale_guided`` unless ``rescale`` is 0:
+    one action-guided step, the same in a chunk (``model_fn_action_guided``), a stream and a training rollout."""
+    guided = hover + guidance * (commanded - hover)  # (B, C, F, H, W)
+    return guided if rescale == 0.0 else rescale_guided(guided, commanded, rescale, skip_first_frame)
+
+
 def model_fn_action_guided(action_guidance: float, latents, context, action_binary, action_magnitude,
                            action_guidance_rescale: float = 0.0, **kwargs):
     """Action guidance: ``hover + g * (commanded - hover)``, both predictions in one batched forward. Hovering
@@ -130,11 +138,8 @@ def model_fn_action_guided(action_guidance: float, latents, context, action_bina
         action_binary=torch.cat([binary, torch.zeros_like(binary)]),  # (2B, T, A): commanded, then hover
         action_magnitude=torch.cat([magnitude, torch.zeros_like(magnitude)]), **kwargs)  # (2B, C, F, H, W)
     commanded, hover = both.chunk(2)  # (B, C, F, H, W) each
-    guided = hover + action_guidance * (commanded - hover)  # (B, C, F, H, W)
-    if action_guidance_rescale == 0.0:
-        return guided
-    return rescale_guided(guided, commanded, action_guidance_rescale,
-                          skip_first_frame=kwargs.get("fuse_vae_embedding_in_latents", False))
+    return guide(commanded, hover, action_guidance, action_guidance_rescale,
+                 skip_first_frame=kwargs.get("fuse_vae_embedding_in_latents", False))
 
 
 def model_fn_wan_action(dit, action_controller=None, latents=None, timestep=None, context=None,

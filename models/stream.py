@@ -36,7 +36,7 @@ from .causal import ahead_action_emb, block_action_emb, forward_block
 from .frames.lane import DecodeLane
 from .kv_cache import KVCache
 from .media import video_to_frames
-from .model_fn import rescale_guided, tokens_per_frame
+from .model_fn import guide, tokens_per_frame
 from .options import CausalSettings, check_action_guidance, check_action_guidance_rescale
 
 
@@ -225,8 +225,7 @@ class WorldStream:
         if self.branches == 1:
             return velocity
         commanded, hover = velocity.chunk(2)  # (1, C, b, h, w) each
-        guided = hover + self.guidance * (commanded - hover)
-        return guided if self.rescale == 0.0 else rescale_guided(guided, commanded, self.rescale, False)
+        return guide(commanded, hover, self.guidance, self.rescale)
 
     def _commit(self, next_raw: Optional[torch.Tensor] = None) -> None:
         """The clean pass of the last block (or of the sink): its keys and values join the cache (the window rolls).

@@ -21,7 +21,7 @@ import torch
 from diffsynth.diffusion.flow_match import FlowMatchScheduler
 
 from models.causal import block_of_frames, model_fn_causal
-from models.model_fn import rescale_guided
+from models.model_fn import guide
 from models.options import CausalSettings
 
 
@@ -85,22 +85,19 @@ def _velocity(dit, controller, view, timestep: float, start: int, context, binar
     B, f = view.shape[0], view.shape[2]
     timesteps = torch.zeros(B, f, device=view.device)  # (B, f)
     timesteps[:, start:] = timestep
-    branches = 2 if sampler.guidance != 1.0 else 1
-    if branches == 2:  # the commanded actions and hovering (all off) in one batch, as the stream runs them
+    guided = sampler.guidance != 1.0
+
+    def branches(actions: torch.Tensor) -> torch.Tensor:  # the commanded actions, then hovering (all off)
+        return torch.cat([actions, torch.zeros_like(actions)]) if guided else actions  # (branches B, ..., A)
+
+    if guided:  # both branches in one batch, as the stream runs them
         view, timesteps, context = view.repeat(2, 1, 1, 1, 1), timesteps.repeat(2, 1), context.repeat(2, 1, 1)
-        binary = torch.cat([binary, torch.zeros_like(binary)])  # (2B, f-1, A)
-        magnitude = torch.cat([magnitude, torch.zeros_like(magnitude)])
     ahead = None
-    if ahead_binary is not None:
-        ahead_b, ahead_m = ahead_binary[:, :f], ahead_magnitude[:, :f]  # (B, f, A)
-        if branches == 2:
-            ahead_b = torch.cat([ahead_b, torch.zeros_like(ahead_b)])
-            ahead_m = torch.cat([ahead_m, torch.zeros_like(ahead_m)])
-        ahead = (ahead_b, ahead_m, (block < b)[None].expand(view.shape[0], -1))  # present: the frames before
-    prediction = model_fn_causal(dit, controller, view, timesteps, context, settings, binary, magnitude,
-                                 False, ahead)[:, :, start:]  # (branches B, C, bf, h, w)
-    if branches == 1:
+    if ahead_binary is not None:  # present: the frames before the block know their next action
+        ahead = (branches(ahead_binary[:, :f]), branches(ahead_magnitude[:, :f]),
+                 (block < b)[None].expand(view.shape[0], -1))  # (branches B, f, A) x 2, (branches B, f)
+    prediction = model_fn_causal(dit, controller, view, timesteps, context, settings, branches(binary),
+                                 branches(magnitude), False, ahead)[:, :, start:]  # (branches B, C, bf, h, w)
+    if not guided:
         return prediction
-    commanded, hover = prediction.chunk(2)  # (B, C, bf, h, w) each
-    guided = hover + sampler.guidance * (commanded - hover)
-    return guided if sampler.rescale == 0.0 else rescale_guided(guided, commanded, sampler.rescale, False)
+    return guide(*prediction.chunk(2), sampler.guidance, sampler.rescale)  # (B, C, bf, h, w)
